@@ -1,0 +1,161 @@
+"""What flows between stages: a model artifact, its inputs/outputs, and its manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import InvalidInput
+from toolchain.core.files import file_hashes, sha256_path, write_json
+
+MANIFEST = "manifest.json"
+TOOL_PACKAGES = ("edgesmith", "torch", "onnx", "onnxruntime", "transformers", "optimum", "tensorrt")
+
+
+class Format(str, Enum):
+    torch = "torch"
+    hf = "hf"
+    onnx = "onnx"
+    engine = "engine"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    mixed = "mixed"
+
+
+Dim = int | str  # a fixed size, or a symbolic name for a dynamic axis ("batch")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", ...
+    dims: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.dtype}[{','.join(str(d) for d in self.dims)}]"
+
+
+@dataclass(frozen=True)
+class IoSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IoSpec:
+        def specs(items: list[dict]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(i["name"], i["dtype"], tuple(i["dims"])) for i in items)
+
+        return cls(specs(d["inputs"]), specs(d["outputs"]))
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model on disk: an .onnx file, an engine directory, a .pt2, a Hugging Face folder."""
+
+    path: Path
+    format: Format
+    precision: Precision = Precision.fp32
+    io: IoSpec | None = None
+    sha256: str = ""
+    parent: str | None = None  # sha256 of what it was made from (provenance)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def at(cls, path: Path, fmt: Format, **kw: Any) -> ModelArtifact:
+        return cls(Path(path), fmt, sha256=sha256_path(Path(path)), **kw)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in TOOL_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_manifest(
+    directory: Path,
+    artifact: ModelArtifact,
+    *,
+    stage: str,
+    config: dict[str, Any],
+    cache_key: str,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """manifest.json beside an artifact: every file's sha256, parent, recipe, tools, metrics.
+
+    `artifact.path` is recorded relative to `directory`.
+    """
+    manifest = {
+        "stage": stage,
+        "cache_key": cache_key,
+        "artifact": {
+            "path": Path(artifact.path).relative_to(directory).as_posix()
+            if Path(artifact.path).is_relative_to(directory)
+            else str(artifact.path),
+            "format": artifact.format.value,
+            "precision": artifact.precision.value,
+            "sha256": artifact.sha256,
+            "parent": artifact.parent,
+            "io": artifact.io.to_dict() if artifact.io else None,
+            "meta": artifact.meta,
+        },
+        "files": file_hashes(directory),
+        "config": config,
+        "tools": tool_versions(),
+        "metrics": metrics or {},
+        **(extra or {}),
+    }
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    p = Path(directory) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def artifact_from_manifest(directory: Path, manifest: dict[str, Any]) -> ModelArtifact:
+    a = manifest["artifact"]
+    return ModelArtifact(
+        path=Path(directory) / a["path"],
+        format=Format(a["format"]),
+        precision=Precision(a["precision"]),
+        io=IoSpec.from_dict(a["io"]) if a.get("io") else None,
+        sha256=a["sha256"],
+        parent=a.get("parent"),
+        meta=a.get("meta") or {},
+    )

@@ -1,0 +1,106 @@
+"""Atomic outputs and content hashes.
+
+Every output directory is complete or absent: it is written in a temporary sibling
+and renamed into place only when the stage finished, so a failure or Ctrl-C leaves nothing
+half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import InvalidInput
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: Path, exclude: Iterable[str] = ("manifest.json",)) -> str:
+    """Content hash of a file, or of a directory's files (relative names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for name, digest in sorted(file_hashes(path, exclude).items()):
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def file_hashes(directory: Path, exclude: Iterable[str] = ("manifest.json",)) -> dict[str, str]:
+    """sha256 of every file below `directory`, keyed by its path relative to it."""
+    skip = set(exclude)
+    out = {}
+    for p in sorted(Path(directory).rglob("*")):
+        rel = p.relative_to(directory).as_posix()
+        if p.is_file() and rel not in skip and "__pycache__" not in p.parts:
+            out[rel] = sha256_file(p)
+    return out
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def require_file(path: Path, what: str = "file") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInput(f"{what} not found: {path}")
+    return path
+
+
+def check_output_not_input(out: Path, *inputs: Path | None) -> None:
+    """Refuse an output path that is, contains or lies inside one of the inputs."""
+    o = Path(out).resolve()
+    for i in inputs:
+        if i is None:
+            continue
+        r = Path(i).resolve()
+        if o == r or r.is_relative_to(o) or (r.is_dir() and o.is_relative_to(r)):
+            raise InvalidInput(f"output {out} would overwrite the input {i}; choose another -o")
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `out`; on success it replaces `out` in one rename.
+
+    On any exception (KeyboardInterrupt included) the temporary directory is removed and an
+    existing `out` is left as it was.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,68 @@
+"""Reading ONNX files with clear errors, and their input/output specs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from toolchain.core.artifact import IoSpec, TensorSpec
+from toolchain.core.errors import InvalidInput
+from toolchain.core.files import require_file
+
+
+def numpy_dtype(elem_type: int) -> str:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _specs(values) -> tuple[TensorSpec, ...]:
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{v.name}_{i}")
+            for i, d in enumerate(tt.shape.dim)
+        )
+        out.append(TensorSpec(v.name, numpy_dtype(tt.elem_type), dims))
+    return tuple(out)
+
+
+def io_from_onnx(model: onnx.ModelProto) -> IoSpec:
+    init = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    return IoSpec(_specs(inputs), _specs(model.graph.output))
+
+
+def check_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; a truncated or non-ONNX file is an InvalidInput.
+
+    The checker runs on the path (not the proto) so models over 2 GB with external data work.
+    Returns the model without external weights loaded.
+    """
+    path = require_file(Path(path), "ONNX model")
+    if path.is_dir():
+        raise InvalidInput(f"{path}: expected an .onnx file, got a directory")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(f"{path}: not a valid ONNX model ({first})") from None
+    except Exception as e:  # protobuf DecodeError and friends: the file is not ONNX
+        raise InvalidInput(f"{path}: not an ONNX model or truncated ({type(e).__name__})") from None
+    if not model.graph.output:
+        raise InvalidInput(f"{path}: not an ONNX model (the graph has no outputs)")
+    return model
+
+
+def infer_shapes(path: Path) -> onnx.ModelProto:
+    """Strict shape inference by path; an inconsistency is an InvalidInput."""
+    try:
+        onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
+        model = onnx.load(str(path) + ".inferred", load_external_data=False)
+    except Exception as e:
+        raise InvalidInput(f"{path}: shape inference failed ({str(e).splitlines()[0]})") from None
+    finally:
+        Path(str(path) + ".inferred").unlink(missing_ok=True)
+    return model

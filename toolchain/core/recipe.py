@@ -1,0 +1,180 @@
+"""The typed recipe: one TOML file naming a source and the stages to run on it.
+
+Every single-stage CLI command builds one of these and runs it through the same pipeline,
+so the CLI and recipes cannot drift apart (`--print-recipe` prints it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from toolchain.core.errors import InvalidInput
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """The fine-tuned model: a factory (+ weights), a .pt2, a Hugging Face folder or an ONNX."""
+
+    model: str
+    weights: str | None = None
+    inputs: list[str] = []
+    dynamic: list[str] = []
+    outputs: list[str] = []
+    task: str | None = None
+
+
+class StageConfig(Strict):
+    kind: str
+    out: str | None = Field(default=None, description="output directory; default OUT/<i>-<kind>")
+    # Fields that name files whose contents the stage reads: hashed into its cache key.
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+class ExportStage(StageConfig):
+    kind: Literal["export"] = "export"
+    opset: int = Field(default=18, ge=7, le=23)
+    atol: float = Field(default=1e-4, gt=0)
+    rtol: float = Field(default=1e-3, ge=0)
+    check_samples: int = Field(default=4, ge=1)
+
+
+class BuildStage(StageConfig):
+    kind: Literal["build"] = "build"
+    target: str = "ort-cpu"
+    options: dict[str, Any] = {}
+
+
+class ValidateStage(StageConfig):
+    kind: Literal["validate"] = "validate"
+    data: str
+    reference: str = "source"  # "source" (the recipe's model), or a model path
+    metrics: list[str] = []  # default: accuracy when the data has labels, else cosine
+    max_drop: float | dict[str, float] = 0.01
+    output: str | None = None  # gate this output only; default every output a metric fits
+    tokenizer: str | None = None  # for text data: a folder with a tokenizer
+    seq_len: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer")
+
+    @field_validator("max_drop")
+    @classmethod
+    def _non_negative(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(x < 0 for x in values):
+            raise ValueError("max_drop must be >= 0")
+        return v
+
+    def budget(self, metric: str) -> float:
+        if isinstance(self.max_drop, dict):
+            return self.max_drop.get(metric, self.max_drop.get("default", 0.01))
+        return self.max_drop
+
+
+class BenchStage(StageConfig):
+    kind: Literal["bench"] = "bench"
+    target: str = "ort-cpu"
+    batches: list[int] = [1, 8]
+    warmup: int = Field(default=10, ge=0)
+    iterations: int = Field(default=50, ge=1)
+    threads: int | None = None
+
+
+# kind → config class; a stage module registers its runner under the same kind (pipeline.py).
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    c.model_fields["kind"].default: c for c in (ExportStage, BuildStage, ValidateStage, BenchStage)
+}
+
+
+class Recipe(Strict):
+    name: str = "recipe"
+    out: str = "build/run"
+    source: Source
+    stages: list[StageConfig]
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _typed_stages(cls, items: Any) -> list[StageConfig]:
+        if not isinstance(items, list) or not items:
+            raise ValueError("expected a non-empty list of [[stages]] tables")
+        out = []
+        for i, item in enumerate(items):
+            if isinstance(item, StageConfig):
+                out.append(item)
+                continue
+            kind = item.get("kind") if isinstance(item, dict) else None
+            if kind not in STAGE_CONFIGS:
+                raise ValueError(
+                    f"unknown stage kind {kind!r}; available: {', '.join(STAGE_CONFIGS)}"
+                )
+            try:
+                out.append(STAGE_CONFIGS[kind].model_validate(item))
+            except ValidationError as e:
+                raise ValueError(describe_validation_error(f"[{i}] ({kind})", e)) from None
+        return out
+
+    def to_toml(self) -> str:
+        """The recipe as TOML (what --print-recipe shows); loads back to an equal recipe."""
+        lines = [f"name = {_toml(self.name)}", f"out = {_toml(self.out)}", "", "[source]"]
+        lines += [
+            f"{k} = {_toml(v)}" for k, v in self.source.model_dump(exclude_defaults=True).items()
+        ]
+        for stage in self.stages:
+            lines += ["", "[[stages]]", f"kind = {_toml(stage.kind)}"]
+            for k, v in stage.model_dump(exclude_defaults=True, exclude={"kind"}).items():
+                lines.append(f"{k} = {_toml(v)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def describe_validation_error(origin: str, e: ValidationError) -> str:
+    """One line: the file, the field path and what was expected."""
+    err = e.errors()[0]
+    # "max_drop.float" → "max_drop": the union member tried is noise to a user.
+    loc = ".".join(str(p) for p in err["loc"] if p not in ("float", "int", "str", "dict[str,float]"))
+    loc = loc or "(top level)"
+    quiet = ("missing", "extra_forbidden", "value_error")
+    got = f" (got {err['input']!r})" if err["type"] not in quiet else ""
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{got}{more}"
+
+
+def recipe_from_dict(data: dict[str, Any], origin: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise InvalidInput(describe_validation_error(origin, e)) from None
+
+
+def load_recipe(path: Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"recipe not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path}: not valid TOML ({e})") from None
+    return recipe_from_dict(data, str(path))

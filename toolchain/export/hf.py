@@ -1,0 +1,146 @@
+"""Hugging Face model folders, exported through optimum's ONNX exporter.
+
+optimum knows each model family's inputs, outputs and dynamic axes (its OnnxConfig is the
+family spec); we load the model once, export it with optimum, and keep the loaded model
+as the reference our own check runs against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolchain.core.artifact import IoSpec, TensorSpec
+from toolchain.core.errors import InvalidInput
+
+# Class-name suffix of config.architectures → optimum task (optimum's own inference needs the Hub).
+ARCHITECTURE_TASKS = {
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMaskedLM": "fill-mask",
+    "ForMultipleChoice": "multiple-choice",
+    "ForImageClassification": "image-classification",
+    "ForCausalLM": "text-generation",
+    "Model": "feature-extraction",
+}
+
+
+def infer_task(path: Path) -> str:
+    config = json.loads((Path(path) / "config.json").read_text())
+    for arch in config.get("architectures") or []:
+        for suffix, task in ARCHITECTURE_TASKS.items():
+            if arch.endswith(suffix):
+                return task
+    raise InvalidInput(
+        f"{path}: cannot infer the task from config.json architectures "
+        f"{config.get('architectures')}; pass --task (e.g. text-classification, feature-extraction)"
+    )
+
+
+@contextlib.contextmanager
+def _quiet():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    old = logging.getLogger("optimum").level
+    logging.getLogger("optimum").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        logging.getLogger("optimum").setLevel(old)
+
+
+@dataclass
+class HfModel:
+    path: Path
+    task: str
+    library: str
+    model: Any
+    onnx_config: Any
+
+    def example(self, batch: int = 2, seq: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+        """Dummy inputs from optimum's family spec (token ids in the vocabulary, full masks)."""
+        feeds = self.onnx_config.generate_dummy_inputs(
+            framework="np", batch_size=batch, sequence_length=seq
+        )
+        return {k: np.asarray(v) for k, v in feeds.items() if k in self.onnx_config.inputs}
+
+
+def load_hf(path: Path, task: str | None = None) -> HfModel:
+    from optimum.exporters.tasks import TasksManager
+
+    path = Path(path)
+    library = TasksManager.infer_library_from_model(str(path))
+    task = task or infer_task(path)
+    if library == "sentence_transformers" and task != "feature-extraction":
+        library = "transformers"  # a sentence-transformers folder with a task head
+    try:
+        with _quiet():
+            model = TasksManager.get_model_from_task(
+                task, str(path), framework="pt", library_name=library, local_files_only=True
+            )
+            ctor = TasksManager.get_exporter_config_constructor(
+                "onnx", model=model, task=task, library_name=library
+            )
+            onnx_config = ctor(model.config)
+    except (ValueError, KeyError, OSError) as e:
+        raise InvalidInput(
+            f"{path}: cannot load for task '{task}' ({str(e).splitlines()[0]})"
+        ) from None
+    return HfModel(path, task, library, model.eval(), onnx_config)
+
+
+class HfRunner:
+    """Runs the PyTorch model of a Hugging Face folder on numpy feeds, outputs named as in ONNX."""
+
+    def __init__(self, hf: HfModel) -> None:
+        self.hf = hf
+        cfg = hf.onnx_config
+        self.io = IoSpec(
+            tuple(
+                TensorSpec(n, "int64", tuple(axes.get(i, f"{n}_{i}") for i in range(2)))
+                for n, axes in cfg.inputs.items()
+            ),
+            tuple(
+                TensorSpec(n, "float32", tuple(axes.values())) for n, axes in cfg.outputs.items()
+            ),
+        )
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        with self.hf.onnx_config.patch_model_for_export(self.hf.model), torch.inference_mode():
+            out = self.hf.model(**args)
+        return {n: out[n].detach().cpu().numpy() for n in self.hf.onnx_config.outputs}
+
+
+def onnx_from_hf(hf: HfModel, out_dir: Path, opset: int | None) -> Path:
+    """Export into `out_dir` (model.onnx + the tokenizer and config files beside it)."""
+    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.utils.save_utils import maybe_load_preprocessors
+
+    try:
+        with _quiet():
+            onnx_export_from_model(
+                hf.model,
+                str(out_dir),
+                opset=opset,
+                task=hf.task,
+                do_validation=False,
+                preprocessors=maybe_load_preprocessors(str(hf.path)),
+            )
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise InvalidInput(f"{hf.path}: optimum export failed ({str(e).splitlines()[0]})") from e
+    return out_dir / "model.onnx"

@@ -1,0 +1,192 @@
+"""What a user names as a model, resolved to an artifact: a file, a folder or a factory.
+
+Accepted: `package.module:factory` (+ safetensors weights), a torch.export program (.pt2),
+a Hugging Face folder (config.json + safetensors), an .onnx file, an engine directory, or a
+directory written by an earlier stage (its manifest.json says what it holds).
+Pickle checkpoints are refused: loading one runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolchain.core.artifact import (
+    Format,
+    ModelArtifact,
+    artifact_from_manifest,
+    read_manifest,
+)
+from toolchain.core.errors import InvalidInput
+from toolchain.core.files import sha256_file, sha256_json
+from toolchain.core.onnx_model import check_onnx, io_from_onnx
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    """One model input: its example shape, dtype, and which axes are dynamic."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    dynamic: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A model as the user named it, plus what the export needs to know about its inputs."""
+
+    model: str
+    weights: str | None = None
+    inputs: tuple[str, ...] = ()  # "x:1x1x8x8" or "ids:1x128:int64"
+    dynamic: tuple[str, ...] = ()  # "x:0" or "x:0,1"
+    outputs: tuple[str, ...] = ()
+    task: str | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def parse_inputs(inputs: tuple[str, ...], dynamic: tuple[str, ...]) -> list[InputDecl]:
+    decls: dict[str, InputDecl] = {}
+    for text in inputs:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise InvalidInput(f"--input '{text}': expected NAME:DIMS[:DTYPE], e.g. x:1x1x8x8")
+        try:
+            shape = tuple(int(d) for d in parts[1].lower().split("x"))
+        except ValueError:
+            raise InvalidInput(f"--input '{text}': DIMS must be integers joined by 'x'") from None
+        dtype = parts[2] if len(parts) == 3 else "float32"
+        if dtype not in DTYPES:
+            raise InvalidInput(f"--input '{text}': unknown dtype '{dtype}'; known: {DTYPES}")
+        decls[parts[0]] = InputDecl(parts[0], shape, dtype)
+    for text in dynamic:
+        name, _, axes = text.partition(":")
+        if name not in decls:
+            raise InvalidInput(
+                f"--dynamic '{text}': no input named '{name}' (given: {list(decls)})"
+            )
+        try:
+            ax = tuple(int(a) for a in axes.split(","))
+        except ValueError:
+            raise InvalidInput(f"--dynamic '{text}': expected NAME:AXIS[,AXIS]") from None
+        if any(a < 0 or a >= len(decls[name].shape) for a in ax):
+            raise InvalidInput(
+                f"--dynamic '{text}': axis out of range for rank {len(decls[name].shape)}"
+            )
+        d = decls[name]
+        decls[name] = InputDecl(d.name, d.shape, d.dtype, tuple(sorted(set(d.dynamic + ax))))
+    return list(decls.values())
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise InvalidInput(
+            f"{path}: pickle checkpoints are refused (loading one runs arbitrary code); "
+            "save the weights with safetensors or the program with torch.export.save (.pt2)"
+        )
+
+
+def is_factory(model: str) -> bool:
+    return bool(FACTORY_RE.match(model)) and not Path(model).exists()
+
+
+def import_factory(ref: str):
+    """Import `package.module:factory`; the working directory is importable, as with python -m."""
+    module_name, _, attr = ref.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InvalidInput(f"factory '{ref}': cannot import module '{module_name}' ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InvalidInput(f"factory '{ref}': module '{module_name}' has no callable '{attr}'")
+    return module, factory
+
+
+def resolve_source(spec: SourceSpec) -> ModelArtifact:
+    """The artifact a source names, with its content hash (the cache key of what follows)."""
+    model = spec.model
+    if is_factory(model):
+        module, _ = import_factory(model)
+        if not spec.weights:
+            raise InvalidInput(f"factory '{model}' needs --weights FILE.safetensors")
+        weights = Path(spec.weights)
+        if not weights.exists():
+            raise InvalidInput(f"weights not found: {weights}")
+        _refuse_pickle(weights)
+        if weights.suffix != ".safetensors":
+            raise InvalidInput(f"{weights}: weights must be a .safetensors file")
+        code = inspect.getsourcefile(module)
+        digest = sha256_json(
+            {
+                "factory": model,
+                "weights": sha256_file(weights),
+                "code": sha256_file(Path(code)) if code else None,
+            }
+        )
+        return ModelArtifact(weights, Format.torch, sha256=digest, meta={"factory": model})
+    path = Path(model)
+    if not path.exists():
+        hint = " (a factory is written package.module:function)" if ":" in model else ""
+        raise InvalidInput(f"model not found: {path}{hint}")
+    _refuse_pickle(path)
+    if path.is_file():
+        if path.suffix == ".pt2":
+            return ModelArtifact.at(path, Format.torch)
+        if path.suffix == ".onnx":
+            proto = check_onnx(path)
+            return ModelArtifact.at(path, Format.onnx, io=io_from_onnx(proto))
+        if path.suffix == ".safetensors":
+            raise InvalidInput(
+                f"{path}: weights alone are not a model; name the factory that builds the module "
+                "(package.module:function --weights FILE.safetensors)"
+            )
+        raise InvalidInput(
+            f"{path}: unsupported model file; expected .onnx, .pt2, a Hugging Face folder, "
+            "an engine directory, or package.module:factory"
+        )
+    manifest = read_manifest(path)
+    if manifest is not None and "artifact" in manifest:
+        art = artifact_from_manifest(path, manifest)
+        if not art.path.exists():
+            raise InvalidInput(f"{path}: manifest names {art.path}, which is missing")
+        return art
+    if (path / "engine.json").is_file():
+        return ModelArtifact.at(path, Format.engine)
+    if (path / "config.json").is_file():
+        weights = list(path.glob("*.safetensors"))
+        if not weights:
+            pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            detail = (
+                f" (found pickle files {pickles}; convert them to safetensors)" if pickles else ""
+            )
+            raise InvalidInput(f"{path}: Hugging Face folder without .safetensors weights{detail}")
+        return ModelArtifact.at(path, Format.hf, meta={"task": spec.task})
+    raise InvalidInput(
+        f"{path}: not a model folder (expected config.json + safetensors, an engine.json, "
+        "or a manifest.json written by edgesmith)"
+    )
+
+
+def source_digest(spec: SourceSpec) -> str:
+    """Hash of the source plus everything in the spec that changes what an export makes."""
+    art = resolve_source(spec)
+    return sha256_json(
+        {
+            "artifact": art.sha256,
+            "inputs": spec.inputs,
+            "dynamic": spec.dynamic,
+            "outputs": spec.outputs,
+            "task": spec.task,
+        }
+    )

@@ -1,0 +1,247 @@
+"""PyTorch sources: modules from a factory + safetensors, torch.export programs (.pt2).
+
+Export goes through torch.onnx's dynamo exporter (torch.export underneath), the path the
+PyTorch team maintains; the TorchScript exporter is deprecated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from toolchain.core.artifact import IoSpec, TensorSpec
+from toolchain.core.errors import InvalidInput
+from toolchain.export.source import InputDecl, SourceSpec, import_factory, parse_inputs
+
+SPEC_ATTR = "EDGESMITH_SPEC"  # a model family's spec, beside its factory (see examples/digits.py)
+DYNAMIC_EXAMPLE = 2  # a dynamic axis traced at 1 would be specialised to 1 by torch.export
+
+
+@dataclass
+class TorchModel:
+    module: torch.nn.Module
+    inputs: list[InputDecl]
+    output_names: list[str]
+    program: Any = None  # the torch.export program, when the source was a .pt2
+
+    def example(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        return example_feeds(self.inputs, batch=batch, seed=seed)
+
+
+def example_feeds(
+    inputs: list[InputDecl], batch: int | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded sample inputs: dynamic axes at DYNAMIC_EXAMPLE (or `batch` for axis 0)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for d in inputs:
+        shape = [
+            (batch or DYNAMIC_EXAMPLE)
+            if (i == 0 and i in d.dynamic)
+            else (DYNAMIC_EXAMPLE if i in d.dynamic else n)
+            for i, n in enumerate(d.shape)
+        ]
+        if np.issubdtype(np.dtype(d.dtype), np.floating):
+            feeds[d.name] = rng.standard_normal(shape).astype(d.dtype)
+        else:
+            feeds[d.name] = np.ones(shape, dtype=d.dtype)
+    return feeds
+
+
+def _family_spec(module: Any, factory: Any) -> dict[str, Any]:
+    return getattr(factory, SPEC_ATTR, None) or getattr(module, SPEC_ATTR, None) or {}
+
+
+def _decls_from_family(spec: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    inputs, dynamic = [], []
+    for name, d in spec.get("inputs", {}).items():
+        inputs.append(f"{name}:{'x'.join(str(n) for n in d['shape'])}:{d.get('dtype', 'float32')}")
+        if d.get("dynamic"):
+            dynamic.append(f"{name}:{','.join(str(a) for a in d['dynamic'])}")
+    return tuple(inputs), tuple(dynamic)
+
+
+def load_torch(spec: SourceSpec) -> TorchModel:
+    """The module a torch source names, with its input declarations (flags win over the spec)."""
+    if spec.model.endswith(".pt2"):
+        return _load_program(spec)
+    module, factory = import_factory(spec.model)
+    family = _family_spec(module, factory)
+    inputs, dynamic = spec.inputs, spec.dynamic
+    if not inputs:
+        inputs, fam_dyn = _decls_from_family(family)
+        dynamic = dynamic or fam_dyn
+    if not inputs:
+        raise InvalidInput(
+            f"factory '{spec.model}': input shapes unknown; pass --input NAME:DIMS "
+            f"(e.g. --input x:1x3x224x224) or define {SPEC_ATTR} beside the factory"
+        )
+    try:
+        net = factory()
+    except TypeError as e:
+        raise InvalidInput(
+            f"factory '{spec.model}' must be callable without arguments ({e})"
+        ) from None
+    if not isinstance(net, torch.nn.Module):
+        raise InvalidInput(
+            f"factory '{spec.model}' returned {type(net).__name__}, not a torch.nn.Module"
+        )
+    _load_weights(net, Path(spec.weights), spec.model)
+    outputs = list(spec.outputs) or list(family.get("outputs", [])) or []
+    return TorchModel(net.eval(), parse_inputs(inputs, dynamic), outputs)
+
+
+def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise InvalidInput(f"{weights}: not a readable safetensors file ({e})") from None
+    result = net.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InvalidInput(
+            f"{weights}: does not match '{name}' (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def _load_program(spec: SourceSpec) -> TorchModel:
+    try:
+        program = torch.export.load(spec.model)
+    except Exception as e:  # torch raises several types for a bad archive
+        raise InvalidInput(
+            f"{spec.model}: not a torch.export program ({type(e).__name__})"
+        ) from None
+    sig = program.graph_signature
+    metas = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    decls = []
+    for name in sig.user_inputs:
+        val = metas[name]
+        shape, dyn = [], []
+        for i, s in enumerate(val.shape):
+            if isinstance(s, torch.SymInt):
+                dyn.append(i)
+                shape.append(DYNAMIC_EXAMPLE)
+            else:
+                shape.append(int(s))
+        decls.append(
+            InputDecl(name, tuple(shape), str(val.dtype).removeprefix("torch."), tuple(dyn))
+        )
+    outputs = list(spec.outputs) or [str(o) for o in sig.user_outputs]
+    return TorchModel(program.module(), decls, outputs, program=program)
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict) or hasattr(out, "to_tuple"):
+        out = list(out.values()) if isinstance(out, dict) else list(out.to_tuple())
+    flat: list[torch.Tensor] = []
+    for o in out:
+        flat += flatten_outputs(o)
+    return flat
+
+
+class TorchRunner:
+    """Runs a torch module eagerly on numpy feeds (the reference an export is checked against)."""
+
+    def __init__(self, model: TorchModel) -> None:
+        self.model = model
+        first = self._run(model.example())
+        names = model.output_names or (
+            ["output"] if len(first) == 1 else [f"output_{i}" for i in range(len(first))]
+        )
+        if len(names) != len(first):
+            raise InvalidInput(
+                f"model returns {len(first)} outputs but {len(names)} names were given"
+            )
+        model.output_names = names
+        batch_dyn = any(0 in d.dynamic for d in model.inputs)
+        self.io = IoSpec(
+            tuple(
+                TensorSpec(
+                    d.name,
+                    d.dtype,
+                    tuple(
+                        "batch"
+                        if i in d.dynamic and i == 0
+                        else (f"{d.name}_{i}" if i in d.dynamic else n)
+                        for i, n in enumerate(d.shape)
+                    ),
+                )
+                for d in model.inputs
+            ),
+            tuple(
+                TensorSpec(
+                    n,
+                    str(t.dtype).removeprefix("torch."),
+                    tuple("batch" if (i == 0 and batch_dyn) else s for i, s in enumerate(t.shape)),
+                )
+                for n, t in zip(names, first, strict=True)
+            ),
+        )
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[d.name])) for d in self.model.inputs]
+        with torch.inference_mode():
+            out = self.model.module(*args)
+        return [t.detach().cpu().numpy() for t in flatten_outputs(out)]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.model.output_names, self._run(feeds), strict=True))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress lines to stdout; keep our output to our own lines."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
+    """Export to `out` (a .onnx path); weights over 2 GB go to external data beside it."""
+    example = model.example()
+    args = tuple(torch.from_numpy(example[d.name]) for d in model.inputs)
+    dynamic_axes = {
+        d.name: {i: ("batch" if i == 0 else f"{d.name}_{i}") for i in d.dynamic}
+        for d in model.inputs
+        if d.dynamic
+    }
+    src = model.program if model.program is not None else model.module
+    kwargs: dict[str, Any] = {}
+    if model.program is None and dynamic_axes:
+        kwargs["dynamic_axes"] = dynamic_axes
+    try:
+        with _quiet():
+            torch.onnx.export(
+                src,
+                args,
+                str(out),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[d.name for d in model.inputs],
+                output_names=model.output_names,
+                external_data=True,
+                **kwargs,
+            )
+    except Exception as e:  # the exporter raises many types; surface one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(f"torch.onnx export failed: {msg}") from e
+    return out
