@@ -102,7 +102,7 @@ def tool_versions() -> dict[str, str]:
 
 def write_manifest(
     directory: Path,
-    artifact: ModelArtifact,
+    artifact: ModelArtifact | None,
     *,
     stage: str,
     config: dict[str, Any],
@@ -117,7 +117,9 @@ def write_manifest(
     manifest = {
         "stage": stage,
         "cache_key": cache_key,
-        "artifact": {
+        "artifact": None
+        if artifact is None
+        else {
             "path": Path(artifact.path).relative_to(directory).as_posix()
             if Path(artifact.path).is_relative_to(directory)
             else str(artifact.path),
@@ -127,7 +129,7 @@ def write_manifest(
             "parent": artifact.parent,
             "io": artifact.io.to_dict() if artifact.io else None,
             "meta": artifact.meta,
-        },
+        },  # None: the stage made no model (validate, bench)
         "files": file_hashes(directory),
         "config": config,
         "tools": tool_versions(),

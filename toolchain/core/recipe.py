@@ -54,7 +54,8 @@ class BuildStage(StageConfig):
 class ValidateStage(StageConfig):
     kind: Literal["validate"] = "validate"
     data: str
-    reference: str = "source"  # "source" (the recipe's model), or a model path
+    reference: str = "source"  # "source" (the recipe's model), or a model path or factory
+    reference_weights: str | None = None  # safetensors, when the reference is a factory
     metrics: list[str] = []  # default: accuracy when the data has labels, else cosine
     max_drop: float | dict[str, float] = 0.01
     output: str | None = None  # gate this output only; default every output a metric fits
@@ -62,7 +63,7 @@ class ValidateStage(StageConfig):
     seq_len: int = Field(default=128, ge=1)
     batch_size: int = Field(default=32, ge=1)
     limit: int | None = Field(default=None, ge=1)
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer")
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer", "reference", "reference_weights")
 
     @field_validator("max_drop")
     @classmethod
@@ -151,7 +152,9 @@ def describe_validation_error(origin: str, e: ValidationError) -> str:
     """One line: the file, the field path and what was expected."""
     err = e.errors()[0]
     # "max_drop.float" → "max_drop": the union member tried is noise to a user.
-    loc = ".".join(str(p) for p in err["loc"] if p not in ("float", "int", "str", "dict[str,float]"))
+    loc = ".".join(
+        str(p) for p in err["loc"] if p not in ("float", "int", "str", "dict[str,float]")
+    )
     loc = loc or "(top level)"
     quiet = ("missing", "extra_forbidden", "value_error")
     got = f" (got {err['input']!r})" if err["type"] not in quiet else ""

@@ -21,6 +21,7 @@ from toolchain.core.errors import InvalidInput
 from toolchain.export.source import InputDecl, SourceSpec, import_factory, parse_inputs
 
 SPEC_ATTR = "EDGESMITH_SPEC"  # a model family's spec, beside its factory (see examples/digits.py)
+EXTERNAL_DATA_BYTES = 1_800_000_000
 DYNAMIC_EXAMPLE = 2  # a dynamic axis traced at 1 would be specialised to 1 by torch.export
 
 
@@ -219,15 +220,17 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
     """Export to `out` (a .onnx path); weights over 2 GB go to external data beside it."""
     example = model.example()
     args = tuple(torch.from_numpy(example[d.name]) for d in model.inputs)
-    dynamic_axes = {
-        d.name: {i: ("batch" if i == 0 else f"{d.name}_{i}") for i in d.dynamic}
-        for d in model.inputs
-        if d.dynamic
-    }
     src = model.program if model.program is not None else model.module
     kwargs: dict[str, Any] = {}
-    if model.program is None and dynamic_axes:
-        kwargs["dynamic_axes"] = dynamic_axes
+    if model.program is None and any(d.dynamic for d in model.inputs):
+        batch = torch.export.Dim("batch")  # one object: inputs share their batch axis
+        kwargs["dynamic_shapes"] = tuple(
+            {i: batch if i == 0 else torch.export.Dim(f"{d.name}_{i}") for i in d.dynamic} or None
+            for d in model.inputs
+        )
+    # Inline weights unless the protobuf 2 GB limit forces external data.
+    params = sum(p.numel() * p.element_size() for p in model.module.parameters())
+    kwargs["external_data"] = params > EXTERNAL_DATA_BYTES
     try:
         with _quiet():
             torch.onnx.export(
@@ -238,7 +241,6 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
                 opset_version=opset,
                 input_names=[d.name for d in model.inputs],
                 output_names=model.output_names,
-                external_data=True,
                 **kwargs,
             )
     except Exception as e:  # the exporter raises many types; surface one line

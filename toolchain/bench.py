@@ -1,0 +1,110 @@
+"""Latency and throughput of a model on a target: warm-up, then percentiles of timed runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from targets.base import Runner
+from toolchain.core.artifact import Format, IoSpec, ModelArtifact
+from toolchain.core.errors import InvalidInput
+from toolchain.core.files import write_json
+from toolchain.core.recipe import BenchStage
+
+DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is benchmarked at this size
+BENCH_FILE = "bench.json"
+
+
+def synthetic_feeds(io: IoSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for timing: normal floats, ones for integer inputs (valid ids and masks)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in io.inputs:
+        shape = [
+            batch if i == 0 else (d if isinstance(d, int) else DEFAULT_SEQ)
+            for i, d in enumerate(t.dims)
+        ]
+        if isinstance(t.dims[0], int) and t.dims[0] != batch:
+            raise InvalidInput(
+                f"input '{t.name}' has a fixed batch of {t.dims[0]}; cannot bench batch {batch}"
+            )
+        dtype = np.dtype(t.dtype)
+        feeds[t.name] = (
+            rng.standard_normal(shape).astype(dtype)
+            if np.issubdtype(dtype, np.floating)
+            else np.ones(shape, dtype=dtype)
+        )
+    return feeds
+
+
+def latency(
+    runner: Runner, feeds: dict[str, np.ndarray], warmup: int = 10, iterations: int = 50
+) -> dict:
+    """Milliseconds per call: p50/p90/p99 and mean, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        runner.infer(feeds)
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        runner.infer(feeds)
+        times.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(times)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "iterations": iterations,
+    }
+
+
+def size_bytes(art: ModelArtifact) -> int:
+    """Bytes a deployment ships: the engine directory, the .onnx (+ external data), the weights."""
+    p = Path(art.path)
+    if art.format is Format.onnx:
+        p = p.parent if (p.parent / "manifest.json").exists() else p
+    if p.is_file():
+        return p.stat().st_size
+    skip = {"manifest.json", "report.json", "junit.xml", "summary.md", BENCH_FILE}
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.name not in skip)
+
+
+def bench(
+    runner: Runner, batches: list[int], warmup: int, iterations: int, threads: int | None
+) -> dict:
+    rows = []
+    for b in batches:
+        lat = latency(runner, synthetic_feeds(runner.io, b), warmup, iterations)
+        rows.append({"batch": b, **lat, "throughput_per_s": b * 1e3 / lat["p50"]})
+    return {"threads": threads or getattr(runner, "threads", None) or os.cpu_count(), "rows": rows}
+
+
+def run_stage(ctx, src: ModelArtifact, cfg: BenchStage, out: Path):
+    from toolchain.pipeline import StageResult
+    from toolchain.runners import runner_for
+
+    if src.format is Format.onnx and cfg.target != "ort-cpu":
+        raise InvalidInput(
+            f"{src.path}: build it for {cfg.target} first; an ONNX file runs on ort-cpu"
+        )
+    if src.format is Format.engine:
+        from targets.base import read_engine_config
+
+        built_for = read_engine_config(src.path)["target"]
+        if built_for != cfg.target:
+            raise InvalidInput(f"{src.path}: an engine for {built_for}, not {cfg.target}")
+    runner = runner_for(src, ctx.source, threads=cfg.threads)
+    result = {
+        "model": str(src.path),
+        "target": cfg.target,
+        **bench(runner, cfg.batches, cfg.warmup, cfg.iterations, cfg.threads),
+    }
+    write_json(out / BENCH_FILE, result)
+    summary = "; ".join(
+        f"batch {r['batch']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, {r['throughput_per_s']:.0f}/s"
+        for r in result["rows"]
+    )
+    return StageResult(None, result, summary=f"{summary} ({result['threads']} threads)")

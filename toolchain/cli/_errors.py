@@ -1,0 +1,47 @@
+"""Exceptions → one-line messages and exit codes (0 ok, 1 gate failed, 2 bad input, 3 target).
+
+Usage errors (unknown flag, missing argument) are typer's own and exit 2 as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from toolchain.core.errors import CheckFailed, EdgesmithError
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in edgesmith, not in the user's input
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+debug = {"on": False}  # set by the root --debug option
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgesmithError as e:
+            if debug["on"]:
+                traceback.print_exc()
+            print(f"edgesmith: {_kind(e)}: {e}", file=sys.stderr)
+            if isinstance(e, CheckFailed) and e.report is not None:
+                print(f"edgesmith: report: {e.report}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            print("edgesmith: interrupted; no partial output was left", file=sys.stderr)
+            raise typer.Exit(INTERRUPTED) from None
+        except Exception:
+            traceback.print_exc()
+            print("edgesmith: internal error (a bug in edgesmith; please report it)", file=sys.stderr)
+            raise typer.Exit(INTERNAL_ERROR) from None
+
+    return wrapper
+
+
+def _kind(e: EdgesmithError) -> str:
+    return {1: "failed", 2: "error", 3: "target unavailable"}.get(e.exit_code, "error")

@@ -1,0 +1,23 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
+PrintRecipe = Annotated[
+    bool, typer.Option("--print-recipe", help="Print the equivalent recipe TOML and exit.")
+]
+Target = Annotated[str, typer.Option("--target", "-t", help="Target: see `edgesmith targets`.")]
+Threads = Annotated[
+    int | None, typer.Option("--threads", help="Intra-op threads (default: one per physical core).")
+]
+Weights = Annotated[
+    Path | None, typer.Option("--weights", help="safetensors weights for a package.module:factory.")
+]
+Task = Annotated[
+    str | None, typer.Option("--task", help="Hugging Face task (default: from config.json).")
+]

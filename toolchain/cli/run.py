@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolchain.cli._run import execute
+from toolchain.cli.options import PrintRecipe
+from toolchain.core.recipe import load_recipe
+
+
+def command(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML (see recipes/).")],
+    print_recipe: PrintRecipe = False,
+) -> None:
+    """Run a recipe's stages in order; stages whose inputs did not change are not redone."""
+    execute(load_recipe(recipe), print_recipe)

@@ -1,0 +1,48 @@
+"""Run a candidate and its reference on every sample of a data set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibration.sources import Dataset
+from targets.base import Runner
+from toolchain.core.errors import InvalidInput
+from toolchain.progress import track
+
+
+@dataclass
+class Outputs:
+    reference: dict[str, np.ndarray]
+    candidate: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+
+def batch_limit(*runners: Runner) -> int | None:
+    """The fixed batch size some runner's inputs demand (a model exported at batch 1), if any."""
+    fixed = {
+        t.dims[0] for r in runners for t in r.io.inputs if t.dims and isinstance(t.dims[0], int)
+    }
+    return min(fixed) if fixed else None
+
+
+def run_both(reference: Runner, candidate: Runner, data: Dataset, batch_size: int) -> Outputs:
+    names = [n for n in reference.io.output_names]
+    missing = [n for n in names if n not in candidate.io.output_names]
+    if missing:
+        raise InvalidInput(
+            f"the candidate has no output(s) {missing} of the reference "
+            f"(candidate outputs: {candidate.io.output_names})"
+        )
+    size = min(batch_size, batch_limit(reference, candidate) or batch_size)
+    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    total = (len(data) + size - 1) // size
+    for feeds, _ in track(data.batches(size), total, f"validating {len(data)} samples"):
+        r, c = reference.infer(feeds), candidate.infer(feeds)
+        for n in names:
+            refs[n].append(r[n])
+            cands[n].append(c[n])
+    cat = {n: np.concatenate(v) for n, v in refs.items()}
+    return Outputs(cat, {n: np.concatenate(v) for n, v in cands.items()}, data.labels)

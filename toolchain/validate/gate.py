@@ -1,0 +1,77 @@
+"""The accuracy gate: each gated metric's drop against its budget."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from toolchain.core.errors import InvalidInput
+from toolchain.validate.compare import Outputs
+from toolchain.validate.metrics import METRICS, MetricValue, check_metric_names, compute
+
+
+@dataclass(frozen=True)
+class Check:
+    value: MetricValue
+    budget: float | None  # None: reported, not gated
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.budget is None else self.value.drop <= self.budget
+
+    def to_dict(self) -> dict:
+        return {**asdict(self.value), "budget": self.budget, "passed": self.passed}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    checks: list[Check]
+
+    @property
+    def gated(self) -> list[Check]:
+        return [c for c in self.checks if c.budget is not None]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.gated)
+
+    def verdict(self) -> str:
+        failed = [c for c in self.gated if not c.passed]
+        if not failed:
+            return "PASS: " + ", ".join(
+                f"{c.value.metric}[{c.value.output}] drop {c.value.drop:.4f} <= {c.budget}"
+                for c in self.gated
+            )
+        return "FAIL: " + ", ".join(
+            f"{c.value.metric}[{c.value.output}] drop {c.value.drop:.4f} > budget {c.budget}"
+            for c in failed
+        )
+
+
+def default_metrics(has_labels: bool) -> list[str]:
+    return ["accuracy"] if has_labels else ["cosine"]
+
+
+def evaluate(
+    outputs: Outputs,
+    metrics: list[str],
+    budget: dict[str, float],
+    output: str | None = None,
+) -> GateResult:
+    """Every metric on every output it fits; the `metrics` named are gated (on `output`, or all)."""
+    check_metric_names(metrics)
+    if output is not None and output not in outputs.reference:
+        raise InvalidInput(f"no output named '{output}'; available: {', '.join(outputs.reference)}")
+    checks = []
+    for metric in METRICS:
+        values = compute(metric, outputs.reference, outputs.candidate, outputs.labels)
+        gated = [v for v in values if metric in metrics and (output is None or v.output == output)]
+        if metric in metrics and not gated:
+            need = "labels in the data and " if metric == "accuracy" else ""
+            raise InvalidInput(
+                f"metric '{metric}' fits no output (it needs {need}a [N, classes] output for "
+                f"top-1; outputs: {', '.join(f'{k}{list(v.shape)}' for k, v in outputs.reference.items())})"
+                if metric in ("accuracy", "agreement")
+                else f"metric '{metric}' fits no output"
+            )
+        checks += [Check(v, budget[metric] if v in gated else None) for v in values]
+    return GateResult(checks)

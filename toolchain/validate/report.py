@@ -1,0 +1,82 @@
+"""Validation reports: report.json (everything), junit.xml (for CI), summary.md (for people)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from toolchain.core.files import write_json
+from toolchain.validate.gate import GateResult
+
+REPORT = "report.json"
+JUNIT = "junit.xml"
+SUMMARY = "summary.md"
+
+
+def write_reports(out: Path, gate: GateResult, context: dict[str, Any]) -> dict[str, Any]:
+    report = {
+        **context,
+        "passed": gate.passed,
+        "verdict": gate.verdict(),
+        "checks": [c.to_dict() for c in gate.checks],
+    }
+    write_json(out / REPORT, report)
+    _junit(out / JUNIT, gate, context.get("name", "validate"))
+    (out / SUMMARY).write_text(markdown(report))
+    return report
+
+
+def _junit(path: Path, gate: GateResult, name: str) -> None:
+    gated = gate.gated
+    suite = ET.Element(
+        "testsuite",
+        name=f"edgesmith.{name}",
+        tests=str(len(gated)),
+        failures=str(sum(not c.passed for c in gated)),
+    )
+    for c in gated:
+        v = c.value
+        case = ET.SubElement(
+            suite, "testcase", classname=f"edgesmith.{name}", name=f"{v.metric}[{v.output}]"
+        )
+        text = (
+            f"reference {v.reference:.6f}, candidate {v.candidate:.6f}, "
+            f"drop {v.drop:.6f}, budget {c.budget}"
+        )
+        if c.passed:
+            ET.SubElement(case, "system-out").text = text
+        else:
+            ET.SubElement(
+                case, "failure", message=f"drop {v.drop:.6f} > budget {c.budget}"
+            ).text = text
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cand, ref = report["candidate"], report["reference"]
+    lines = [
+        f"# Validation: {'PASS' if report['passed'] else 'FAIL'}",
+        "",
+        f"- candidate: `{cand['path']}` ({cand['format']})",
+        f"- reference: `{ref['path']}` ({ref['format']})",
+        f"- data: `{report['data']['path']}`, {report['data']['samples']} samples",
+        f"- verdict: {report['verdict']}",
+        "",
+        "| metric | output | reference | candidate | drop | budget | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in report["checks"]:
+        result = {True: "pass", False: "**FAIL**", None: "-"}[c["passed"]]
+        lines.append(
+            f"| {c['metric']} | {c['output']} | {c['reference']:.4f} | {c['candidate']:.4g} | "
+            f"{c['drop']:.4g} | {'-' if c['budget'] is None else c['budget']} | {result} |"
+        )
+    lines += [
+        "",
+        "| model | latency p50, batch 1 (ms) | size (MB) |",
+        "|---|---|---|",
+        f"| reference | {ref['latency_ms']['p50']:.3f} | {ref['size_bytes'] / 1e6:.3f} |",
+        f"| candidate | {cand['latency_ms']['p50']:.3f} | {cand['size_bytes'] / 1e6:.3f} |",
+    ]
+    return "\n".join(lines) + "\n"
