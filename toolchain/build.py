@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from targets.base import BuildConfig
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput, TargetUnavailable
+from toolchain.core.files import sha256_path
 from toolchain.core.recipe import BuildStage
 from toolchain.core.registry import get_target
 
@@ -23,9 +26,36 @@ def run(ctx, src: ModelArtifact, cfg: BuildStage, out: Path):
             f"{src.path}: build takes an ONNX model, got {src.format.value}; export it first"
         )
     engine = target.build(src, BuildConfig(dict(cfg.options)), out)
+    carried = carry_preprocessing(Path(src.path).parent, out)
+    engine = replace(engine, sha256=sha256_path(out))  # what ships: the carried files too
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return StageResult(
         engine,
         {"target": cfg.target, "size_bytes": size},
         summary=f"{cfg.target} engine, {size / 1e6:.2f} MB",
     )
+
+
+# Files a deployment needs beside the model to turn raw input into tensors (Hugging Face names).
+PREPROCESSING_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+
+
+def carry_preprocessing(src_dir: Path, out: Path) -> list[str]:
+    """Copy the tokenizer/config files beside the model into the engine: it ships complete."""
+    carried = []
+    for name in PREPROCESSING_FILES:
+        if (src_dir / name).is_file() and not (out / name).exists():
+            shutil.copy2(src_dir / name, out / name)
+            carried.append(name)
+    return carried

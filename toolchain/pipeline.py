@@ -29,6 +29,7 @@ from toolchain.progress import log
 
 # kind → "module:function"; each function is run(ctx, src, cfg, out) -> StageResult.
 STAGE_RUNNERS: dict[str, str] = {
+    "distill": "toolchain.distill.stage:run",
     "export": "toolchain.export.stage:run",
     "build": "toolchain.build:run",
     "validate": "toolchain.validate.stage:run",

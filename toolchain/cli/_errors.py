@@ -37,7 +37,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(INTERRUPTED) from None
         except Exception:
             traceback.print_exc()
-            print("edgesmith: internal error (a bug in edgesmith; please report it)", file=sys.stderr)
+            print(
+                "edgesmith: internal error (a bug in edgesmith; please report it)", file=sys.stderr
+            )
             raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper

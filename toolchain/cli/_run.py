@@ -50,22 +50,35 @@ def render(report) -> None:
 def validation_table(r: dict[str, Any]):
     from rich.table import Table
 
-    t = Table(title=f"validation: {'PASS' if r['passed'] else 'FAIL'} ({r['data']['samples']} samples)")
+    t = Table(
+        title=f"validation: {'PASS' if r['passed'] else 'FAIL'} ({r['data']['samples']} samples)"
+    )
     for col in ("metric", "output", "reference", "candidate", "drop", "budget", "result"):
         t.add_column(col, justify="right" if col not in ("metric", "output", "result") else "left")
     for c in r["checks"]:
         pct = c["metric"] in ("accuracy", "agreement")
         fmt = (lambda v: f"{100 * v:.2f}%") if pct else (lambda v: f"{v:.6g}")
         t.add_row(
-            c["metric"], c["output"], fmt(c["reference"]), fmt(c["candidate"]),
+            c["metric"],
+            c["output"],
+            fmt(c["reference"]),
+            fmt(c["candidate"]),
             f"{100 * c['drop']:.2f} pt" if pct else f"{c['drop']:.3g}",
-            "-" if c["budget"] is None else (f"{100 * c['budget']:.2f} pt" if pct else str(c["budget"])),
+            "-"
+            if c["budget"] is None
+            else (f"{100 * c['budget']:.2f} pt" if pct else str(c["budget"])),
             {True: "pass", False: "FAIL", None: ""}[c["passed"]],
         )
     for who in ("reference", "candidate"):
         m = r[who]
         t.add_row(
-            "latency b1 p50", who, "", f"{m['latency_ms']['p50']:.3f} ms", "", "", "",
+            "latency b1 p50",
+            who,
+            "",
+            f"{m['latency_ms']['p50']:.3f} ms",
+            "",
+            "",
+            "",
         )
     for who in ("reference", "candidate"):
         t.add_row("size", who, "", f"{r[who]['size_bytes'] / 1e6:.3f} MB", "", "", "")
@@ -79,8 +92,13 @@ def bench_table(r: dict[str, Any]):
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "per second"):
         t.add_column(col, justify="right")
     for row in r["rows"]:
-        t.add_row(str(row["batch"]), f"{row['p50']:.3f}", f"{row['p90']:.3f}", f"{row['p99']:.3f}",
-                  f"{row['throughput_per_s']:.1f}")
+        t.add_row(
+            str(row["batch"]),
+            f"{row['p50']:.3f}",
+            f"{row['p90']:.3f}",
+            f"{row['p99']:.3f}",
+            f"{row['throughput_per_s']:.1f}",
+        )
     return t
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli import bench, build, export, inspect, run, targets, validate
+from toolchain.cli import bench, build, distill, export, inspect, run, targets, validate
 from toolchain.cli import _errors
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ def _root(
 
 COMMANDS = {
     "export": export.command,
+    "distill": distill.command,
     "build": build.command,
     "validate": validate.command,
     "bench": bench.command,

@@ -36,10 +36,16 @@ def command(
     model: Annotated[Path, typer.Argument(help="The ONNX model (or a directory an export wrote).")],
     out: Out,
     target: Target = "ort-cpu",
-    opt_level: Annotated[str | None, typer.Option(help="ort-cpu offline level: disable, basic, extended, all.")] = None,
-    ort_format: Annotated[bool, typer.Option("--ort-format", help="Also save .ort + required operators config.")] = False,
+    opt_level: Annotated[
+        str | None, typer.Option(help="ort-cpu offline level: disable, basic, extended, all.")
+    ] = None,
+    ort_format: Annotated[
+        bool, typer.Option("--ort-format", help="Also save .ort + required operators config.")
+    ] = False,
     threads: Threads = None,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Target option KEY=VALUE.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Target option KEY=VALUE.")
+    ] = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Build an engine for a target from an ONNX model."""

@@ -9,22 +9,38 @@ from toolchain.cli.options import Out, PrintRecipe, Task, Weights
 
 
 def command(
-    source: Annotated[str, typer.Argument(help="package.module:factory, a .pt2, or a Hugging Face folder.")],
+    source: Annotated[
+        str, typer.Argument(help="package.module:factory, a .pt2, or a Hugging Face folder.")
+    ],
     out: Out,
     weights: Weights = None,
-    input: Annotated[list[str] | None, typer.Option("--input", help="NAME:DIMS[:DTYPE], e.g. x:1x1x8x8.")] = None,
-    dynamic: Annotated[list[str] | None, typer.Option("--dynamic", help="NAME:AXIS[,AXIS], e.g. x:0.")] = None,
-    output: Annotated[list[str] | None, typer.Option("--output", help="Output names, in order.")] = None,
+    input: Annotated[
+        list[str] | None, typer.Option("--input", help="NAME:DIMS[:DTYPE], e.g. x:1x1x8x8.")
+    ] = None,
+    dynamic: Annotated[
+        list[str] | None, typer.Option("--dynamic", help="NAME:AXIS[,AXIS], e.g. x:0.")
+    ] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", help="Output names, in order.")
+    ] = None,
     task: Task = None,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance of the check against the source.")] = 1e-4,
+    atol: Annotated[
+        float, typer.Option(help="Absolute tolerance of the check against the source.")
+    ] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the check.")] = 1e-3,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Export a fine-tuned model to ONNX and check it against the source (exit 1 if it differs)."""
     recipe = one_stage(
-        {"model": source, "weights": path_str(weights), "inputs": input or [],
-         "dynamic": dynamic or [], "outputs": output or [], "task": task},
+        {
+            "model": source,
+            "weights": path_str(weights),
+            "inputs": input or [],
+            "dynamic": dynamic or [],
+            "outputs": output or [],
+            "task": task,
+        },
         {"kind": "export", "out": str(out), "opset": opset, "atol": atol, "rtol": rtol},
         "export",
     )

@@ -16,7 +16,9 @@ def command(
     from pathlib import Path
 
     art = resolve_source(SourceSpec(model=model))
-    typer.echo(f"path:      {art.path}\nformat:    {art.format.value}\nprecision: {art.precision.value}")
+    typer.echo(
+        f"path:      {art.path}\nformat:    {art.format.value}\nprecision: {art.precision.value}"
+    )
     typer.echo(f"sha256:    {art.sha256}\nparent:    {art.parent}")
     if art.io is None and art.format.value in ("onnx", "engine"):
         from toolchain.runners import runner_for
@@ -29,4 +31,6 @@ def command(
             typer.echo(f"output:    {t.describe()}")
     manifest = read_manifest(Path(model)) if Path(model).is_dir() else None
     if manifest:
-        typer.echo(f"stage:     {manifest.get('stage')}\nmetrics:   {dump(manifest.get('metrics'))}")
+        typer.echo(
+            f"stage:     {manifest.get('stage')}\nmetrics:   {dump(manifest.get('metrics'))}"
+        )

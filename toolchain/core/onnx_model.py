@@ -9,7 +9,7 @@ import onnx
 
 from toolchain.core.artifact import IoSpec, TensorSpec
 from toolchain.core.errors import InvalidInput
-from toolchain.core.files import require_file
+from toolchain.core.files import require_file, sha256_file, sha256_json
 
 
 def numpy_dtype(elem_type: int) -> str:
@@ -66,3 +66,24 @@ def infer_shapes(path: Path) -> onnx.ModelProto:
     finally:
         Path(str(path) + ".inferred").unlink(missing_ok=True)
     return model
+
+
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """Relative locations of the external data files a model's initializers point to."""
+    files = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in t.external_data if e.key == "location")
+    return sorted(files)
+
+
+def onnx_digest(path: Path, model: onnx.ModelProto | None = None) -> str:
+    """Content hash of an ONNX model: the file alone, or the file and its external data."""
+    path = Path(path)
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
+    extra = external_data_files(model)
+    if not extra:
+        return sha256_file(path)
+    return sha256_json(
+        {"model": sha256_file(path), **{f: sha256_file(path.parent / f) for f in extra}}
+    )

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from toolchain.core.errors import InvalidInput
 
@@ -88,9 +95,45 @@ class BenchStage(StageConfig):
     threads: int | None = None
 
 
+class DistillStage(StageConfig):
+    """A smaller student trained on the teacher's outputs (toolchain/distill)."""
+
+    kind: Literal["distill"] = "distill"
+    student: str | None = None  # package.module:factory, the student's architecture
+    student_layers: int | None = Field(default=None, ge=1)  # or: K of the teacher's layers
+    keep_layers: list[int] = []  # which ones (default: evenly spaced, first and last kept)
+    data: str  # training data: .npz, a folder of .npy, or text lines / .jsonl
+    eval_data: str | None = None  # default: eval_fraction of `data`, held out
+    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    tokenizer: str | None = None  # for text data; default: the teacher's folder
+    seq_len: int = Field(default=128, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)  # global, across torchrun processes
+    lr: float | None = Field(default=None, gt=0)  # default: by student kind (distill/stage.py)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)  # soft-target weight; 1 - alpha on labels
+    loss: Literal["auto", "soft", "embedding"] = "auto"
+    output: str | None = None  # the output compared; default the only (batch, features) one
+    mse_weight: float = Field(default=1.0, ge=0)
+    cos_weight: float = Field(default=1.0, ge=0)
+    hidden_weight: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    seed: int = 0
+    resume: bool = False  # continue an interrupted run from its last complete epoch
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "eval_data", "tokenizer")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> DistillStage:
+        if (self.student is None) == (self.student_layers is None):
+            raise ValueError("give exactly one of student (a factory) and student_layers")
+        return self
+
+
 # kind → config class; a stage module registers its runner under the same kind (pipeline.py).
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    c.model_fields["kind"].default: c for c in (ExportStage, BuildStage, ValidateStage, BenchStage)
+    c.model_fields["kind"].default: c
+    for c in (DistillStage, ExportStage, BuildStage, ValidateStage, BenchStage)
 }
 
 

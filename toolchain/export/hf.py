@@ -78,6 +78,7 @@ class HfModel:
 
 
 def load_hf(path: Path, task: str | None = None) -> HfModel:
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the model families)
     from optimum.exporters.tasks import TasksManager
 
     path = Path(path)

@@ -23,7 +23,7 @@ from toolchain.core.artifact import (
 )
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json
-from toolchain.core.onnx_model import check_onnx, io_from_onnx
+from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -145,7 +145,9 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
             return ModelArtifact.at(path, Format.torch)
         if path.suffix == ".onnx":
             proto = check_onnx(path)
-            return ModelArtifact.at(path, Format.onnx, io=io_from_onnx(proto))
+            return ModelArtifact(
+                path, Format.onnx, io=io_from_onnx(proto), sha256=onnx_digest(path, proto)
+            )
         if path.suffix == ".safetensors":
             raise InvalidInput(
                 f"{path}: weights alone are not a model; name the factory that builds the module "
@@ -175,6 +177,28 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
     raise InvalidInput(
         f"{path}: not a model folder (expected config.json + safetensors, an engine.json, "
         "or a manifest.json written by edgesmith)"
+    )
+
+
+def torch_spec(art: ModelArtifact, source: SourceSpec) -> SourceSpec:
+    """The spec that loads a PyTorch artifact: the recipe's source, or a model a stage made.
+
+    A stage that writes factory weights (distill's student) records the factory and the input
+    declarations in the artifact's meta; without them the artifact is the recipe's source.
+    """
+    factory = art.meta.get("factory")
+    if not factory or (
+        factory == source.model
+        and source.weights
+        and Path(source.weights).resolve() == Path(art.path).resolve()
+    ):
+        return source
+    return SourceSpec(
+        model=factory,
+        weights=str(art.path),
+        inputs=tuple(art.meta.get("inputs", ())),
+        dynamic=tuple(art.meta.get("dynamic", ())),
+        outputs=tuple(art.meta.get("outputs", ())),
     )
 
 

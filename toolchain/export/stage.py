@@ -7,10 +7,10 @@ from pathlib import Path
 from targets.ort_cpu import runner_from_onnx
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_path
-from toolchain.core.onnx_model import check_onnx, infer_shapes, io_from_onnx
+from toolchain.core.onnx_model import check_onnx, infer_shapes, io_from_onnx, onnx_digest
 from toolchain.core.recipe import ExportStage
 from toolchain.export.checks import check_against_source
+from toolchain.export.source import torch_spec
 
 MODEL_FILE = "model.onnx"
 
@@ -29,7 +29,7 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
     elif src.format is Format.torch:
         from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
 
-        tm = load_torch(ctx.source)
+        tm = load_torch(torch_spec(src, ctx.source))
         reference = TorchRunner(tm)
         path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
         samples = [tm.example(batch=1 + i, seed=i) for i in range(cfg.check_samples)]
@@ -38,7 +38,7 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
         raise InvalidInput(
             f"{src.path}: export takes a PyTorch or Hugging Face model; this is already {src.format.value}"
         )
-    check_onnx(path)
+    proto = check_onnx(path)
     io = io_from_onnx(infer_shapes(path))
     exported = runner_from_onnx(path)
     figures = check_against_source(reference, exported, samples, atol=cfg.atol, rtol=cfg.rtol)
@@ -47,7 +47,7 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
         path,
         Format.onnx,
         io=io,
-        sha256=sha256_path(out),
+        sha256=onnx_digest(path, proto),
         parent=src.sha256,
         meta={"opset": cfg.opset, **meta},
     )

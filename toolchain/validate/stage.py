@@ -26,10 +26,13 @@ def _reference(ctx, cfg: ValidateStage) -> tuple[ModelArtifact, SourceSpec]:
     return resolve_source(spec), spec
 
 
-def _tokenizer(ctx, cfg: ValidateStage, candidate: ModelArtifact) -> Path | None:
+def _tokenizer(
+    ctx, cfg: ValidateStage, candidate: ModelArtifact, ref: ModelArtifact
+) -> Path | None:
+    """--tokenizer, else the first of candidate, source and reference that carries one."""
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
-    for p in (Path(ctx.source.model), Path(candidate.path)):
+    for p in (Path(candidate.path), Path(ctx.source.model), Path(ref.path)):
         folder = p if p.is_dir() else p.parent
         if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
             return folder
@@ -53,7 +56,9 @@ def run(ctx, src: ModelArtifact, cfg: ValidateStage, out: Path):
     ref_art, ref_spec = _reference(ctx, cfg)
     if ref_art.sha256 == src.sha256 and ref_art.format == src.format:
         ctx.log("note: the candidate is the reference itself; every drop will be 0")
-    tokenizer = _tokenizer(ctx, cfg, src) if Path(cfg.data).suffix in TEXT_SUFFIXES else None
+    tokenizer = (
+        _tokenizer(ctx, cfg, src, ref_art) if Path(cfg.data).suffix in TEXT_SUFFIXES else None
+    )
     candidate = runner_for(src, ctx.source if src.format in (Format.torch, Format.hf) else None)
     data = load_dataset(
         Path(cfg.data), candidate.io, tokenizer=tokenizer, seq_len=cfg.seq_len, limit=cfg.limit

@@ -1,0 +1,82 @@
+"""build --target ort-cpu: offline optimisation, .ort format, engine.json and manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from toolchain.core.files import sha256_file
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(digits, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from toolchain.cli.app import app
+
+    out = tmp_path_factory.mktemp("exp") / "onnx"
+    r = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "examples.digits:make_model",
+            "--weights",
+            str(digits / "model.safetensors"),
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+def test_build_engine_and_manifest(cli, digits_onnx, tmp_path):
+    out = tmp_path / "engine"
+    r = cli("build", digits_onnx / "model.onnx", "--target", "ort-cpu", "-o", out)
+    assert r.code == 0, r.stderr
+    cfg = json.loads((out / "engine.json").read_text())
+    assert cfg["target"] == "ort-cpu" and cfg["offline_opt_level"] == "extended"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == {n: sha256_file(out / n) for n in ("engine.json", "model.onnx")}
+    src = json.loads((digits_onnx / "manifest.json").read_text())
+    assert manifest["artifact"]["parent"] == src["artifact"]["sha256"]
+    assert {"onnxruntime", "torch", "edgesmith"} <= set(manifest["tools"])
+    assert manifest["config"]["target"] == "ort-cpu"
+    assert manifest["recipe"]["stages"][0]["kind"] == "build"
+
+
+def test_ort_format_with_required_operators(cli, digits_onnx, tmp_path):
+    out = tmp_path / "engine"
+    r = cli("build", digits_onnx, "--ort-format", "-o", out)  # the export dir works as input
+    assert r.code == 0, r.stderr
+    ops = (out / "required_operators.config").read_text()
+    assert "ai.onnx;" in ops and "Conv" in ops and str(tmp_path) not in ops
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    a = ort.InferenceSession(str(out / "model.ort")).run(None, {"x": x})[0]
+    b = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_build_options_validated(cli, digits_onnx, tmp_path):
+    r = cli("build", digits_onnx, "--option", "fast=1", "-o", tmp_path / "e")
+    assert r.code == 2 and "unknown ort-cpu option" in r.stderr and "opt_level" in r.stderr
+    r = cli("build", digits_onnx, "--opt-level", "turbo", "-o", tmp_path / "e")
+    assert r.code == 2 and "unknown opt_level 'turbo'" in r.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_targets_lists_each_with_status(cli):
+    r = cli("targets")
+    assert r.code == 0
+    lines = dict(line.split(None, 1) for line in r.stdout.splitlines())
+    assert lines["ort-cpu"] == "available"
+    assert lines["trt-gpu"].startswith("unavailable: ")  # no GPU/TensorRT on CI machines
+
+
+def test_unavailable_target_exits_3(cli, digits_onnx, tmp_path):
+    r = cli("build", digits_onnx, "--target", "trt-gpu", "-o", tmp_path / "e")
+    assert r.code == 3 and "trt-gpu" in r.stderr
+    assert not (tmp_path / "e").exists()
