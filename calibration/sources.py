@@ -181,16 +181,18 @@ def check_fits(
         for axis, (got, want) in enumerate(zip(a.shape, t.dims, strict=True)):
             if axis > 0 and isinstance(want, int) and got != want:
                 raise InvalidInput(
-                    f"{path}: '{t.name}' axis {axis} is {got}, the model expects {want} ({t.describe()})"
+                    f"{path}: '{t.name}' axis {axis} is {got}, the model expects {want} "
+                    f"({t.describe()})"
                 )
         if n is not None and len(a) != n:
             raise InvalidInput(f"{path}: '{t.name}' has {len(a)} samples, other inputs have {n}")
         n = len(a)
     if n == 0:
         raise InvalidInput(f"{path}: the data holds no samples")
-    if labels is not None:
-        if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
-            raise InvalidInput(
-                f"{path}: 'labels' must be {n} integers (one per sample), got {labels.dtype.name}"
-                f"{tuple(labels.shape)}"
-            )
+    if labels is not None and (
+        labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise InvalidInput(
+            f"{path}: 'labels' must be {n} integers (one per sample), got {labels.dtype.name}"
+            f"{tuple(labels.shape)}"
+        )

@@ -104,7 +104,8 @@ def run_stage(ctx, src: ModelArtifact, cfg: BenchStage, out: Path):
     }
     write_json(out / BENCH_FILE, result)
     summary = "; ".join(
-        f"batch {r['batch']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, {r['throughput_per_s']:.0f}/s"
+        f"batch {r['batch']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, "
+        f"{r['throughput_per_s']:.0f}/s"
         for r in result["rows"]
     )
     return StageResult(None, result, summary=f"{summary} ({result['threads']} threads)")

@@ -31,7 +31,7 @@ def run(ctx, src: ModelArtifact, cfg: BuildStage, out: Path):
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return StageResult(
         engine,
-        {"target": cfg.target, "size_bytes": size},
+        {"target": cfg.target, "size_bytes": size, "carried": carried},
         summary=f"{cfg.target} engine, {size / 1e6:.2f} MB",
     )
 

@@ -21,8 +21,17 @@ def digits_engine(digits, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("val")
     run = CliRunner().invoke
-    r = run(app, ["export", "examples.digits:make_model", "--weights",
-                  str(digits / "model.safetensors"), "-o", str(root / "onnx")])
+    r = run(
+        app,
+        [
+            "export",
+            "examples.digits:make_model",
+            "--weights",
+            str(digits / "model.safetensors"),
+            "-o",
+            str(root / "onnx"),
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     r = run(app, ["build", str(root / "onnx"), "-o", str(root / "engine")])
     assert r.exit_code == 0, r.stderr
@@ -30,7 +39,7 @@ def digits_engine(digits, tmp_path_factory):
 
 
 def tamper(src: Path, dst: Path, noise: float, seed: int = 0) -> Path:
-    """A copy of an ONNX model with Gaussian noise (relative to each weight's std) on its weights."""
+    """A copy of an ONNX model with Gaussian noise (relative to each weight's std) on weights."""
     m = onnx.load(str(src))
     rng = np.random.default_rng(seed)
     for init in m.graph.initializer:
@@ -44,9 +53,24 @@ def tamper(src: Path, dst: Path, noise: float, seed: int = 0) -> Path:
 
 def test_engine_against_pytorch_source_passes(cli, digits, digits_engine, tmp_path):
     out = tmp_path / "report"
-    r = cli("validate", digits_engine / "engine", "--reference", "examples.digits:make_model",
-            "--reference-weights", digits / "model.safetensors", "--data", digits / "test.npz",
-            "--metric", "accuracy", "--metric", "agreement", "--max-drop", "0.003", "-o", out)
+    r = cli(
+        "validate",
+        digits_engine / "engine",
+        "--reference",
+        "examples.digits:make_model",
+        "--reference-weights",
+        digits / "model.safetensors",
+        "--data",
+        digits / "test.npz",
+        "--metric",
+        "accuracy",
+        "--metric",
+        "agreement",
+        "--max-drop",
+        "0.003",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["data"]["samples"] == 540
@@ -67,8 +91,18 @@ def test_tampered_model_fails_the_gate(cli, digits, digits_engine, tmp_path):
     """Negative control: a model with noisy weights must fail, exit 1, with the report written."""
     bad = tamper(digits_engine / "onnx" / "model.onnx", tmp_path / "bad.onnx", noise=0.6)
     out = tmp_path / "report"
-    r = cli("validate", bad, "--reference", digits_engine / "onnx", "--data", digits / "test.npz",
-            "--max-drop", "accuracy=0.003", "-o", out)
+    r = cli(
+        "validate",
+        bad,
+        "--reference",
+        digits_engine / "onnx",
+        "--data",
+        digits / "test.npz",
+        "--max-drop",
+        "accuracy=0.003",
+        "-o",
+        out,
+    )
     assert r.code == 1, r.stderr
     assert "FAIL: accuracy[logits]" in r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -81,8 +115,20 @@ def test_tampered_model_fails_the_gate(cli, digits, digits_engine, tmp_path):
 def test_slightly_tampered_passes_a_loose_budget(cli, digits, digits_engine, tmp_path):
     """The budget is what decides: the same kind of change passes when it is within budget."""
     meh = tamper(digits_engine / "onnx" / "model.onnx", tmp_path / "meh.onnx", noise=0.01)
-    r = cli("validate", meh, "--reference", digits_engine / "engine", "--data", digits / "test.npz",
-            "--metric", "agreement", "--max-drop", "0.05", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        meh,
+        "--reference",
+        digits_engine / "engine",
+        "--data",
+        digits / "test.npz",
+        "--metric",
+        "agreement",
+        "--max-drop",
+        "0.05",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 0, r.stderr
 
 
@@ -91,8 +137,20 @@ def test_npy_folder_and_cosine(cli, digits, digits_engine, tmp_path):
     folder = tmp_path / "npy"
     folder.mkdir()
     np.save(folder / "x.npy", z["x"][:50])
-    r = cli("validate", digits_engine / "engine", "--reference", digits_engine / "onnx",
-            "--data", folder, "--metric", "cosine", "--max-drop", "1e-6", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        digits_engine / "engine",
+        "--reference",
+        digits_engine / "onnx",
+        "--data",
+        folder,
+        "--metric",
+        "cosine",
+        "--max-drop",
+        "1e-6",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 0, r.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["data"]["labels"] is False
@@ -106,30 +164,63 @@ def test_npy_folder_and_cosine(cli, digits, digits_engine, tmp_path):
         ({"x": np.zeros((4, 1, 8, 8), np.float64)}, "'x' is float64, the model expects float32"),
         ({"x": np.zeros((4, 8, 8), np.float32)}, "'x' has rank 3"),
         ({"x": np.zeros((4, 1, 8, 9), np.float32)}, "'x' axis 3 is 9, the model expects 8"),
-        ({"x": np.zeros((4, 1, 8, 8), np.float32), "labels": np.zeros(3, np.int64)}, "'labels' must be 4"),
+        (
+            {"x": np.zeros((4, 1, 8, 8), np.float32), "labels": np.zeros(3, np.int64)},
+            "'labels' must be 4",
+        ),
         ({"x": np.zeros((0, 1, 8, 8), np.float32)}, "no samples"),
     ],
 )
-def test_data_that_does_not_fit_is_reported_before_running(cli, digits_engine, tmp_path, arrays, message):
+def test_data_that_does_not_fit_is_reported_before_running(
+    cli, digits_engine, tmp_path, arrays, message
+):
     np.savez(tmp_path / "bad.npz", **arrays)
-    r = cli("validate", digits_engine / "engine", "--reference", digits_engine / "onnx",
-            "--data", tmp_path / "bad.npz", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        digits_engine / "engine",
+        "--reference",
+        digits_engine / "onnx",
+        "--data",
+        tmp_path / "bad.npz",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 2, r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) <= 2
     assert not (tmp_path / "rep").exists()
 
 
 def test_unknown_metric_lists_known(cli, digits, digits_engine, tmp_path):
-    r = cli("validate", digits_engine / "engine", "--reference", digits_engine / "onnx",
-            "--data", digits / "test.npz", "--metric", "f1", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        digits_engine / "engine",
+        "--reference",
+        digits_engine / "onnx",
+        "--data",
+        digits / "test.npz",
+        "--metric",
+        "f1",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 2
     assert "unknown metric 'f1'; available: accuracy, agreement, cosine, max_abs_diff" in r.stderr
 
 
 def test_accuracy_without_labels_is_an_input_error(cli, digits, digits_engine, tmp_path):
     np.savez(tmp_path / "nolabels.npz", x=np.load(digits / "test.npz")["x"][:10])
-    r = cli("validate", digits_engine / "engine", "--reference", digits_engine / "onnx",
-            "--data", tmp_path / "nolabels.npz", "--metric", "accuracy", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        digits_engine / "engine",
+        "--reference",
+        digits_engine / "onnx",
+        "--data",
+        tmp_path / "nolabels.npz",
+        "--metric",
+        "accuracy",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 2 and "needs labels" in r.stderr
 
 
@@ -145,11 +236,29 @@ def test_minilm_text_against_hf_source(cli, minilm, tmp_path):
     assert r.code == 0, r.stderr
     r = cli("build", tmp_path / "onnx", "-o", tmp_path / "engine")
     assert r.code == 0, r.stderr
-    r = cli("validate", tmp_path / "engine", "--reference", minilm, "--data",
-            tmp_path / "sentences.txt", "--metric", "cosine", "--output", "sentence_embedding",
-            "--max-drop", "1e-4", "--seq-len", "64", "-o", tmp_path / "rep")
+    r = cli(
+        "validate",
+        tmp_path / "engine",
+        "--reference",
+        minilm,
+        "--data",
+        tmp_path / "sentences.txt",
+        "--metric",
+        "cosine",
+        "--output",
+        "sentence_embedding",
+        "--max-drop",
+        "1e-4",
+        "--seq-len",
+        "64",
+        "-o",
+        tmp_path / "rep",
+    )
     assert r.code == 0, r.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    cos = next(c for c in report["checks"]
-               if c["metric"] == "cosine" and c["output"] == "sentence_embedding")
+    cos = next(
+        c
+        for c in report["checks"]
+        if c["metric"] == "cosine" and c["output"] == "sentence_embedding"
+    )
     assert cos["candidate"] > 0.9999 and cos["passed"]

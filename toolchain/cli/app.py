@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli import bench, build, distill, export, inspect, run, targets, validate
-from toolchain.cli import _errors
+from toolchain.cli import _errors, bench, build, distill, export, inspect, run, targets, validate
 
 app = typer.Typer(
     name="edgesmith",

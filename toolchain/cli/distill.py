@@ -6,45 +6,118 @@ from typing import Annotated
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import Out, PrintRecipe, Task, Weights
+from toolchain.cli.options import Out, PrintRecipe, Task, Threads, Weights
 
 
 def command(
-    teacher: Annotated[str, typer.Option(help="The fine-tuned teacher: package.module:factory (+ --weights) or a Hugging Face folder.")],
-    data: Annotated[Path, typer.Option(help="Training data: .npz, a folder of .npy, or text lines / .jsonl. Labels are optional.")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="The teacher: package.module:factory (+ --weights) or a Hugging Face folder."
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Training data: .npz, .npy folder, text lines or .jsonl; labels optional."
+        ),
+    ],
     out: Out,
-    student: Annotated[str | None, typer.Option(help="The student's architecture: package.module:factory.")] = None,
-    student_layers: Annotated[int | None, typer.Option(help="Or: keep K of a Hugging Face teacher's layers, initialised from it.")] = None,
-    keep_layer: Annotated[list[int] | None, typer.Option("--keep-layer", help="Which teacher layer to keep (repeatable; default evenly spaced).")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="The student's architecture: package.module:factory.")
+    ] = None,
+    student_layers: Annotated[
+        int | None,
+        typer.Option(help="Or: keep K of a Hugging Face teacher's layers, initialised from it."),
+    ] = None,
+    keep_layer: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--keep-layer", help="Which teacher layer to keep (repeatable; default evenly spaced)."
+        ),
+    ] = None,
     weights: Weights = None,
     task: Task = None,
-    eval_data: Annotated[Path | None, typer.Option(help="Eval data for the best checkpoint (default: 10% of --data held out).")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Token sequence length for text data.")] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(help="Eval data for the best checkpoint (default: 10% of --data held out)."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")
+    ] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(help="Token sequence length for text data.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default 10).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch, split across torchrun processes (default 64).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 for one derived from the teacher).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Softmax temperature of the soft targets (default 4).")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Weight of the soft targets; 1 - alpha goes to the labels (default 0.5).")] = None,
-    loss: Annotated[str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")] = None,
-    output: Annotated[str | None, typer.Option(help="The output to compare (default: the only (batch, features) one).")] = None,
-    hidden_weight: Annotated[float | None, typer.Option(help="Weight of the hidden-state MSE (derived students; default 0).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run after its last complete epoch.")] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Global batch, split across torchrun processes (default 64).")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived)."),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Softmax temperature of the soft targets (default 4).")
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the soft targets; 1 - alpha goes to the labels (default 0.5)."
+        ),
+    ] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(help="The output to compare (default: the only (batch, features) one)."),
+    ] = None,
+    hidden_weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the hidden-state MSE (derived students; default 0)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted run after its last complete epoch."),
+    ] = False,
+    threads: Threads = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
-    """Distil a teacher into a smaller student; under `torchrun --nproc-per-node N` it trains with DDP."""
+    """Distil a teacher into a smaller student (under `torchrun --nproc-per-node N`: DDP)."""
     recipe = one_stage(
         {"model": teacher, "weights": path_str(weights), "task": task},
-        {"kind": "distill", "out": str(out), "student": student, "student_layers": student_layers,
-         "keep_layers": keep_layer or None, "data": str(data), "eval_data": path_str(eval_data),
-         "tokenizer": path_str(tokenizer), "seq_len": seq_len, "limit": limit, "epochs": epochs,
-         "batch_size": batch_size, "lr": lr, "temperature": temperature, "alpha": alpha,
-         "loss": loss, "output": output, "hidden_weight": hidden_weight, "seed": seed,
-         "resume": resume or None},
+        {
+            "kind": "distill",
+            "out": str(out),
+            "student": student,
+            "student_layers": student_layers,
+            "keep_layers": keep_layer or None,
+            "data": str(data),
+            "eval_data": path_str(eval_data),
+            "tokenizer": path_str(tokenizer),
+            "seq_len": seq_len,
+            "limit": limit,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "temperature": temperature,
+            "alpha": alpha,
+            "loss": loss,
+            "output": output,
+            "hidden_weight": hidden_weight,
+            "seed": seed,
+            "resume": resume or None,
+        },
         "distill",
     )
+    if threads:  # not part of the recipe: it changes the speed, not the student
+        import torch
+
+        torch.set_num_threads(threads)
     from toolchain.distill.stage import is_worker, run_worker
 
     if is_worker() and not print_recipe:

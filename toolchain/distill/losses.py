@@ -46,12 +46,15 @@ def logits_loss(
     temperature: float,
     alpha: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """alpha · soft targets + (1 − alpha) · cross-entropy on labels; soft targets only without labels."""
+    """alpha · soft targets + (1 − alpha) · cross-entropy on labels (soft only without labels)."""
     soft = soft_target_loss(student_logits, teacher_logits, temperature)
     if labels is None:
-        return soft, {"soft": float(soft)}
+        return soft, {"soft": float(soft.detach())}
     hard = F.cross_entropy(student_logits, labels)
-    return alpha * soft + (1 - alpha) * hard, {"soft": float(soft), "hard": float(hard)}
+    return alpha * soft + (1 - alpha) * hard, {
+        "soft": float(soft.detach()),
+        "hard": float(hard.detach()),
+    }
 
 
 def embedding_loss(
@@ -68,7 +71,10 @@ def embedding_loss(
     """
     mse = F.mse_loss(student, teacher)
     cos = 1 - F.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=-1).mean()
-    return mse_weight * mse + cos_weight * cos, {"mse": float(mse), "1-cos": float(cos)}
+    return mse_weight * mse + cos_weight * cos, {
+        "mse": float(mse.detach()),
+        "1-cos": float(cos.detach()),
+    }
 
 
 def hidden_state_loss(

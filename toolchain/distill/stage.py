@@ -188,6 +188,7 @@ def prepare(
     output = _choose_output(teacher, train_data, cfg.output)
 
     if cfg.student:
+        torch.manual_seed(cfg.seed)  # the student's initialisation, the same on every rank
         net = student_from_factory(cfg.student)
         names = teacher.outputs if len(teacher.outputs) > 1 else [output]
         student = TorchOutputs(net, input_names, names)

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -432,11 +433,9 @@ def train(
             sums: dict[str, float] = {}
             seen = 0
             start = time.perf_counter()
-            steps = (
-                track(batches, len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
-                if rank == 0
-                else batches
-            )
+            steps = batches
+            if rank == 0 and sys.stderr.isatty():  # the bar; CI logs get the epoch line only
+                steps = track(batches, len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
             for step, idx in enumerate(steps):
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(cfg, epoch * steps_per_epoch + step, total_steps)
@@ -461,11 +460,11 @@ def train(
                 if cfg.hidden_weight > 0:
                     hidden = hidden_state_loss(captured_s, captured_t)
                     loss = loss + cfg.hidden_weight * hidden
-                    parts["hidden"] = float(hidden)
+                    parts["hidden"] = float(hidden.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                for k, v in {"loss": float(loss), **parts}.items():
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 seen += len(idx)
             seconds = time.perf_counter() - start
@@ -574,6 +573,8 @@ def _finish(
     load_model(
         student, str(checkpoints / f"epoch-{best_epoch:04d}" / STUDENT_FILE), device=str(device)
     )
+    if world > 1:
+        dist.barrier()  # every process has read the checkpoint before rank 0 may remove it
     student.eval()
     return TrainResult(
         metric_name,

@@ -36,7 +36,8 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
         meta = {"inputs": [d.__dict__ for d in tm.inputs]}
     else:
         raise InvalidInput(
-            f"{src.path}: export takes a PyTorch or Hugging Face model; this is already {src.format.value}"
+            f"{src.path}: export takes a PyTorch or Hugging Face model; "
+            f"this is already {src.format.value}"
         )
     proto = check_onnx(path)
     io = io_from_onnx(infer_shapes(path))

@@ -66,12 +66,11 @@ def evaluate(
         values = compute(metric, outputs.reference, outputs.candidate, outputs.labels)
         gated = [v for v in values if metric in metrics and (output is None or v.output == output)]
         if metric in metrics and not gated:
-            need = "labels in the data and " if metric == "accuracy" else ""
-            raise InvalidInput(
-                f"metric '{metric}' fits no output (it needs {need}a [N, classes] output for "
-                f"top-1; outputs: {', '.join(f'{k}{list(v.shape)}' for k, v in outputs.reference.items())})"
-                if metric in ("accuracy", "agreement")
-                else f"metric '{metric}' fits no output"
-            )
+            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.reference.items())
+            need = {
+                "accuracy": "labels in the data and a [N, classes] output",
+                "agreement": "a [N, classes] output",
+            }.get(metric, "a float output")
+            raise InvalidInput(f"metric '{metric}' fits no output: it needs {need} ({shapes})")
         checks += [Check(v, budget[metric] if v in gated else None) for v in values]
     return GateResult(checks)

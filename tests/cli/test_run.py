@@ -1,0 +1,175 @@
+"""run RECIPE: stages in order, the content-hash cache, --print-recipe, recipe errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomllib
+
+from toolchain.core.recipe import load_recipe, recipe_from_dict
+
+
+def _recipe(tmp_path, tiny, **validate):
+    v = {"data": str(tiny / "data.npz"), "metrics": ["agreement"], "max_drop": 0.0, **validate}
+    text = f"""
+name = "tiny"
+out = "{tmp_path / "run"}"
+[source]
+model = "tests.models:tiny_mlp"
+weights = "{tiny / "tiny.safetensors"}"
+[[stages]]
+kind = "export"
+[[stages]]
+kind = "build"
+target = "ort-cpu"
+[[stages]]
+kind = "validate"
+{chr(10).join(f"{k} = {json.dumps(x)}" for k, x in v.items())}
+"""
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def test_second_run_does_no_work(cli, tiny, tmp_path):
+    recipe = _recipe(tmp_path, tiny)
+    r = cli("run", recipe)
+    assert r.code == 0, r.stderr
+    assert r.stderr.count("running") == 3
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")}
+    r = cli("run", recipe)
+    assert r.code == 0, r.stderr
+    assert r.stderr.count("cached, nothing to do") == 3 and "running" not in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*")} == stamps
+
+
+def test_changed_stage_config_reruns_from_there(cli, tiny, tmp_path):
+    r = cli("run", _recipe(tmp_path, tiny))
+    assert r.code == 0, r.stderr
+    r = cli("run", _recipe(tmp_path, tiny, max_drop=0.01))  # only validate changed
+    assert r.code == 0, r.stderr
+    assert "[0] export: cached" in r.stderr and "[1] build: cached" in r.stderr
+    assert "[2] validate: running" in r.stderr
+
+
+def test_changed_data_reruns_validate(cli, tiny, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.ones((8, 12), np.float32))
+    recipe = _recipe(tmp_path, tiny, data=str(data))
+    assert cli("run", recipe).code == 0
+    np.savez(data, x=np.zeros((8, 12), np.float32))
+    r = cli("run", recipe)
+    assert r.code == 0 and "[2] validate: running" in r.stderr
+
+
+def test_gate_failure_in_a_recipe_exits_1(cli, tiny, tmp_path):
+    r = cli("run", _recipe(tmp_path, tiny, metrics=["max_abs_diff"], max_drop=0.0))
+    assert r.code == 1
+    assert "FAIL: max_abs_diff[logits]" in r.stderr
+    assert (tmp_path / "run" / "2-validate" / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "tests.models:tiny_mlp", "--weights", "W", "--opset", "17", "-o", "OUT"],
+        ["build", "OUT/onnx", "--ort-format", "--opt-level", "basic", "-o", "OUT/e"],
+        [
+            "validate",
+            "OUT/e",
+            "--reference",
+            "OUT/onnx",
+            "--data",
+            "D",
+            "--metric",
+            "agreement",
+            "--max-drop",
+            "agreement=0.01",
+            "-o",
+            "OUT/rep",
+        ],
+        ["bench", "OUT/e", "--batch", "1,4", "-o", "OUT/b"],
+    ],
+)
+def test_print_recipe_is_what_runs(cli, tiny, tmp_path, args):
+    """Each single-stage command prints a recipe that loads and runs to the same result."""
+    sub = {"W": str(tiny / "tiny.safetensors"), "D": str(tiny / "data.npz")}
+    args = [sub.get(a, a.replace("OUT", str(tmp_path))) for a in args]
+    assert (
+        cli("export", "tests.models:tiny_mlp", "--weights", sub["W"], "-o", tmp_path / "onnx").code
+        == 0
+    )
+    assert cli("build", tmp_path / "onnx", "-o", tmp_path / "e").code == 0
+    r = cli(*args, "--print-recipe")
+    assert r.code == 0, r.stderr
+    recipe = recipe_from_dict(tomllib.loads(r.stdout))
+    assert recipe.stages[0].kind == args[0]
+    (tmp_path / "printed.toml").write_text(r.stdout)
+    assert load_recipe(tmp_path / "printed.toml") == recipe
+    r = cli("run", tmp_path / "printed.toml")
+    assert r.code == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[source]\nmodel = "m"\n[[stages]]\nkind = "export"\nopset = "new"\n', "opset"),
+        (
+            '[source]\nmodel = "m"\ncolour = 1\n[[stages]]\nkind = "export"\n',
+            "source.colour: unknown field",
+        ),
+        (
+            '[source]\nmodel = "m"\n[[stages]]\nkind = "shrink"\n',
+            "unknown stage kind 'shrink'; available:",
+        ),
+        ('[source]\nmodel = "m"\n[[stages]]\nkind = "validate"\n', "data: Field required"),
+        ("[source\n", "not valid TOML"),
+    ],
+)
+def test_recipe_errors_name_file_and_field(cli, tmp_path, text, message):
+    (tmp_path / "r.toml").write_text(text)
+    r = cli("run", tmp_path / "r.toml")
+    assert r.code == 2, r.stderr
+    assert message in r.stderr and "r.toml" in r.stderr
+
+
+def test_bench_reports_percentiles_and_threads(cli, tiny, tmp_path):
+    assert (
+        cli(
+            "export",
+            "tests.models:tiny_mlp",
+            "--weights",
+            tiny / "tiny.safetensors",
+            "-o",
+            tmp_path / "onnx",
+        ).code
+        == 0
+    )
+    assert cli("build", tmp_path / "onnx", "-o", tmp_path / "e", "--threads", "1").code == 0
+    r = cli("bench", tmp_path / "e", "--batch", "1,8", "--iterations", "20", "-o", tmp_path / "b")
+    assert r.code == 0, r.stderr
+    result = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert result["threads"] == 1
+    assert [row["batch"] for row in result["rows"]] == [1, 8]
+    for row in result["rows"]:
+        assert 0 < row["p50"] <= row["p90"] <= row["p99"] and row["throughput_per_s"] > 0
+
+
+def test_inspect(cli, tiny, tmp_path):
+    assert (
+        cli(
+            "export",
+            "tests.models:tiny_mlp",
+            "--weights",
+            tiny / "tiny.safetensors",
+            "-o",
+            tmp_path / "onnx",
+        ).code
+        == 0
+    )
+    r = cli("inspect", tmp_path / "onnx")
+    assert r.code == 0, r.stderr
+    assert "input:     x:float32[batch,12]" in r.stdout and "stage:     export" in r.stdout
