@@ -66,9 +66,12 @@ class OrtRunner:
         return n or (os.cpu_count() or 1)
 
 
-def runner_from_onnx(path: Path, *, level: str = "all", threads: int | None = None) -> OrtRunner:
-    model = check_onnx(path)
-    return OrtRunner(session_from_onnx(path, level=level, threads=threads), io_from_onnx(model))
+def runner_from_onnx(
+    path: Path, *, level: str = "all", threads: int | None = None, io: IoSpec | None = None
+) -> OrtRunner:
+    """A runner for an ONNX file; pass `io` when the file was already checked and read."""
+    io = io or io_from_onnx(check_onnx(path))
+    return OrtRunner(session_from_onnx(path, level=level, threads=threads), io)
 
 
 class OrtCpu:

@@ -56,16 +56,24 @@ def check_onnx(path: Path) -> onnx.ModelProto:
     return model
 
 
-def infer_shapes(path: Path) -> onnx.ModelProto:
-    """Strict shape inference by path; an inconsistency is an InvalidInput."""
+def infer_shapes(path: Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Strict shape inference; an inconsistency is an InvalidInput.
+
+    In memory when the weights are inline; by path (through a temporary copy) when the model
+    has external data, since a proto over 2 GB cannot be held.
+    """
+    model = model if model is not None else onnx.load(str(path), load_external_data=False)
     try:
-        onnx.shape_inference.infer_shapes_path(str(path), str(path) + ".inferred", strict_mode=True)
-        model = onnx.load(str(path) + ".inferred", load_external_data=False)
-    except Exception as e:
+        if not external_data_files(model):
+            return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        tmp = str(path) + ".inferred"
+        try:
+            onnx.shape_inference.infer_shapes_path(str(path), tmp, strict_mode=True)
+            return onnx.load(tmp, load_external_data=False)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except onnx.shape_inference.InferenceError as e:
         raise InvalidInput(f"{path}: shape inference failed ({str(e).splitlines()[0]})") from None
-    finally:
-        Path(str(path) + ".inferred").unlink(missing_ok=True)
-    return model
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:

@@ -49,7 +49,7 @@ class ExportStage(StageConfig):
     opset: int = Field(default=18, ge=7, le=23)
     atol: float = Field(default=1e-4, gt=0)
     rtol: float = Field(default=1e-3, ge=0)
-    check_samples: int = Field(default=4, ge=1)
+    check_samples: int = Field(default=2, ge=1)  # each at another batch (and sequence) size
 
 
 class BuildStage(StageConfig):
@@ -118,6 +118,7 @@ class DistillStage(StageConfig):
     mse_weight: float = Field(default=1.0, ge=0)
     cos_weight: float = Field(default=1.0, ge=0)
     hidden_weight: float = Field(default=0.0, ge=0)
+    train_embeddings: bool = False  # derived students: also train the token embeddings
     weight_decay: float = Field(default=0.01, ge=0)
     seed: int = 0
     resume: bool = False  # continue an interrupted run from its last complete epoch

@@ -171,6 +171,9 @@ class TorchOutputs(nn.Module):
     def prepare(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return feeds
 
+    def lengths(self, feeds: dict[str, Any]) -> None:
+        return None  # fixed-size inputs: nothing to group by length
+
 
 class HfOutputs(nn.Module):
     """A Hugging Face model run through optimum's export patch, so its outputs are the ONNX ones.
@@ -192,6 +195,11 @@ class HfOutputs(nn.Module):
         with self._patcher:
             out = self.model(**feeds)
         return {n: out[n] for n in self.outputs}
+
+    def lengths(self, feeds: dict[str, Any]) -> Any:
+        """Tokens per sample (from the padding mask), or None when the inputs have no mask."""
+        mask = feeds.get(MASK_INPUT)
+        return None if mask is None or mask.ndim != 2 else mask.sum(1)
 
     def prepare(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Drop sequence positions that are padding in every row of the batch.

@@ -24,7 +24,9 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
         hf = load_hf(src.path, ctx.source.task)
         path = onnx_from_hf(hf, out, cfg.opset)
         reference = HfRunner(hf)
-        samples = [hf.example(batch=2, seq=16 + 8 * i, seed=i) for i in range(cfg.check_samples)]
+        samples = [
+            hf.example(batch=1 + i, seq=16 + 8 * i, seed=i) for i in range(cfg.check_samples)
+        ]
         meta = {"task": hf.task, "library": hf.library}
     elif src.format is Format.torch:
         from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
@@ -40,8 +42,8 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
             f"this is already {src.format.value}"
         )
     proto = check_onnx(path)
-    io = io_from_onnx(infer_shapes(path))
-    exported = runner_from_onnx(path)
+    io = io_from_onnx(infer_shapes(path, proto))
+    exported = runner_from_onnx(path, io=io)
     figures = check_against_source(reference, exported, samples, atol=cfg.atol, rtol=cfg.rtol)
     worst = max(figures, key=lambda f: f["max_abs"])
     art = ModelArtifact(
