@@ -71,10 +71,6 @@ class RunReport:
     stages: list[StageRecord]
     final: ModelArtifact
 
-    @property
-    def passed(self) -> bool:
-        return all(s.passed for s in self.stages)
-
 
 def source_spec(recipe: Recipe) -> SourceSpec:
     s = recipe.source

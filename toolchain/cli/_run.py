@@ -41,6 +41,7 @@ def render(report) -> None:
     for s in report.stages:
         if s.kind == "validate":
             console.print(validation_table(s.metrics))
+            console.print(cost_table(s.metrics))
             console.print(f"report: {s.out / 'report.json'}  (junit.xml, summary.md beside it)")
         elif s.kind == "bench":
             console.print(bench_table(s.metrics))
@@ -69,19 +70,20 @@ def validation_table(r: dict[str, Any]):
             else (f"{100 * c['budget']:.2f} pt" if pct else str(c["budget"])),
             {True: "pass", False: "FAIL", None: ""}[c["passed"]],
         )
+    return t
+
+
+def cost_table(r: dict[str, Any]):
+    from rich.table import Table
+
+    t = Table(title="cost")
+    for col in ("model", "format", "latency p50, batch 1", "size"):
+        t.add_column(col, justify="left" if col in ("model", "format") else "right")
     for who in ("reference", "candidate"):
         m = r[who]
         t.add_row(
-            "latency b1 p50",
-            who,
-            "",
-            f"{m['latency_ms']['p50']:.3f} ms",
-            "",
-            "",
-            "",
+            who, m["format"], f"{m['latency_ms']['p50']:.3f} ms", f"{m['size_bytes'] / 1e6:.3f} MB"
         )
-    for who in ("reference", "candidate"):
-        t.add_row("size", who, "", f"{r[who]['size_bytes'] / 1e6:.3f} MB", "", "", "")
     return t
 
 

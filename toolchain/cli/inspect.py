@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,8 +15,6 @@ def command(
     model: Annotated[str, typer.Argument(help="A model, engine directory or stage output.")],
 ) -> None:
     """Format, precision, inputs/outputs, hash and provenance of a model."""
-    from pathlib import Path
-
     art = resolve_source(SourceSpec(model=model))
     typer.echo(
         f"path:      {art.path}\nformat:    {art.format.value}\nprecision: {art.precision.value}"
@@ -23,7 +23,7 @@ def command(
     if art.io is None and art.format.value in ("onnx", "engine"):
         from toolchain.runners import runner_for
 
-        art = type(art)(**{**art.__dict__, "io": runner_for(art).io})
+        art = replace(art, io=runner_for(art).io)
     if art.io is not None:
         for t in art.io.inputs:
             typer.echo(f"input:     {t.describe()}")
