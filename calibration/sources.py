@@ -60,7 +60,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         files = sorted(path.glob("*.npy"))
         if not files:
-            raise InvalidInput(f"{path}: folder holds no .npy files")
+            raise InvalidInput(f"{path}: folder holds no .npy files and no images")
         return {f.stem: _load_npy(f) for f in files}
     if path.suffix == ".npz":
         try:
@@ -130,10 +130,22 @@ def load_dataset(
     tokenizer: Path | None = None,
     seq_len: int = 128,
     limit: int | None = None,
+    image: dict | None = None,
 ) -> Dataset:
-    """Load data for a model with inputs `io.inputs` and check it fits, before anything runs."""
+    """Load data for a model with inputs `io.inputs` and check it fits, before anything runs.
+
+    `image`: preprocessing of an image folder (calibration/images.py ImagePreprocess keys).
+    """
+    from calibration.images import ImagePreprocess, is_image_folder, load_image_folder
+
     path = Path(path)
-    if path.suffix in TEXT_SUFFIXES:
+    if is_image_folder(path):
+        arrays, labels = load_image_folder(path, io, ImagePreprocess.from_dict(image or {}))
+        if labels is not None:
+            arrays[LABELS] = labels
+        if limit:
+            arrays = {k: v[:limit] for k, v in arrays.items()}
+    elif path.suffix in TEXT_SUFFIXES:
         if tokenizer is None:
             raise InvalidInput(f"{path}: text data needs a tokenizer (a model folder with one)")
         texts, labels = read_text(path)

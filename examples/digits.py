@@ -55,7 +55,9 @@ def split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
     y = d.target.astype(np.int64)
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=seed)
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=0.3, stratify=y, random_state=seed
+    )
     x_train, x_cal, y_train, y_cal = train_test_split(
         x_rest, y_rest, test_size=1 / 7, stratify=y_rest, random_state=seed
     )
@@ -63,7 +65,12 @@ def split(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def train(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 40, lr: float = 2e-3, seed: int = 0
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int = 40,
+    lr: float = 2e-3,
+    seed: int = 0,
 ) -> nn.Module:
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -102,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(args.out / f"{name}.npz", x=x, labels=y)
     # Written last: the Makefile treats the weights file as "the example is ready".
     save_file(model.state_dict(), str(args.out / "model.safetensors"))
-    print(f"digits CNN: test top-1 {accuracy(model, *parts['test']):.4f} on {len(parts['test'][1])} "
-          f"held-out images; wrote {args.out}/model.safetensors")
+    print(
+        f"digits CNN: test top-1 {accuracy(model, *parts['test']):.4f} on {len(parts['test'][1])} "
+        f"held-out images; wrote {args.out}/model.safetensors"
+    )
     return 0
 
 

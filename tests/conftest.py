@@ -68,8 +68,11 @@ def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     save_file(tiny_mlp().state_dict(), str(out / "tiny.safetensors"))
     rng = np.random.default_rng(0)
-    np.savez(out / "data.npz", x=rng.standard_normal((64, 12)).astype(np.float32),
-             labels=rng.integers(0, 4, 64))
+    np.savez(
+        out / "data.npz",
+        x=rng.standard_normal((64, 12)).astype(np.float32),
+        labels=rng.integers(0, 4, 64),
+    )
     return out
 
 

@@ -24,13 +24,14 @@ from toolchain.core.errors import GateFailed
 from toolchain.core.files import atomic_dir, check_output_not_input, sha256_json, sha256_path
 from toolchain.core.recipe import Recipe, StageConfig
 from toolchain.core.registry import load_object
-from toolchain.export.source import SourceSpec, resolve_source
+from toolchain.export.source import SourceSpec, resolve_source, with_spec_digest
 from toolchain.progress import log
 
 # kind → "module:function"; each function is run(ctx, src, cfg, out) -> StageResult.
 STAGE_RUNNERS: dict[str, str] = {
     "distill": "toolchain.distill.stage:run",
     "export": "toolchain.export.stage:run",
+    "quantize": "toolchain.quantize.stage:run",
     "build": "toolchain.build:run",
     "validate": "toolchain.validate.stage:run",
     "bench": "toolchain.bench:run_stage",
@@ -111,7 +112,7 @@ def stage_dir(recipe: Recipe, index: int, cfg: StageConfig) -> Path:
 def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
     """Run every stage; raises GateFailed (exit 1) after the last stage when a gate failed."""
     spec = source_spec(recipe)
-    src = resolve_source(spec)
+    src = with_spec_digest(resolve_source(spec), spec)
     ctx = StageContext(recipe, spec, src, emit)
     inputs = [Path(p) for p in (spec.model, spec.weights) if p and Path(p).exists()]
     current, records = src, []

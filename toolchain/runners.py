@@ -5,7 +5,7 @@ from __future__ import annotations
 from targets.base import Runner, read_engine_config
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.registry import get_target
-from toolchain.export.source import SourceSpec
+from toolchain.export.source import SourceSpec, torch_spec
 
 
 def runner_for(
@@ -29,4 +29,6 @@ def runner_for(
         import torch
 
         torch.set_num_threads(threads)
-    return TorchRunner(load_torch(spec or SourceSpec(model=str(art.path))))
+    return TorchRunner(
+        load_torch(torch_spec(art, spec) if spec else SourceSpec(model=str(art.path)))
+    )

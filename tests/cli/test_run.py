@@ -173,3 +173,19 @@ def test_inspect(cli, tiny, tmp_path):
     r = cli("inspect", tmp_path / "onnx")
     assert r.code == 0, r.stderr
     assert "input:     x:float32[batch,12]" in r.stdout and "stage:     export" in r.stdout
+
+
+def test_changed_source_flags_are_not_served_from_cache(cli, tiny, tmp_path):
+    """--input changes what export makes, so it is part of the cache key."""
+    w = tiny / "tiny.safetensors"
+    out = tmp_path / "onnx"
+    assert cli("export", "tests.models:tiny_mlp", "--weights", w, "-o", out).code == 0
+    r = cli("export", "tests.models:tiny_mlp", "--weights", w, "--input", "x:3x12", "-o", out)
+    assert r.code == 0 and "running" in r.stderr and "cached" not in r.stderr
+    import onnx
+
+    dims = [
+        d.dim_value
+        for d in onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    ]
+    assert dims == [3, 12]

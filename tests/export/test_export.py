@@ -36,8 +36,18 @@ def test_factory_with_family_spec(cli, tiny, tmp_path):
 
 def test_flags_override_spec_and_opset(cli, tiny, tmp_path):
     out = tmp_path / "onnx"
-    r = cli("export", "tests.models:tiny_mlp", "--weights", tiny / "tiny.safetensors",
-            "--input", "x:3x12", "--opset", "17", "-o", out)
+    r = cli(
+        "export",
+        "tests.models:tiny_mlp",
+        "--weights",
+        tiny / "tiny.safetensors",
+        "--input",
+        "x:3x12",
+        "--opset",
+        "17",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.stderr
     m = onnx.load(str(out / "model.onnx"))
     assert _inputs(out / "model.onnx") == {"x": [3, 12]}  # no --dynamic: static
@@ -52,9 +62,26 @@ def test_two_inputs_two_outputs(cli, tmp_path):
     torch.manual_seed(1)
     save_file(two_inputs().state_dict(), str(tmp_path / "w.safetensors"))
     out = tmp_path / "onnx"
-    r = cli("export", "tests.models:two_inputs", "--weights", tmp_path / "w.safetensors",
-            "--input", "x:2x6", "--input", "y:2x4", "--dynamic", "x:0", "--dynamic", "y:0",
-            "--output", "sum", "--output", "squashed", "-o", out)
+    r = cli(
+        "export",
+        "tests.models:two_inputs",
+        "--weights",
+        tmp_path / "w.safetensors",
+        "--input",
+        "x:2x6",
+        "--input",
+        "y:2x4",
+        "--dynamic",
+        "x:0",
+        "--dynamic",
+        "y:0",
+        "--output",
+        "sum",
+        "--output",
+        "squashed",
+        "-o",
+        out,
+    )
     assert r.code == 0, r.stderr
     m = onnx.load(str(out / "model.onnx"))
     assert [o.name for o in m.graph.output] == ["sum", "squashed"]
@@ -66,8 +93,9 @@ def test_pt2_program(cli, tmp_path):
 
     torch.manual_seed(0)
     net = tiny_mlp().eval()
-    ep = torch.export.export(net, (torch.randn(2, 12),),
-                             dynamic_shapes=({0: torch.export.Dim("batch")},))
+    ep = torch.export.export(
+        net, (torch.randn(2, 12),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
     torch.export.save(ep, str(tmp_path / "m.pt2"))
     out = tmp_path / "onnx"
     r = cli("export", tmp_path / "m.pt2", "-o", out)
@@ -83,8 +111,18 @@ def test_pt2_program(cli, tmp_path):
 def test_check_outside_tolerance_fails_with_figures(cli, digits, tmp_path):
     """The check is a gate, not a warning: float32 reordering differs by ~1e-6 > atol 1e-12."""
     out = tmp_path / "onnx"
-    r = cli("export", "examples.digits:make_model", "--weights", digits / "model.safetensors",
-            "--atol", "1e-12", "--rtol", "0", "-o", out)
+    r = cli(
+        "export",
+        "examples.digits:make_model",
+        "--weights",
+        digits / "model.safetensors",
+        "--atol",
+        "1e-12",
+        "--rtol",
+        "0",
+        "-o",
+        out,
+    )
     assert r.code == 1
     assert "logits: max abs" in r.stderr and "max rel" in r.stderr
     assert not out.exists()
@@ -95,8 +133,15 @@ def test_hf_tiny_bert_classification(cli, tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    cfg = BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     src = tmp_path / "bert"
     BertForSequenceClassification(cfg).save_pretrained(src, safe_serialization=True)
     out = tmp_path / "onnx"

@@ -6,7 +6,18 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli import _errors, bench, build, distill, export, inspect, run, targets, validate
+from toolchain.cli import (
+    _errors,
+    bench,
+    build,
+    distill,
+    export,
+    inspect,
+    quantize,
+    run,
+    targets,
+    validate,
+)
 
 app = typer.Typer(
     name="edgesmith",
@@ -28,6 +39,7 @@ def _root(
 COMMANDS = {
     "export": export.command,
     "distill": distill.command,
+    "quantize": quantize.command,
     "build": build.command,
     "validate": validate.command,
     "bench": bench.command,

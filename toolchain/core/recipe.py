@@ -131,10 +131,62 @@ class DistillStage(StageConfig):
         return self
 
 
+class QuantizeStage(StageConfig):
+    """Calibrated int8 QDQ (or dynamic) quantization, with an optional accuracy loop
+    (toolchain/quantize/stage.py)."""
+
+    kind: Literal["quantize"] = "quantize"
+    method: Literal["minmax", "percentile", "entropy", "dynamic"] = "minmax"
+    calibration: str | None = None  # data: .npz, .npy folder, image folder, text (+ tokenizer)
+    samples: int | None = Field(default=None, ge=1)  # drawn with `seed`; default: all of them
+    seed: int = 0
+    percentile: float = Field(default=99.999, gt=50, le=100)
+    target: str = "ort-cpu"
+    preset: str | None = None  # default: the target's, for ort-cpu by this CPU's instruction set
+    op_types: list[str] = []  # override the preset's quantized op types
+    exclude: list[str] = []  # node-name patterns (fnmatch) that stay in float
+    outlier_ratio: float | None = Field(default=None, ge=0)  # None: the preset's; 0: off
+    tokenizer: str | None = None  # for text data; default: the model's folder
+    seq_len: int = Field(default=128, ge=1)
+    image: dict[str, Any] = {}  # image-folder preprocessing (calibration/images.py)
+    eval: str | None = None  # data for the accuracy loop (never the calibration data)
+    metrics: list[str] = []  # default: accuracy when the eval data has labels, else cosine
+    max_drop: float | dict[str, float] = 0.01
+    output: str | None = None  # gate this output only
+    eval_limit: int | None = Field(default=None, ge=1)
+    sensitivity_samples: int = Field(default=64, ge=1)  # eval samples for the per-node ranking
+    max_fallback: int | None = Field(default=None, ge=0)  # nodes put back to float at most
+    batch_size: int = Field(default=16, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    cache_dir: str | None = None  # calibration cache; default: .calibration-cache beside out
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
+
+    @field_validator("max_drop")
+    @classmethod
+    def _non_negative(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(x < 0 for x in values):
+            raise ValueError("max_drop must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> QuantizeStage:
+        if self.method != "dynamic" and not self.calibration:
+            raise ValueError(
+                f"method '{self.method}' needs calibration data (or use method = \"dynamic\")"
+            )
+        return self
+
+    def budget(self, metric: str) -> float:
+        if isinstance(self.max_drop, dict):
+            return self.max_drop.get(metric, self.max_drop.get("default", 0.01))
+        return self.max_drop
+
+
 # kind → config class; a stage module registers its runner under the same kind (pipeline.py).
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     c.model_fields["kind"].default: c
-    for c in (DistillStage, ExportStage, BuildStage, ValidateStage, BenchStage)
+    for c in (DistillStage, ExportStage, QuantizeStage, BuildStage, ValidateStage, BenchStage)
 }
 
 

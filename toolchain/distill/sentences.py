@@ -10,6 +10,7 @@ from modules never trained on, not just from other lines of the same docstring.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 import sysconfig
@@ -48,6 +49,7 @@ def _sentences(doc: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=2)  # parsing the whole library takes seconds; callers only read
 def stdlib_sentences(root: Path | None = None) -> dict[str, list[str]]:
     """Module name → its docstring sentences, for every .py file of the standard library."""
     root = Path(root or sysconfig.get_paths()["stdlib"])

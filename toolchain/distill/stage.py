@@ -187,6 +187,14 @@ def prepare(
 
     train_data, eval_data = _load_data(cfg, io, tokenizer)
     output = _choose_output(teacher, train_data, cfg.output)
+    if src.format is Format.hf and output in io.output_names:
+        dims = next(t.dims for t in io.outputs if t.name == output)
+        if len(dims) > 1 and not isinstance(dims[1], int):
+            # Batches are cut to their longest text, so per-token outputs differ in length.
+            raise InvalidInput(
+                f"output '{output}' has a sequence axis; distill compares a pooled output "
+                f"(batch, features): one of {io.output_names}"
+            )
 
     if cfg.student:
         torch.manual_seed(cfg.seed)  # the student's initialisation, the same on every rank

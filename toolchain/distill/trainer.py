@@ -365,7 +365,8 @@ def train(
     if found and not resume:
         raise InvalidInput(
             f"{checkpoints} holds checkpoints of an interrupted run (epoch {found[0]} done); "
-            "pass --resume to continue it, or delete that folder to start over"
+            "pass --resume (in a recipe: resume = true) to continue it, or delete that folder "
+            "to start over"
         )
     if found:
         epoch, path = found
@@ -505,7 +506,7 @@ def train(
                 device=device,
             )
             _, metric = evaluate(student_eval, teacher_eval, eval_data.labels, cfg.loss)
-            improved = metric > best_metric
+            improved = metric >= best_metric  # a tie goes to the later, longer-trained epoch
             if improved:
                 best_epoch, best_metric = epoch + 1, metric
             slowest = totals[-1] / world  # mean over processes of the training seconds

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolchain.core.artifact import (
@@ -202,15 +202,17 @@ def torch_spec(art: ModelArtifact, source: SourceSpec) -> SourceSpec:
     )
 
 
-def source_digest(spec: SourceSpec) -> str:
-    """Hash of the source plus everything in the spec that changes what an export makes."""
-    art = resolve_source(spec)
-    return sha256_json(
-        {
-            "artifact": art.sha256,
-            "inputs": spec.inputs,
-            "dynamic": spec.dynamic,
-            "outputs": spec.outputs,
-            "task": spec.task,
-        }
-    )
+def with_spec_digest(art: ModelArtifact, spec: SourceSpec) -> ModelArtifact:
+    """The source artifact, its hash extended by the flags that change what an export makes.
+
+    Without such flags the hash is the artifact's own, so provenance links stay plain hashes.
+    """
+    flags = {
+        "inputs": spec.inputs,
+        "dynamic": spec.dynamic,
+        "outputs": spec.outputs,
+        "task": spec.task,
+    }
+    if not any(flags.values()):
+        return art
+    return replace(art, sha256=sha256_json({"artifact": art.sha256, **flags}))

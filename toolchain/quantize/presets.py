@@ -53,11 +53,15 @@ class Preset:
     # A MatMul of two activations (attention's Q·Kᵀ, P·V) has no weight to pre-quantize; its
     # inputs would be quantized per tensor on every call. False: such MatMuls stay in float.
     activation_matmuls: bool = False
-    # SmoothQuant: migrate per-channel activation outliers into the weights (alpha), for the
-    # MatMuls/Gemms with a constant weight whose input channel maxima spread more than
-    # `smooth_min_spread` (max/median). None: off.
-    smooth_alpha: float | None = 0.5
-    smooth_min_spread: float = 8.0
+    # Input channels of a weighted MatMul whose max |x| exceeds outlier_ratio × the median
+    # channel's are computed in float beside the int8 product (at most outlier_channels per
+    # tensor; qdq.split_outliers). None: off.
+    outlier_ratio: float | None = 8.0
+    outlier_channels: int = 8
+    # Op types whose output stays float: DQ→MatMul with a float output becomes onnxruntime's
+    # MatMulIntegerToFloat (int8 product, float result), which spares a requantization of the
+    # result; a transformer's MatMul results feed float Adds and LayerNorms anyway.
+    float_outputs: tuple[str, ...] = ("MatMul", "Gemm")
     keep_removable_activations: bool = False
     add_qdq_pair_to_weight: bool = False
     dedicated_qdq_pair: bool = False
@@ -147,7 +151,7 @@ def _trt_preset() -> Preset:
         activation_symmetric=True,
         op_types=WEIGHTED_OPS,
         activation_matmuls=True,
-        smooth_alpha=None,
+        outlier_ratio=None,
         keep_removable_activations=True,
         add_qdq_pair_to_weight=True,
         dedicated_qdq_pair=True,

@@ -5,10 +5,8 @@ a calibration cache (`calibration_cache_path`, a JSON of per-tensor ranges). We 
 streaming ranges (calibration/statistics.py) in that format and let its QDQ quantizer place the
 Q/DQ nodes, quantize weights per channel and pick scales: onnxruntime never runs the model.
 
-SmoothQuant (Xiao et al., 2023) is ours too: onnxruntime's needs Intel Neural Compressor and
-keeps calibration data in memory. Dividing a MatMul input's channel j by s_j and multiplying
-row j of its weight by s_j leaves the product unchanged and moves activation outliers into the
-weights, which are quantized per output channel and absorb them.
+Outlier channels (split_outliers) are ours too: the few input channels of a MatMul whose range
+dwarfs the others are computed in float beside it, so the int8 scale fits the rest.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from toolchain.core.errors import InvalidInput
 from toolchain.quantize.presets import Preset
 
 TWO_GB = 2**31
-SMOOTH_SCALE_RANGE = (1e-4, 1e4)  # a zero or huge channel max must not give a degenerate scale
 
 
 @contextlib.contextmanager
@@ -140,22 +137,23 @@ def make_plan(
 
 
 # ---------------------------------------------------------------------------------------------
-# SmoothQuant
+# Outlier channels kept in float
 
 
 @dataclass(frozen=True)
-class SmoothTarget:
-    """An activation tensor and the weighted nodes that read it (weight name, input-channel axis)."""
+class SplitTarget:
+    """An activation tensor and the MatMuls that multiply it by a constant 2-D weight."""
 
     tensor: str
-    consumers: tuple[tuple[str, str, int], ...]  # (node, weight initializer, in-channel axis)
+    consumers: tuple[tuple[str, str], ...]  # (MatMul node, weight initializer [K, N])
 
 
-def smooth_targets(model: onnx.ModelProto, nodes: Iterable[str]) -> list[SmoothTarget]:
-    """Inputs of the given MatMul/Gemm nodes that multiply a constant 2-D weight.
+def split_targets(model: onnx.ModelProto, nodes: Iterable[str]) -> list[SplitTarget]:
+    """Inputs of the given MatMul nodes whose second input is a constant [K, N] weight.
 
-    A weight shared by several nodes, or a Gemm with transA, is left alone: scaling it for
-    one reader would change the others.
+    A tensor qualifies only if every quantized node reading it is such a MatMul: its int8
+    range will exclude the outlier channels, which is exact only where those channels meet
+    zeroed weight rows. A weight read by several nodes is left alone for the same reason.
     """
     wanted = set(nodes)
     inits = _initializers(model)
@@ -163,96 +161,161 @@ def smooth_targets(model: onnx.ModelProto, nodes: Iterable[str]) -> list[SmoothT
     for n in model.graph.node:
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
-    groups: dict[str, list[tuple[str, str, int]]] = {}
+    groups: dict[str, list[tuple[str, str]]] = {}
+    spoiled: set[str] = set()
     for n in model.graph.node:
-        if n.name not in wanted or n.op_type not in ("MatMul", "Gemm"):
+        if n.name not in wanted:
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        w = n.input[1]
-        if w not in inits or len(inits[w].dims) != 2 or uses.get(w, 0) != 1:
-            continue
-        if n.op_type == "Gemm" and attrs.get("transA", 0):
-            continue
-        axis = 1 if (n.op_type == "Gemm" and attrs.get("transB", 0)) else 0
-        groups.setdefault(n.input[0], []).append((n.name, w, axis))
-    return [SmoothTarget(t, tuple(c)) for t, c in groups.items()]
+        w = n.input[1] if len(n.input) > 1 else ""
+        splittable = (
+            n.op_type == "MatMul" and w in inits and len(inits[w].dims) == 2 and uses.get(w, 0) == 1
+        )
+        if splittable:
+            groups.setdefault(n.input[0], []).append((n.name, w))
+        spoiled.update(i for i in n.input if not splittable or i != n.input[0])
+    return [SplitTarget(t, tuple(c)) for t, c in groups.items() if t not in spoiled]
 
 
-def channel_spread(absmax: np.ndarray) -> float:
-    """max / median of the channel maxima: how much a few channels dominate the range."""
+def outlier_channels(absmax: np.ndarray, ratio: float, max_channels: int) -> np.ndarray:
+    """Channels whose max |x| exceeds `ratio` × the median channel's: at most `max_channels`,
+    largest first. Empty when no channel stands out."""
     med = float(np.median(absmax))
-    return float(absmax.max()) / med if med > 0 else float("inf")
+    if med <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(absmax)[::-1][:max_channels]
+    return np.sort(order[absmax[order] > ratio * med]).astype(np.int64)
 
 
 @dataclass
-class SmoothResult:
-    smoothed: list[dict]  # per tensor: name, channels, spread, consumers
+class SplitResult:
+    split: list[dict]  # per tensor: name, channels kept in float, their max, the rest's max
+    float_nodes: list[str]  # the MatMuls added for the outlier channels: they stay in float
+    masked: dict[str, np.ndarray]  # tensor → outlier channels its int8 range must leave out
     model: onnx.ModelProto
 
 
-def smooth(
+def split_outliers(
     model: onnx.ModelProto,
-    targets: list[SmoothTarget],
+    targets: list[SplitTarget],
     channel_absmax: dict[str, np.ndarray],
-    alpha: float,
-    min_spread: float,
-) -> SmoothResult:
-    """Insert x·(1/s) before each target whose channel maxima spread at least `min_spread`, and
-    scale the weights' input channels by s, with s_j = a_j^alpha / w_j^(1-alpha).
+    ratio: float,
+    max_channels: int,
+) -> SplitResult:
+    """Compute the few outlier input channels of each target in float, the rest in int8.
 
-    The inserted Mul feeds only the target nodes; other readers of x (a residual Add) keep x.
-    `model` must hold its weights (loaded with external data); it is modified and returned.
+    X·W = X·W_rest + X[..., idx]·W[idx, :], with W_rest = W with the rows idx zeroed. X's int8
+    range is then taken over the other channels only (`masked`, for calibration): the outlier
+    channels saturate in int8, harmlessly, since they meet zero weights there. In BERT-family
+    encoders one channel at the [CLS] token reaches 20-30 while the others stay under 6;
+    quantizing it with the rest leaves the other tokens with a step of ~0.1. This is LLM.int8()'s
+    decomposition with the channels chosen once, from calibration. SmoothQuant (moving the
+    channel's scale into the weight) was measured on all-MiniLM-L6-v2 and did not help: the
+    outlier is one token, so the weight row absorbs a range the other tokens never use.
+
+    `model` must hold its weights; it is modified and returned.
     """
     inits = _initializers(model)
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-    done, inserts = [], []
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    after: dict[str, list[onnx.NodeProto]] = {}  # node name ("" = graph start) → nodes to insert
+    done, float_nodes, masked = [], [], {}
     for t in targets:
         a = channel_absmax.get(t.tensor)
         if a is None:
             continue
-        spread = channel_spread(a)
-        if spread < min_spread:
+        idx = outlier_channels(a, ratio, max_channels)
+        if idx.size == 0:
             continue
-        weights = {w: numpy_helper.to_array(inits[w]) for _, w, _ in t.consumers}
-        wmax = np.zeros_like(a)
-        for _, w, axis in t.consumers:
-            arr = np.abs(weights[w])
-            wmax = np.maximum(wmax, arr.max(axis=1 - axis))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.power(a, alpha) / np.power(wmax, 1 - alpha)
-        s = np.where(np.isfinite(s) & (a > 0) & (wmax > 0), s, 1.0)
-        s = np.clip(s, *SMOOTH_SCALE_RANGE).astype(np.float32)
-        for _, w, axis in t.consumers:
-            shape = (-1, 1) if axis == 0 else (1, -1)
-            scaled = (weights[w] * s.reshape(shape)).astype(weights[w].dtype)
-            inits[w].CopyFrom(numpy_helper.from_array(scaled, w))
-        scale_name, out_name = f"{t.tensor}_smooth_scale", f"{t.tensor}_smoothed"
-        model.graph.initializer.append(
-            numpy_helper.from_array((1.0 / s).astype(np.float32), scale_name)
+        base = t.tensor
+        idx_name, outl = f"{base}_outlier_channels", f"{base}_outliers"
+        model.graph.initializer.append(numpy_helper.from_array(idx, idx_name))
+        after.setdefault(producers.get(t.tensor, ""), []).append(
+            onnx.helper.make_node(
+                "Gather", [t.tensor, idx_name], [outl], name=f"{base}/outliers", axis=-1
+            )
         )
-        mul = onnx.helper.make_node(
-            "Mul", [t.tensor, scale_name], [out_name], name=f"{t.tensor}/SmoothQuant/Mul"
-        )
-        readers = {c for c, _, _ in t.consumers}
+        readers = dict(t.consumers)
         for n in model.graph.node:
-            if n.name in readers:
-                n.input[0] = out_name
-        inserts.append((producer.get(t.tensor, -1), mul))
+            if n.name not in readers:
+                continue
+            w_name = readers[n.name]
+            w = numpy_helper.to_array(inits[w_name])
+            rows = w[idx].copy()
+            w_rest = w.copy()
+            w_rest[idx] = 0
+            inits[w_name].CopyFrom(numpy_helper.from_array(w_rest, w_name))
+            rows_name = f"{w_name}_outlier_rows"
+            model.graph.initializer.append(numpy_helper.from_array(rows, rows_name))
+            y = n.output[0]
+            n.output[0] = f"{y}_inliers"
+            mm = onnx.helper.make_node(
+                "MatMul", [outl, rows_name], [f"{y}_outliers"], name=f"{n.name}/outliers"
+            )
+            add = onnx.helper.make_node(
+                "Add", [f"{y}_inliers", f"{y}_outliers"], [y], name=f"{n.name}/outliers/Add"
+            )
+            after.setdefault(n.name, []).extend([mm, add])
+            float_nodes.append(mm.name)
+        masked[t.tensor] = idx
+        rest = np.delete(a, idx)
         done.append(
             {
                 "tensor": t.tensor,
-                "channels": int(a.size),
-                "spread": round(spread, 2),
+                "float_channels": idx.tolist(),
+                "float_channel_max": round(float(a[idx].max()), 4),
+                "int8_channel_max": round(float(rest.max()), 4) if rest.size else 0.0,
                 "nodes": sorted(readers),
             }
         )
-    # insert right after each producer (from the back, so earlier indices stay valid)
-    nodes = list(model.graph.node)
-    for pos, mul in sorted(inserts, key=lambda x: x[0], reverse=True):
-        nodes.insert(pos + 1, mul)
+    nodes = list(after.get("", []))
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes.extend(after.get(n.name, []))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return SmoothResult(done, model)
+    return SplitResult(done, float_nodes, masked, model)
+
+
+def isolate_quantized_inputs(model: onnx.ModelProto, quantized: Iterable[str]) -> dict[str, str]:
+    """Give the quantized readers of a tensor their own copy of it (an Identity) when float
+    readers share it; returns tensor → copy.
+
+    onnxruntime's QDQ quantizer rewires *every* reader of a quantized tensor to the DQ output
+    (qdq_quantizer._add_qdq_pair_for_activation), so a residual Add or LayerNorm reading a
+    quantized MatMul's input would get the rounded values too: on all-MiniLM-L6-v2 that alone
+    cost more than half of the cosine lost. onnxruntime removes the Identity when it loads the
+    model, so it costs nothing at run time.
+    """
+    q = set(quantized)
+    consts = _constants(model)
+    outputs = {o.name for o in model.graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in dict.fromkeys(n.input):
+            if i and i not in consts:
+                readers.setdefault(i, []).append(n)
+    producers = {o: n.name for n in model.graph.node for o in n.output}
+    copies: dict[str, str] = {}
+    after: dict[str, list[onnx.NodeProto]] = {}
+    for tensor, nodes in readers.items():
+        qr = [n for n in nodes if n.name in q]
+        if not qr or (len(qr) == len(nodes) and tensor not in outputs):
+            continue
+        copy = f"{tensor}_to_int8"
+        after.setdefault(producers.get(tensor, ""), []).append(
+            onnx.helper.make_node("Identity", [tensor], [copy], name=f"{tensor}/to_int8")
+        )
+        for n in qr:
+            for k, i in enumerate(n.input):
+                if i == tensor:
+                    n.input[k] = copy
+        copies[tensor] = copy
+    nodes = list(after.get("", []))
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes.extend(after.get(n.name, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return copies
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:
@@ -285,6 +348,7 @@ def extra_options(preset: Preset) -> dict:
         "AddQDQPairToWeight": preset.add_qdq_pair_to_weight,
         "DedicatedQDQPair": preset.dedicated_qdq_pair,
         "QuantizeBias": preset.quantize_bias,
+        "OpTypesToExcludeOutputQuantization": list(preset.float_outputs),
         # a Gemm/MatMul weight [K, N] has its output channels on axis 1
         "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
     }
@@ -361,11 +425,15 @@ def quantize_dynamic_model(model_path: Path, out_path: Path, preset: Preset, pla
     return out_path
 
 
-def quantized_nodes(qdq: onnx.ModelProto) -> list[str]:
-    """Nodes of a QDQ model that read at least one DequantizeLinear output (they run in int8)."""
-    dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention")
+
+
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Nodes that read a DequantizeLinear output (QDQ), or integer ops (dynamic quantization)."""
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return [
         n.name
-        for n in qdq.graph.node
-        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and set(n.input) & dq_out
+        for n in model.graph.node
+        if n.op_type in INTEGER_OPS
+        or (n.op_type not in ("QuantizeLinear", "DequantizeLinear") and set(n.input) & dq_out)
     ]

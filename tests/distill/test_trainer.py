@@ -1,0 +1,131 @@
+"""The training loop on digits: the teacher's soft targets are what the student learns,
+and an interrupted run resumes to the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from toolchain.core.errors import InvalidInput
+from toolchain.core.recipe import DistillStage
+from toolchain.distill.stage import prepare
+from toolchain.distill.trainer import latest_checkpoint, train
+from toolchain.export.source import SourceSpec, resolve_source
+
+STUDENT = "examples.digits_student:make_student"
+
+
+def setup_for(teacher_dir: Path, **kw):
+    spec = SourceSpec("examples.digits:make_model", str(teacher_dir / "model.safetensors"))
+    cfg = DistillStage(
+        student=STUDENT,
+        data=str(kw.pop("data", teacher_dir / "train.npz")),
+        eval_data=str(kw.pop("eval_data", teacher_dir / "calib.npz")),
+        **kw,
+    )
+    return prepare(resolve_source(spec), spec, cfg, lambda _m: None)
+
+
+def run(setup, checkpoints: Path, **kw):
+    return train(
+        setup.pair,
+        setup.train_data,
+        setup.eval_data,
+        setup.train_cfg,
+        checkpoints=checkpoints,
+        fingerprint=setup.fingerprint,
+        **kw,
+    )
+
+
+def predict(student: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return student.eval()(x=torch.from_numpy(x))["logits"].argmax(1).numpy()
+
+
+class RolledTeacher(nn.Module):
+    """The digits teacher with its classes renamed: it says k + 1 where it sees k."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.outputs = teacher.outputs
+
+    def forward(self, **feeds):
+        return {"logits": torch.roll(self.teacher(**feeds)["logits"], 1, dims=1)}
+
+    def prepare(self, feeds):
+        return feeds
+
+
+def test_the_student_learns_the_teachers_soft_targets_not_the_labels(digits_teacher, tmp_path):
+    """Unlabelled data and a teacher that renames every class: a student trained by the
+    distillation loss must name them the teacher's way (fails if that loss is not used)."""
+    for split in ("train", "calib"):
+        with np.load(digits_teacher / f"{split}.npz") as z:
+            np.savez(tmp_path / f"{split}.npz", x=z["x"])  # no labels: soft targets only
+    setup = setup_for(
+        digits_teacher,
+        data=tmp_path / "train.npz",
+        eval_data=tmp_path / "calib.npz",
+        epochs=25,
+    )
+    setup.pair.teacher = RolledTeacher(setup.pair.teacher)
+    assert setup.train_data.labels is None and setup.train_cfg.loss == "soft"
+    result = run(setup, tmp_path / "ckpt")
+    assert result.metric_name == "agreement"  # with the teacher's top-1: no labels to score
+    with np.load(digits_teacher / "test.npz") as z:
+        x, y = z["x"], z["labels"]
+    pred = predict(setup.pair.student, x)
+    teacher_says = (predict(setup.pair.teacher.teacher, x) + 1) % 10
+    assert (pred == teacher_says).mean() >= 0.85
+    assert (pred == y).mean() <= 0.2
+    assert result.history[-1].loss < 0.5 * result.history[0].loss
+
+
+def test_checkpoints_keep_the_best_epoch_and_the_student_ends_with_it(digits_teacher, tmp_path):
+    setup = setup_for(digits_teacher, epochs=6)
+    result = run(setup, tmp_path / "ckpt")
+    assert [h.epoch for h in result.history] == [1, 2, 3, 4, 5, 6]
+    best = max(result.history, key=lambda h: h.metric)
+    assert result.best_epoch == best.epoch and result.best_metric == best.metric
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert kept == sorted({f"epoch-{best.epoch:04d}", "epoch-0006"})
+    with np.load(digits_teacher / "calib.npz") as z:
+        acc = (predict(setup.pair.student, z["x"]) == z["labels"]).mean()
+    assert acc == pytest.approx(result.best_metric)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(digits_teacher, tmp_path):
+    straight = run(setup_for(digits_teacher, epochs=4), tmp_path / "straight")
+
+    setup = setup_for(digits_teacher, epochs=4)
+    calls = {"n": 0}
+    original = setup.pair.student.prepare
+
+    def dies_in_epoch_3(feeds):
+        # 1 probe, then 17 training batches + 1 eval pass per epoch: call 45 is in epoch 3
+        calls["n"] += 1
+        if calls["n"] == 45:
+            raise KeyboardInterrupt
+        return original(feeds)
+
+    setup.pair.student.prepare = dies_in_epoch_3
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "ckpt")
+    assert latest_checkpoint(tmp_path / "ckpt")[0] == 2  # epoch 3 is lost, 1 and 2 are not
+
+    with pytest.raises(InvalidInput, match="--resume"):
+        run(setup_for(digits_teacher, epochs=4), tmp_path / "ckpt")
+    with pytest.raises(InvalidInput, match="another teacher, student, data or settings"):
+        run(setup_for(digits_teacher, epochs=4, lr=1e-2), tmp_path / "ckpt", resume=True)
+
+    resumed = run(setup_for(digits_teacher, epochs=4), tmp_path / "ckpt", resume=True)
+    assert resumed.resumed_after == 2
+    assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.rank_digests == straight.rank_digests  # bit-identical final weights
+    assert [h.metric for h in resumed.history] == [h.metric for h in straight.history]

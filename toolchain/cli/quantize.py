@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from toolchain.cli._run import execute, one_stage, path_str
+from toolchain.cli.build import parse_options
+from toolchain.cli.options import Out, PrintRecipe, Target, Threads
+from toolchain.cli.validate import parse_budget
+
+
+def command(
+    model: Annotated[
+        Path, typer.Argument(help="The fp32 ONNX model (or a directory an export wrote).")
+    ],
+    out: Out,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Calibration data: .npz, a folder of .npy or images, or text lines (+ tokenizer)."
+        ),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="minmax, percentile, entropy, or dynamic (no calibration).")
+    ] = "minmax",
+    samples: Annotated[
+        int | None, typer.Option(help="Calibration samples, drawn with --seed (default: all).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration draw.")] = 0,
+    percentile: Annotated[
+        float, typer.Option(help="Percentile of |x| kept by --method percentile.")
+    ] = 99.999,
+    target: Target = "ort-cpu",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Preset name (default: the target's; for ort-cpu, by this CPU's instruction set)."
+        ),
+    ] = None,
+    op_types: Annotated[
+        list[str] | None,
+        typer.Option("--op-types", help="Op type to quantize (repeatable; replaces the preset's)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Node-name pattern kept in float (fnmatch, repeatable)."),
+    ] = None,
+    outlier_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Input channels above this × the median channel's max run in float (0: off; default: the preset's)."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
+    ] = None,
+    seq_len: Annotated[int, typer.Option(help="Token sequence length for text data.")] = 128,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, resample; lists comma-separated).",
+        ),
+    ] = None,
+    eval: Annotated[
+        Path | None,
+        typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metric", help="Gated metric (repeatable): accuracy, agreement, cosine, max_abs_diff."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        list[str] | None,
+        typer.Option("--max-drop", help="Budget: 0.01, or METRIC=VALUE (fractions)."),
+    ] = None,
+    output: Annotated[str | None, typer.Option(help="Gate this output only.")] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="Use only the first N eval samples.")
+    ] = None,
+    max_fallback: Annotated[
+        int | None, typer.Option(help="Put at most N nodes back to float.")
+    ] = None,
+    threads: Threads = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Calibration cache (default: .calibration-cache beside -o).")
+    ] = None,
+    print_recipe: PrintRecipe = False,
+) -> None:
+    """Quantize to int8 (QDQ) with calibrated ranges; with --eval, put nodes back to float until the gate passes (exit 1 if none does)."""
+    recipe = one_stage(
+        {"model": str(model)},
+        {
+            "kind": "quantize",
+            "out": str(out),
+            "method": method,
+            "calibration": path_str(calibration),
+            "samples": samples,
+            "seed": seed,
+            "percentile": percentile,
+            "target": target,
+            "preset": preset,
+            "op_types": op_types or [],
+            "exclude": exclude or [],
+            "outlier_ratio": outlier_ratio,
+            "tokenizer": path_str(tokenizer),
+            "seq_len": seq_len,
+            "image": _image_options(image or []),
+            "eval": path_str(eval),
+            "metrics": metric or [],
+            "max_drop": parse_budget(max_drop or []),
+            "output": output,
+            "eval_limit": eval_limit,
+            "max_fallback": max_fallback,
+            "threads": threads,
+            "cache_dir": path_str(cache_dir),
+        },
+        "quantize",
+    )
+    execute(recipe, print_recipe)
+
+
+def _image_options(items: list[str]) -> dict:
+    """--image size=224,224 --image mean=0.485,0.456,0.406 → {"size": [224, 224], ...}."""
+    out = {}
+    for key, value in parse_options(items).items():
+        if isinstance(value, str) and "," in value:
+            value = [float(v) if "." in v else int(v) for v in value.split(",")]
+        out[key] = value
+    return out
