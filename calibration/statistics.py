@@ -87,7 +87,7 @@ class TensorStats:
         self.hist += np.bincount(idx, minlength=self.bins)
 
     def _widen(self, k: int) -> None:
-        """Grid [-edge, edge] → [-k·edge, k·edge]: old bin i lies inside new bin ((k-1)·B/2 + i) // k."""
+        """Grid [-edge, edge] → [-k·edge, k·edge]; old bin i is in new bin ((k-1)·B/2 + i) // k."""
         k = max(k, 2)
         half = self.bins // 2
         target = ((k - 1) * half + np.arange(self.bins)) // k
@@ -109,9 +109,7 @@ class TensorStats:
             "bins": self.bins,
             "edge": self.edge,
             "hist": None if self.hist is None else self.hist.tolist(),
-            "channel_absmax": None
-            if self.channel_absmax is None
-            else self.channel_absmax.tolist(),
+            "channel_absmax": None if self.channel_absmax is None else self.channel_absmax.tolist(),
         }
 
     @classmethod
@@ -157,9 +155,7 @@ class MethodSpec:
         return {"method": "entropy", "bins": self.bins}
 
 
-def tensor_range(
-    stats: TensorStats, method: MethodSpec, levels: int = 128
-) -> tuple[float, float]:
+def tensor_range(stats: TensorStats, method: MethodSpec, levels: int = 128) -> tuple[float, float]:
     """The (low, high) range of a tensor for `method`.
 
     `levels` is how many quantization steps cover [0, threshold] (128 for symmetric int8, 256
@@ -247,7 +243,7 @@ def dataset_digest(data: Dataset) -> str:
 
 
 def float_tensors(model: onnx.ModelProto) -> dict[str, int]:
-    """Every float tensor the graph computes or takes as input → elem type (initializers excluded)."""
+    """Float tensors the graph computes or takes as input → elem type (not initializers)."""
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     g = inferred.graph
     inits = {i.name for i in g.initializer}
@@ -340,7 +336,8 @@ def collect(
         if track is not None:
             batches = iter(track(batches, total, f"calibrating on {len(data)} samples"))
         for feeds, _ in batches:
-            outs = sess.run(names, feeds)
+            # an empty name list would make onnxruntime return every output
+            outs = sess.run(names, feeds) if names else []
             values = dict(zip(names, outs, strict=True))
             values.update({n: feeds[n] for n in graph_inputs & stats.keys()})
             for name, value in values.items():
@@ -350,9 +347,7 @@ def collect(
             del outs  # one batch of activations alive at a time
     missing = [n for n, s in stats.items() if s.count == 0]
     if missing:
-        raise InvalidInput(
-            f"calibration: tensor(s) {missing[:3]} produced no values on this data"
-        )
+        raise InvalidInput(f"calibration: tensor(s) {missing[:3]} produced no values on this data")
     return stats
 
 

@@ -37,5 +37,7 @@ def digits_onnx(digits, tmp_path_factory) -> Path:
     from toolchain.export.torch import load_torch, onnx_from_torch
 
     out = tmp_path_factory.mktemp("digits_onnx") / "model.onnx"
-    model = load_torch(SourceSpec(model="examples.digits:make_model", weights=str(digits / "model.safetensors")))
+    model = load_torch(
+        SourceSpec(model="examples.digits:make_model", weights=str(digits / "model.safetensors"))
+    )
     return onnx_from_torch(model, out, opset=18)

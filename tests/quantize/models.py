@@ -12,7 +12,9 @@ OPSET = 18
 
 
 def _save(nodes, inits, inputs, outputs, path: Path, name: str) -> Path:
-    graph = helper.make_graph(nodes, name, inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    graph = helper.make_graph(
+        nodes, name, inputs, outputs, [numpy_helper.from_array(a, n) for n, a in inits.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -95,7 +97,9 @@ def residual_block(path: Path, seed: int = 0) -> Path:
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["m"], name="proj"),
         helper.make_node("Add", ["m", "x"], ["s"], name="residual"),
-        helper.make_node("LayerNormalization", ["s", "ln_scale", "ln_bias"], ["y"], name="ln", axis=-1),
+        helper.make_node(
+            "LayerNormalization", ["s", "ln_scale", "ln_bias"], ["y"], name="ln", axis=-1
+        ),
     ]
     return _save(
         nodes,

@@ -50,7 +50,8 @@ def command(
     outlier_ratio: Annotated[
         float | None,
         typer.Option(
-            help="Input channels above this × the median channel's max run in float (0: off; default: the preset's)."
+            help="Input channels above this × the median channel's max run in float "
+            "(0: off; default: the preset's)."
         ),
     ] = None,
     tokenizer: Annotated[
@@ -62,7 +63,8 @@ def command(
         list[str] | None,
         typer.Option(
             "--image",
-            help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, resample; lists comma-separated).",
+            help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, "
+            "resample; lists comma-separated).",
         ),
     ] = None,
     eval: Annotated[
@@ -92,7 +94,10 @@ def command(
     ] = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
-    """Quantize to int8 (QDQ) with calibrated ranges; with --eval, put nodes back to float until the gate passes (exit 1 if none does)."""
+    """Quantize to int8 (QDQ) with calibrated ranges.
+
+    With --eval, nodes go back to float until the gate passes (exit 1 if none does).
+    """
     recipe = one_stage(
         {"model": str(model)},
         {

@@ -6,8 +6,8 @@ ort-cpu preset is picked from the CPU's instruction set unless one is named:
 - x86 without VNNI (AVX2, AVX-512 without VNNI): the u8 x s8 kernels multiply with
   VPMADDUBSW, which adds pairs of u8·s8 products into a saturating int16. Two products of
   255·127 overflow it (64770 > 32767); Intel Neural Compressor's published tables show CNNs
-  losing 5 to 7 points of top-1 on AMD EPYC from this. Weights in 7 bits (reduce_range,
-  |w| <= 63) keep every pair sum within int16: 2·255·63 = 32130.
+  losing 5 to 7 points of top-1 on AMD EPYC from this. Weights in 7 bits (reduce_range: onnxruntime
+  maps them to [-64, 64]) keep every pair sum within int16: 2·255·64 = 32640 <= 32767.
 - x86 with VNNI or AMX: VPDPBUSD accumulates u8·s8 into int32 without saturation, so
   full-range int8 weights are safe; asymmetric uint8 activations use all 256 steps.
 - ARM64: the SDOT/I8MM kernels are signed; symmetric int8 activations and weights
@@ -48,7 +48,7 @@ class Preset:
     activation_symmetric: bool = False
     weight_symmetric: bool = True
     per_channel: bool = True
-    reduce_range: bool = False  # 7-bit weights (|w| <= 63)
+    reduce_range: bool = False  # 7-bit weights (|w| <= 64)
     op_types: tuple[str, ...] = WEIGHTED_OPS + CNN_PASS_THROUGH
     # A MatMul of two activations (attention's Q·Kᵀ, P·V) has no weight to pre-quantize; its
     # inputs would be quantized per tensor on every call. False: such MatMuls stay in float.
@@ -56,8 +56,9 @@ class Preset:
     # Input channels of a weighted MatMul whose max |x| exceeds outlier_ratio × the median
     # channel's are computed in float beside the int8 product (at most outlier_channels per
     # tensor; qdq.split_outliers). None: off.
-    outlier_ratio: float | None = 8.0
+    outlier_ratio: float | None = 4.0
     outlier_channels: int = 8
+    outlier_min_shrink: float = 3.0  # split only if the int8 range shrinks at least this much
     # Op types whose output stays float: DQ→MatMul with a float output becomes onnxruntime's
     # MatMulIntegerToFloat (int8 product, float result), which spares a requantization of the
     # result; a transformer's MatMul results feed float Adds and LayerNorms anyway.
@@ -130,7 +131,7 @@ def _cpu_presets() -> dict[str, Preset]:
             target="ort-cpu",
             reduce_range=True,
             why="x86 without VNNI: u8·s8 pairs are summed into a saturating int16 "
-            "(VPMADDUBSW); 7-bit weights (|w| <= 63) keep 2·255·63 = 32130 within int16",
+            "(VPMADDUBSW); 7-bit weights (|w| <= 64) keep 2·255·64 = 32640 within int16",
         ),
         "ort-cpu-arm64": Preset(
             name="ort-cpu-arm64",
@@ -150,6 +151,7 @@ def _trt_preset() -> Preset:
         activation_type="int8",
         activation_symmetric=True,
         op_types=WEIGHTED_OPS,
+        float_outputs=WEIGHTED_OPS,  # Q/DQ on inputs only: Conv→ReLU stays fusable
         activation_matmuls=True,
         outlier_ratio=None,
         keep_removable_activations=True,
@@ -175,10 +177,8 @@ def cpu_preset_name(isa: Isa) -> tuple[str, str]:
         return "ort-cpu-arm64", "ARM64 CPU"
     if isa.vnni:
         which = "AMX" if isa.amx else "VNNI"
-        return (
-            "ort-cpu-vnni",
-            f"x86 CPU with {which} ({', '.join(sorted(isa.flags & {'avx512_vnni', 'avx_vnni', 'amx_int8'}))})",
-        )
+        found = ", ".join(sorted(isa.flags & {"avx512_vnni", "avx_vnni", "amx_int8"}))
+        return "ort-cpu-vnni", f"x86 CPU with {which} ({found})"
     if "avx2" in isa.flags or isa.arch == "x86_64":
         return "ort-cpu-avx2", "x86 CPU without VNNI"
     return "ort-cpu-avx2", f"unrecognised CPU '{isa.arch}': the saturation-safe preset"

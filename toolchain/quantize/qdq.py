@@ -176,14 +176,22 @@ def split_targets(model: onnx.ModelProto, nodes: Iterable[str]) -> list[SplitTar
     return [SplitTarget(t, tuple(c)) for t, c in groups.items() if t not in spoiled]
 
 
-def outlier_channels(absmax: np.ndarray, ratio: float, max_channels: int) -> np.ndarray:
+def outlier_channels(
+    absmax: np.ndarray, ratio: float, max_channels: int, min_shrink: float = 1.0
+) -> np.ndarray:
     """Channels whose max |x| exceeds `ratio` × the median channel's: at most `max_channels`,
-    largest first. Empty when no channel stands out."""
+    largest first. Empty when no channel stands out, or when leaving them out would shrink the
+    tensor's range (so its int8 step) by less than `min_shrink`: then the float MatMul and Add
+    the split adds would cost more time than the accuracy they buy."""
     med = float(np.median(absmax))
     if med <= 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(absmax)[::-1][:max_channels]
-    return np.sort(order[absmax[order] > ratio * med]).astype(np.int64)
+    idx = np.sort(order[absmax[order] > ratio * med]).astype(np.int64)
+    rest = np.delete(absmax, idx)
+    if idx.size == 0 or (rest.size and absmax.max() < min_shrink * rest.max()):
+        return np.zeros(0, dtype=np.int64)
+    return idx
 
 
 @dataclass
@@ -200,6 +208,7 @@ def split_outliers(
     channel_absmax: dict[str, np.ndarray],
     ratio: float,
     max_channels: int,
+    min_shrink: float = 1.0,
 ) -> SplitResult:
     """Compute the few outlier input channels of each target in float, the rest in int8.
 
@@ -222,7 +231,7 @@ def split_outliers(
         a = channel_absmax.get(t.tensor)
         if a is None:
             continue
-        idx = outlier_channels(a, ratio, max_channels)
+        idx = outlier_channels(a, ratio, max_channels, min_shrink)
         if idx.size == 0:
             continue
         base = t.tensor
@@ -423,6 +432,81 @@ def quantize_dynamic_model(model_path: Path, out_path: Path, preset: Preset, pla
             extra_options={"MatMulConstBOnly": True},
         )
     return out_path
+
+
+TRT_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _weight_axis(node: onnx.NodeProto) -> int:
+    """The output-channel axis of a weighted node's weight (input 1)."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans = {a.name: a.i for a in node.attribute}.get("transB", 0)
+        return 0 if trans else 1
+    return 1  # MatMul B [K, N]
+
+
+def tensorrt_violations(model: onnx.ModelProto) -> list[str]:
+    """Where a QDQ model departs from what TensorRT's explicit quantization takes.
+
+    Rules (TensorRT developer guide, "Explicit Quantization"): int8 Q/DQ in the default ONNX
+    domain with zero points 0 (symmetric); per-tensor scales on activations; per-channel
+    scales only on weights, along the output channel; weights as Q→DQ pairs on float weights;
+    Q/DQ only on the inputs of weighted layers (Conv, ConvTranspose, MatMul, Gemm), each Q
+    feeding DQs only; biases left in float for TensorRT to fuse.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    bad: list[str] = []
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            if n.op_type in ("Conv", "Gemm", "ConvTranspose") and len(n.input) > 2 and n.input[2]:
+                b = producers.get(n.input[2])
+                if b is not None and b.op_type == "DequantizeLinear":
+                    bad.append(f"{n.name}: bias is dequantized (TensorRT takes a float bias)")
+            continue
+        if n.domain not in ("", "ai.onnx"):
+            bad.append(f"{n.name}: {n.op_type} in domain '{n.domain}'")
+        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+        if zp is None or zp.dtype != np.int8 or (zp != 0).any():
+            bad.append(
+                f"{n.name}: zero point must be int8 0 (got {None if zp is None else zp.dtype})"
+            )
+        scale = inits.get(n.input[1])
+        per_channel = scale is not None and scale.size > 1
+        if n.op_type == "QuantizeLinear":
+            if any(c.op_type != "DequantizeLinear" for c in consumers.get(n.output[0], [])):
+                bad.append(f"{n.name}: a Q must feed DequantizeLinear only")
+            continue
+        q = producers.get(n.input[0])
+        source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else n.input[0]
+        is_weight = source in inits
+        if is_weight and (q is None or q.op_type != "QuantizeLinear"):
+            bad.append(f"{n.name}: weight without a Q→DQ pair on the float weight")
+        for c in consumers.get(n.output[0], []):
+            if c.op_type not in TRT_WEIGHTED:
+                bad.append(
+                    f"{n.name}: DQ feeds {c.op_type} '{c.name}'; "
+                    "Q/DQ belong on weighted layers' inputs"
+                )
+                continue
+            if per_channel:
+                axis = {a.name: a.i for a in n.attribute}.get("axis", 1)
+                if not is_weight or list(c.input).index(n.output[0]) != 1:
+                    bad.append(f"{n.name}: per-channel scale on an activation")
+                elif axis != _weight_axis(c):
+                    bad.append(
+                        f"{n.name}: per-channel axis {axis}, {c.op_type} '{c.name}' has output "
+                        f"channels on axis {_weight_axis(c)}"
+                    )
+    return bad
 
 
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention")

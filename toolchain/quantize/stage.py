@@ -170,7 +170,12 @@ def prepare(
             )
             info["passes"].append(done)
             split = qdq.split_outliers(
-                model, targets, chan.channel_absmax, preset.outlier_ratio, preset.outlier_channels
+                model,
+                targets,
+                chan.channel_absmax,
+                preset.outlier_ratio,
+                preset.outlier_channels,
+                preset.outlier_min_shrink,
             )
             plan = plan.with_float(
                 split.float_nodes, "float part of a split MatMul (outlier channels)"
@@ -330,6 +335,9 @@ def run(ctx, src: ModelArtifact, cfg: QuantizeStage, out: Path):
             qdq.quantize_dynamic_model(src.path, first, preset, plan)
             prepared, ranges = None, None
             report["calibration"] = {"method": "dynamic", "note": "ranges computed per call"}
+            if cfg.calibration:
+                ctx.log("note: --method dynamic computes ranges per call; --calibration is unused")
+                report["calibration"]["unused_data"] = cfg.calibration
         else:
             prepared, ranges, plan, report["calibration"] = prepare(
                 src, calib_data, cfg, preset, plan, cache, work, ctx.log
@@ -347,6 +355,13 @@ def run(ctx, src: ModelArtifact, cfg: QuantizeStage, out: Path):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     qproto = check_onnx(model_path)
+    if cfg.target == "trt-gpu":
+        # refuse to hand TensorRT a model its explicit quantization would reject or mis-fuse
+        bad = qdq.tensorrt_violations(onnx.load(str(model_path)))
+        if bad:
+            raise InvalidInput(
+                f"the QDQ model breaks TensorRT's rules ({len(bad)}): {bad[0]}; check --op-types"
+            )
     quantized = qdq.quantized_nodes(qproto)
     float_nodes = report.get("fallback", {}).get("float_nodes", [])
     report["nodes"] = {
@@ -438,8 +453,11 @@ def _gate_and_loop(
         "steps": [s.to_dict() for s in loop.steps],
         "latency_batch1": cost,
     }
-    report["sensitivity"]["plot"] = PLOT
-    plot_sensitivity(sens.ranking, set(loop.float_nodes), out / PLOT)
+    try:  # matplotlib is an optional dependency (the dev extra); the ranking is in the JSON
+        plot_sensitivity(sens.ranking, set(loop.float_nodes), out / PLOT)
+        report["sensitivity"]["plot"] = PLOT
+    except ImportError:
+        report["sensitivity"]["plot"] = "not drawn: matplotlib is not installed"
     last = loop.steps[-1].verdict if loop.steps else verdict
     if loop.passed:
         return (

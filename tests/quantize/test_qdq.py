@@ -1,0 +1,176 @@
+"""The QDQ model itself: TensorRT's rules, outlier channels, float readers, plans."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from calibration.sources import Dataset
+from calibration.statistics import MethodSpec, activation_tensors, calibrate
+from tests.quantize import models
+from toolchain.core.errors import InvalidInput
+from toolchain.quantize import qdq
+from toolchain.quantize.presets import PRESETS
+
+
+def run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
+    out = tmp_path / "trt"
+    r = cli(
+        "quantize",
+        conv_net["model"],
+        "-o",
+        out,
+        "--calibration",
+        conv_net["calib"],
+        "--target",
+        "trt-gpu",
+    )
+    assert r.code == 0, r.stderr
+    model = onnx.load(str(out / "model.onnx"))
+    assert qdq.tensorrt_violations(model) == []
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 6  # conv1, conv2, fc: activation and weight pairs
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    by_name = {n.name: n for n in model.graph.node}
+    # conv weights per output channel (axis 0), Gemm(transB) weight on axis 0, biases float
+    for name, channels in (("conv1", 8), ("conv2", 8), ("fc", 5)):
+        dq = producers[by_name[name].input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        assert inits[dq.input[1]].shape == (channels,)
+        assert {a.name: a.i for a in dq.attribute}.get("axis", 1) == 0
+        assert by_name[name].input[2] in inits  # the bias is a float initializer
+    # the Relus stay between the convs and their consumers, with no Q/DQ in between
+    assert producers[by_name["relu1"].input[0]].name == "conv1"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["preset"]["name"] == "trt-gpu"
+    assert "zero points 0" in manifest["metrics"]["why"]
+
+
+def test_tensorrt_rules_catch_a_cpu_model(cli, conv_net, tmp_path):
+    """Negative control: the ort-cpu preset's uint8, asymmetric QDQ breaks the rules."""
+    out = tmp_path / "cpu"
+    r = cli(
+        "quantize",
+        conv_net["model"],
+        "-o",
+        out,
+        "--calibration",
+        conv_net["calib"],
+        "--preset",
+        "ort-cpu-vnni",
+    )
+    assert r.code == 0, r.stderr
+    bad = qdq.tensorrt_violations(onnx.load(str(out / "model.onnx")))
+    assert any("zero point" in b for b in bad)
+    assert any("bias is dequantized" in b for b in bad)
+
+
+def _split_model(tmp_path, outlier: float, ratio: float | None):
+    path = models.residual_block(tmp_path / "block.onnx")
+    calib = Dataset({"x": models.residual_data(64, seed=1, outlier=outlier)})
+    model = onnx.load(str(path))
+    preset = PRESETS["ort-cpu-vnni"]
+    plan = qdq.make_plan(model, preset)
+    masked = {}
+    if ratio:
+        targets = qdq.split_targets(model, plan.quantized(model))
+        chans = calibrate(
+            path, calib, [], MethodSpec(), channel_tensors=[t.tensor for t in targets]
+        )
+        res = qdq.split_outliers(model, targets, chans.channel_absmax, ratio, 8, 1.0)
+        plan, masked = plan.with_float(res.float_nodes, "outliers"), res.masked
+    copies = qdq.isolate_quantized_inputs(model, plan.quantized(model))
+    masked = {copies.get(k, k): v for k, v in masked.items()}
+    prepared = qdq.save_model(model, tmp_path / f"prepared-{ratio}.onnx")
+    tensors = activation_tensors(model, plan.op_types)
+    ranges = calibrate(prepared, calib, tensors, MethodSpec(), drop_channels=masked).ranges
+    out = qdq.quantize_static_qdq(prepared, tmp_path / f"q-{ratio}.onnx", ranges, preset, plan)
+    return path, prepared, out, copies
+
+
+def test_outlier_split_is_exact_in_float_and_rescues_int8(tmp_path):
+    x = models.residual_data(32, seed=7, outlier=40.0)
+    src, prepared, split_q, _ = _split_model(tmp_path, 40.0, ratio=4.0)
+    _, _, plain_q, _ = _split_model(tmp_path, 40.0, ratio=None)
+    ref = run(src, x)
+    np.testing.assert_allclose(
+        run(prepared, x), ref, atol=1e-5
+    )  # the split changes nothing in float
+    err_split = np.abs(run(split_q, x) - ref).mean()
+    err_plain = np.abs(run(plain_q, x) - ref).mean()
+    assert err_split < err_plain / 3, (err_split, err_plain)
+    gathers = [n for n in onnx.load(str(prepared)).graph.node if n.op_type == "Gather"]
+    assert gathers and numpy_helper.to_array(
+        {i.name: i for i in onnx.load(str(prepared)).graph.initializer}[gathers[0].input[1]]
+    ).tolist() == [3]
+
+
+def test_float_readers_of_a_quantized_tensor_keep_float(tmp_path):
+    """The residual Add reads x itself, not x rounded to int8 (onnxruntime would rewire it)."""
+    src, _, q, copies = _split_model(tmp_path, 0.0, ratio=None)
+    assert copies == {"x": "x_to_int8"}
+    model = onnx.load(str(q))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    add = next(n for n in model.graph.node if n.name == "residual")
+    assert "x" in add.input and all(
+        producers[i].op_type != "DequantizeLinear" for i in add.input if i in producers
+    )
+    mm = next(n for n in model.graph.node if n.name == "proj")
+    assert producers[mm.input[0]].op_type == "DequantizeLinear"
+
+
+def test_plan_exclude_op_types_and_their_errors(conv_net):
+    model = onnx.load(str(conv_net["model"]))
+    preset = PRESETS["ort-cpu-vnni"]
+    plan = qdq.make_plan(model, preset, exclude=["conv*"])
+    assert "conv1" in plan.excluded and "conv2" in plan.excluded and "fc" in plan.quantized(model)
+    plan = qdq.make_plan(model, preset, op_types=["Gemm"])
+    assert plan.quantized(model) == ["fc"]
+    with pytest.raises(InvalidInput, match="matches no node"):
+        qdq.make_plan(model, preset, exclude=["Conv_1"])
+    with pytest.raises(InvalidInput, match="cannot be quantized to QDQ; available"):
+        qdq.make_plan(model, preset, op_types=["Conv", "Frobnicate"])
+    with pytest.raises(InvalidInput, match="nothing to quantize"):
+        qdq.make_plan(model, preset, op_types=["LayerNormalization"])
+
+
+def test_attention_style_matmuls_stay_float_on_cpu(tmp_path):
+    """A MatMul of two activations is left in float by the CPU presets, quantized for TensorRT."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"], name="qk")],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4, 4]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4])],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    assert qdq.activation_matmuls(model) == ["qk"]
+    with pytest.raises(InvalidInput, match="nothing to quantize"):
+        qdq.make_plan(model, PRESETS["ort-cpu-vnni"])
+    assert qdq.make_plan(model, PRESETS["trt-gpu"]).quantized(model) == ["qk"]
+
+
+def test_dynamic_method_needs_no_calibration(cli, conv_net, tmp_path):
+    out = tmp_path / "dyn"
+    r = cli("quantize", conv_net["model"], "-o", out, "--method", "dynamic")
+    assert r.code == 0, r.stderr
+    model = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert "ConvInteger" in ops or "MatMulInteger" in ops
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "dynamic" and report["nodes"]["quantized"] >= 1
+    x = np.load(conv_net["eval"])["x"]
+    ref, got = run(conv_net["model"], x), run(out / "model.onnx", x)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
