@@ -7,6 +7,7 @@ key there, the stage is skipped and says so; otherwise the directory is rebuilt 
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,12 +95,21 @@ def _files_digest(cfg: StageConfig) -> dict[str, str]:
     return out
 
 
+def _stage_context(cfg: StageConfig) -> dict[str, Any]:
+    """A stage module's `cache_context(cfg)`: what changes its output beyond the config
+    (quantize: the preset resolved from this CPU), so a cache never crosses machines wrongly."""
+    module = importlib.import_module(STAGE_RUNNERS[cfg.kind].partition(":")[0])
+    context = getattr(module, "cache_context", None)
+    return context(cfg) if context else {}
+
+
 def cache_key(src: ModelArtifact, cfg: StageConfig) -> str:
     return sha256_json(
         {
             "input": src.sha256,
             "config": cfg.model_dump(exclude={"out"}),
             "files": _files_digest(cfg),
+            "context": _stage_context(cfg),
             "edgesmith": metadata.version("edgesmith"),
         }
     )

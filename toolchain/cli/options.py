@@ -21,3 +21,16 @@ Weights = Annotated[
 Task = Annotated[
     str | None, typer.Option("--task", help="Hugging Face task (default: from config.json).")
 ]
+Metric = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric", help="Gated metric (repeatable): accuracy, agreement, cosine, max_abs_diff."
+    ),
+]
+MaxDrop = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--max-drop", help="Budget: 0.01, or METRIC=VALUE (fractions: 0.005 = 0.5 points)."
+    ),
+]
+GateOutput = Annotated[str | None, typer.Option("--output", help="Gate this output only.")]

@@ -7,7 +7,7 @@ import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
 from toolchain.cli.build import parse_options
-from toolchain.cli.options import Out, PrintRecipe, Target, Threads
+from toolchain.cli.options import GateOutput, MaxDrop, Metric, Out, PrintRecipe, Target, Threads
 from toolchain.cli.validate import parse_budget
 
 
@@ -71,17 +71,9 @@ def command(
         Path | None,
         typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
     ] = None,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metric", help="Gated metric (repeatable): accuracy, agreement, cosine, max_abs_diff."
-        ),
-    ] = None,
-    max_drop: Annotated[
-        list[str] | None,
-        typer.Option("--max-drop", help="Budget: 0.01, or METRIC=VALUE (fractions)."),
-    ] = None,
-    output: Annotated[str | None, typer.Option(help="Gate this output only.")] = None,
+    metric: Metric = None,
+    max_drop: MaxDrop = None,
+    output: GateOutput = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="Use only the first N eval samples.")
     ] = None,

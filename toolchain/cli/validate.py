@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import PrintRecipe, Task, Weights
+from toolchain.cli.options import GateOutput, MaxDrop, Metric, PrintRecipe, Task, Weights
 from toolchain.core.errors import InvalidInput
 
 
@@ -37,19 +37,9 @@ def command(
     data: Annotated[
         Path, typer.Option(help=".npz, a folder of .npy, or text lines (+ tokenizer).")
     ],
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metric", help="Gated metric (repeatable): accuracy, agreement, cosine, max_abs_diff."
-        ),
-    ] = None,
-    max_drop: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--max-drop", help="Budget: 0.01, or METRIC=VALUE (fractions: 0.005 = 0.5 points)."
-        ),
-    ] = None,
-    output: Annotated[str | None, typer.Option(help="Gate this output only.")] = None,
+    metric: Metric = None,
+    max_drop: MaxDrop = None,
+    output: GateOutput = None,
     reference_weights: Annotated[
         Path | None, typer.Option(help="safetensors for a factory reference.")
     ] = None,

@@ -58,19 +58,12 @@ class BuildStage(StageConfig):
     options: dict[str, Any] = {}
 
 
-class ValidateStage(StageConfig):
-    kind: Literal["validate"] = "validate"
-    data: str
-    reference: str = "source"  # "source" (the recipe's model), or a model path or factory
-    reference_weights: str | None = None  # safetensors, when the reference is a factory
+class Gated(StageConfig):
+    """The accuracy gate's settings, shared by every stage that gates (validate, quantize)."""
+
     metrics: list[str] = []  # default: accuracy when the data has labels, else cosine
-    max_drop: float | dict[str, float] = 0.01
+    max_drop: float | dict[str, float] = 0.01  # fractions: 0.003 = 0.3 points of accuracy
     output: str | None = None  # gate this output only; default every output a metric fits
-    tokenizer: str | None = None  # for text data: a folder with a tokenizer
-    seq_len: int = Field(default=128, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    limit: int | None = Field(default=None, ge=1)
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer", "reference", "reference_weights")
 
     @field_validator("max_drop")
     @classmethod
@@ -84,6 +77,18 @@ class ValidateStage(StageConfig):
         if isinstance(self.max_drop, dict):
             return self.max_drop.get(metric, self.max_drop.get("default", 0.01))
         return self.max_drop
+
+
+class ValidateStage(Gated):
+    kind: Literal["validate"] = "validate"
+    data: str
+    reference: str = "source"  # "source" (the recipe's model), or a model path or factory
+    reference_weights: str | None = None  # safetensors, when the reference is a factory
+    tokenizer: str | None = None  # for text data: a folder with a tokenizer
+    seq_len: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer", "reference", "reference_weights")
 
 
 class BenchStage(StageConfig):
@@ -131,7 +136,7 @@ class DistillStage(StageConfig):
         return self
 
 
-class QuantizeStage(StageConfig):
+class QuantizeStage(Gated):
     """Calibrated int8 QDQ (or dynamic) quantization, with an optional accuracy loop
     (toolchain/quantize/stage.py)."""
 
@@ -150,9 +155,6 @@ class QuantizeStage(StageConfig):
     seq_len: int = Field(default=128, ge=1)
     image: dict[str, Any] = {}  # image-folder preprocessing (calibration/images.py)
     eval: str | None = None  # data for the accuracy loop (never the calibration data)
-    metrics: list[str] = []  # default: accuracy when the eval data has labels, else cosine
-    max_drop: float | dict[str, float] = 0.01
-    output: str | None = None  # gate this output only
     eval_limit: int | None = Field(default=None, ge=1)
     sensitivity_samples: int = Field(default=64, ge=1)  # eval samples for the per-node ranking
     max_fallback: int | None = Field(default=None, ge=0)  # nodes put back to float at most
@@ -161,14 +163,6 @@ class QuantizeStage(StageConfig):
     cache_dir: str | None = None  # calibration cache; default: .calibration-cache beside out
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
 
-    @field_validator("max_drop")
-    @classmethod
-    def _non_negative(cls, v: float | dict[str, float]) -> float | dict[str, float]:
-        values = v.values() if isinstance(v, dict) else [v]
-        if any(x < 0 for x in values):
-            raise ValueError("max_drop must be >= 0")
-        return v
-
     @model_validator(mode="after")
     def _needs_data(self) -> QuantizeStage:
         if self.method != "dynamic" and not self.calibration:
@@ -176,11 +170,6 @@ class QuantizeStage(StageConfig):
                 f"method '{self.method}' needs calibration data (or use method = \"dynamic\")"
             )
         return self
-
-    def budget(self, metric: str) -> float:
-        if isinstance(self.max_drop, dict):
-            return self.max_drop.get(metric, self.max_drop.get("default", 0.01))
-        return self.max_drop
 
 
 # kind → config class; a stage module registers its runner under the same kind (pipeline.py).

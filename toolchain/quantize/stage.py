@@ -63,6 +63,11 @@ def _preset(cfg: QuantizeStage) -> Preset:
     return preset
 
 
+def cache_context(cfg: QuantizeStage) -> dict:
+    """What changes the output but is not in the config: the preset this machine resolves to."""
+    return {"preset": _preset(cfg).describe()}
+
+
 def _tokenizer(cfg: QuantizeStage, src: ModelArtifact, ctx) -> Path | None:
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
