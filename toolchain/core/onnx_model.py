@@ -34,10 +34,11 @@ def io_from_onnx(model: onnx.ModelProto) -> IoSpec:
     return IoSpec(_specs(inputs), _specs(model.graph.output))
 
 
-def check_onnx(path: Path) -> onnx.ModelProto:
+def check_onnx(path: Path, full_check: bool = False) -> onnx.ModelProto:
     """Load and check an ONNX file; a truncated or non-ONNX file is an InvalidInput.
 
     The checker runs on the path (not the proto) so models over 2 GB with external data work.
+    `full_check` adds strict shape inference to the same pass (what an export is held to).
     Returns the model without external weights loaded.
     """
     path = require_file(Path(path), "ONNX model")
@@ -45,35 +46,17 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         raise InvalidInput(f"{path}: expected an .onnx file, got a directory")
     try:
         model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(str(path), full_check=full_check)
     except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInput(f"{path}: not a valid ONNX model ({first})") from None
+    except onnx.shape_inference.InferenceError as e:
+        raise InvalidInput(f"{path}: shape inference failed ({str(e).splitlines()[0]})") from None
     except Exception as e:  # protobuf DecodeError and friends: the file is not ONNX
         raise InvalidInput(f"{path}: not an ONNX model or truncated ({type(e).__name__})") from None
     if not model.graph.output:
         raise InvalidInput(f"{path}: not an ONNX model (the graph has no outputs)")
     return model
-
-
-def infer_shapes(path: Path, model: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Strict shape inference; an inconsistency is an InvalidInput.
-
-    In memory when the weights are inline; by path (through a temporary copy) when the model
-    has external data, since a proto over 2 GB cannot be held.
-    """
-    model = model if model is not None else onnx.load(str(path), load_external_data=False)
-    try:
-        if not external_data_files(model):
-            return onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        tmp = str(path) + ".inferred"
-        try:
-            onnx.shape_inference.infer_shapes_path(str(path), tmp, strict_mode=True)
-            return onnx.load(tmp, load_external_data=False)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    except onnx.shape_inference.InferenceError as e:
-        raise InvalidInput(f"{path}: shape inference failed ({str(e).splitlines()[0]})") from None
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from targets.ort_cpu import runner_from_onnx
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import check_onnx, infer_shapes, io_from_onnx, onnx_digest
+from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
 from toolchain.core.recipe import ExportStage
 from toolchain.export.checks import check_against_source
 from toolchain.export.source import torch_spec
@@ -41,8 +41,8 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
             f"{src.path}: export takes a PyTorch or Hugging Face model; "
             f"this is already {src.format.value}"
         )
-    proto = check_onnx(path)
-    io = io_from_onnx(infer_shapes(path, proto))
+    proto = check_onnx(path, full_check=True)
+    io = io_from_onnx(proto)
     exported = runner_from_onnx(path, io=io)
     figures = check_against_source(reference, exported, samples, atol=cfg.atol, rtol=cfg.rtol)
     worst = max(figures, key=lambda f: f["max_abs"])
