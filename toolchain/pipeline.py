@@ -86,6 +86,11 @@ def source_spec(recipe: Recipe) -> SourceSpec:
     )
 
 
+def source_artifact(spec: SourceSpec) -> ModelArtifact:
+    """The recipe's source as the first stage's cache key sees it (flags included)."""
+    return with_spec_digest(resolve_source(spec), spec)
+
+
 def _files_digest(cfg: StageConfig) -> dict[str, str]:
     out = {}
     for name in cfg.FILE_FIELDS:
@@ -122,7 +127,7 @@ def stage_dir(recipe: Recipe, index: int, cfg: StageConfig) -> Path:
 def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
     """Run every stage; raises GateFailed (exit 1) after the last stage when a gate failed."""
     spec = source_spec(recipe)
-    src = with_spec_digest(resolve_source(spec), spec)
+    src = source_artifact(spec)
     ctx = StageContext(recipe, spec, src, emit)
     inputs = [Path(p) for p in (spec.model, spec.weights) if p and Path(p).exists()]
     current, records = src, []

@@ -77,15 +77,8 @@ def test_unknown_factory(cli, tmp_path):
     assert r.code == 2 and "has no callable 'nothing_here'" in _one_line(r)
 
 
-def test_unknown_target_lists_known(cli, tiny, tmp_path):
-    r = cli(
-        "export",
-        "tests.models:tiny_mlp",
-        "--weights",
-        tiny / "tiny.safetensors",
-        "-o",
-        tmp_path / "onnx",
-    )
+def test_unknown_target_lists_known(cli, export_tiny, tmp_path):
+    r = export_tiny(tmp_path / "onnx")
     assert r.code == 0, r.stderr
     r = cli("build", tmp_path / "onnx", "--target", "trt", "-o", tmp_path / "e")
     assert r.code == 2
@@ -93,15 +86,8 @@ def test_unknown_target_lists_known(cli, tiny, tmp_path):
     assert "unknown target 'trt'; available: ort-cpu, trt-gpu" in line
 
 
-def test_output_equal_to_input_refused(cli, tiny, tmp_path):
-    r = cli(
-        "export",
-        "tests.models:tiny_mlp",
-        "--weights",
-        tiny / "tiny.safetensors",
-        "-o",
-        tmp_path / "onnx",
-    )
+def test_output_equal_to_input_refused(cli, export_tiny, tmp_path):
+    r = export_tiny(tmp_path / "onnx")
     assert r.code == 0
     before = tree_digest(tmp_path / "onnx")
     r = cli("build", tmp_path / "onnx", "-o", tmp_path / "onnx")
@@ -137,7 +123,7 @@ def test_debug_shows_traceback(cli, tmp_path):
     assert r.code == 2 and "Traceback" in r.stderr
 
 
-def test_interrupt_leaves_nothing(cli, tiny, tmp_path, monkeypatch):
+def test_interrupt_leaves_nothing(cli, export_tiny, tmp_path, monkeypatch):
     """Ctrl-C in the middle of a stage: exit 130, no output directory, no temp directory."""
     import toolchain.export.stage as export_stage
 
@@ -145,28 +131,14 @@ def test_interrupt_leaves_nothing(cli, tiny, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(export_stage, "check_against_source", interrupted)
-    r = cli(
-        "export",
-        "tests.models:tiny_mlp",
-        "--weights",
-        tiny / "tiny.safetensors",
-        "-o",
-        tmp_path / "onnx",
-    )
+    r = export_tiny(tmp_path / "onnx")
     assert r.code == 128 + signal.SIGINT
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failure_keeps_the_previous_output(cli, tiny, tmp_path, monkeypatch):
+def test_failure_keeps_the_previous_output(cli, export_tiny, tiny, tmp_path, monkeypatch):
     """An existing output is replaced only by a complete new one."""
-    r = cli(
-        "export",
-        "tests.models:tiny_mlp",
-        "--weights",
-        tiny / "tiny.safetensors",
-        "-o",
-        tmp_path / "onnx",
-    )
+    r = export_tiny(tmp_path / "onnx")
     assert r.code == 0
     before = tree_digest(tmp_path / "onnx")
     r = cli(

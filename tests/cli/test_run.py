@@ -136,18 +136,8 @@ def test_recipe_errors_name_file_and_field(cli, tmp_path, text, message):
     assert message in r.stderr and "r.toml" in r.stderr
 
 
-def test_bench_reports_percentiles_and_threads(cli, tiny, tmp_path):
-    assert (
-        cli(
-            "export",
-            "tests.models:tiny_mlp",
-            "--weights",
-            tiny / "tiny.safetensors",
-            "-o",
-            tmp_path / "onnx",
-        ).code
-        == 0
-    )
+def test_bench_reports_percentiles_and_threads(cli, export_tiny, tmp_path):
+    assert export_tiny(tmp_path / "onnx").code == 0
     assert cli("build", tmp_path / "onnx", "-o", tmp_path / "e", "--threads", "1").code == 0
     r = cli("bench", tmp_path / "e", "--batch", "1,8", "--iterations", "20", "-o", tmp_path / "b")
     assert r.code == 0, r.stderr
@@ -158,18 +148,8 @@ def test_bench_reports_percentiles_and_threads(cli, tiny, tmp_path):
         assert 0 < row["p50"] <= row["p90"] <= row["p99"] and row["throughput_per_s"] > 0
 
 
-def test_inspect(cli, tiny, tmp_path):
-    assert (
-        cli(
-            "export",
-            "tests.models:tiny_mlp",
-            "--weights",
-            tiny / "tiny.safetensors",
-            "-o",
-            tmp_path / "onnx",
-        ).code
-        == 0
-    )
+def test_inspect(cli, export_tiny, tmp_path):
+    assert export_tiny(tmp_path / "onnx").code == 0
     r = cli("inspect", tmp_path / "onnx")
     assert r.code == 0, r.stderr
     assert "input:     x:float32[batch,12]" in r.stdout and "stage:     export" in r.stdout

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from toolchain.distill.sentences import split_sentences
+from calibration.sentences import split_sentences
 
 INHERITED = ("tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json",
              "sentence_bert_config.json", "special_tokens_map.json")  # fmt: skip

@@ -274,7 +274,7 @@ def test_digits_int8_within_budget_and_recipe_stage(cli, digits, digits_onnx, tm
 @pytest.mark.slow
 def test_minilm_int8_keeps_sentence_embeddings(cli, minilm, tmp_path):
     """The packaged all-MiniLM-L6-v2: calibrated on some stdlib sentences, checked on others."""
-    from toolchain.distill.sentences import split_sentences
+    from calibration.sentences import split_sentences
 
     train, test = split_sentences()
     (tmp_path / "calib.txt").write_text("\n".join(train[:48]) + "\n")

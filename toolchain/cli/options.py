@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from toolchain.core.errors import InvalidInput
+
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
 PrintRecipe = Annotated[
     bool, typer.Option("--print-recipe", help="Print the equivalent recipe TOML and exit.")
@@ -34,3 +36,20 @@ MaxDrop = Annotated[
     ),
 ]
 GateOutput = Annotated[str | None, typer.Option("--output", help="Gate this output only.")]
+
+
+def parse_budget(items: list[str]) -> float | dict[str, float]:
+    """--max-drop 0.01 (every gated metric) or --max-drop accuracy=0.005 (repeatable)."""
+    if not items:
+        return 0.01
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            raise InvalidInput(f"--max-drop '{item}': expected a number or METRIC=NUMBER") from None
+        if not sep and len(items) == 1:
+            return v
+        out[name or "default"] = v
+    return out

@@ -7,8 +7,16 @@ import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
 from toolchain.cli.build import parse_options
-from toolchain.cli.options import GateOutput, MaxDrop, Metric, Out, PrintRecipe, Target, Threads
-from toolchain.cli.validate import parse_budget
+from toolchain.cli.options import (
+    GateOutput,
+    MaxDrop,
+    Metric,
+    Out,
+    PrintRecipe,
+    Target,
+    Threads,
+    parse_budget,
+)
 
 
 def command(

@@ -6,25 +6,15 @@ from typing import Annotated
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import GateOutput, MaxDrop, Metric, PrintRecipe, Task, Weights
-from toolchain.core.errors import InvalidInput
-
-
-def parse_budget(items: list[str]) -> float | dict[str, float]:
-    """--max-drop 0.01 (every gated metric) or --max-drop accuracy=0.005 (repeatable)."""
-    if not items:
-        return 0.01
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.rpartition("=")
-        try:
-            v = float(value)
-        except ValueError:
-            raise InvalidInput(f"--max-drop '{item}': expected a number or METRIC=NUMBER") from None
-        if not sep and len(items) == 1:
-            return v
-        out[name or "default"] = v
-    return out
+from toolchain.cli.options import (
+    GateOutput,
+    MaxDrop,
+    Metric,
+    PrintRecipe,
+    Task,
+    Weights,
+    parse_budget,
+)
 
 
 def command(

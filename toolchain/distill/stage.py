@@ -400,14 +400,13 @@ def run_worker(recipe: Recipe, log: Callable[[str], None] = lambda _m: None) -> 
     checks the same cache key, so both skip or both train.
     """
     from toolchain.core.artifact import read_manifest
-    from toolchain.export.source import resolve_source
-    from toolchain.pipeline import cache_key, source_spec, stage_dir
+    from toolchain.pipeline import cache_key, source_artifact, source_spec, stage_dir
 
     if not recipe.stages or not isinstance(recipe.stages[0], DistillStage):
         raise InvalidInput("under torchrun the recipe must start with its distill stage")
     cfg = recipe.stages[0]
     spec = source_spec(recipe)
-    src = resolve_source(spec)
+    src = source_artifact(spec)
     out = stage_dir(recipe, 0, cfg)
     manifest = read_manifest(out) if out.is_dir() else None
     if manifest is not None and manifest.get("cache_key") == cache_key(src, cfg):

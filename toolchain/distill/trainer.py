@@ -116,7 +116,10 @@ def init_distributed() -> tuple[int, int]:
 
 
 def close_distributed() -> None:
+    """Leave the process group together: a rank that tears gloo down while another still
+    talks to it can abort at exit. If a rank failed, torchrun stops the others anyway."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -448,6 +451,7 @@ def train(
 
     from toolchain.progress import track
 
+    stopped_after = None  # set when a test stops the run early (stop_after)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
@@ -545,19 +549,8 @@ def train(
             if world > 1:
                 dist.barrier()  # no process runs ahead of the checkpoint it may resume from
             if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg.epochs:
-                return _finish(
-                    student,
-                    checkpoints,
-                    best_epoch,
-                    history,
-                    metric_name,
-                    teacher_metric,
-                    best_metric,
-                    world,
-                    device,
-                    resumed_after,
-                    stopped_after=epoch + 1,
-                )
+                stopped_after = epoch + 1
+                break
     finally:
         unhook()
     return _finish(
@@ -571,6 +564,7 @@ def train(
         world,
         device,
         resumed_after,
+        stopped_after=stopped_after,
     )
 
 

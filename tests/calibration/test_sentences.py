@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from toolchain.distill.sentences import split_sentences
+from calibration.sentences import split_sentences
 
 
 def test_stdlib_sentences_are_prose_and_the_splits_are_disjoint():
