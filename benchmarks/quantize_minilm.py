@@ -171,12 +171,10 @@ def latency(sessions: dict, feeds: dict[str, np.ndarray], rounds: int) -> dict[i
 
 
 def session(path: Path):
-    import onnxruntime as ort
+    """The session every ort-cpu runner of ours makes (same options for every model)."""
+    from targets.ort_cpu import session_from_onnx
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return session_from_onnx(path, threads=THREADS)
 
 
 # --- calibration memory: each measurement in a fresh process --------------------------------

@@ -1,8 +1,9 @@
 """Real English sentences with no download: the docstrings of Python's standard library.
 
-Text encoders are distilled and calibrated on unlabelled sentences; this gives tests and benchmarks a
-corpus on any machine. Docstrings are read with `ast` from the library's source files, so no
-module is imported (importing all of the stdlib runs code: antigravity opens a browser).
+Text encoders are distilled and calibrated on unlabelled sentences; this gives tests and
+benchmarks a corpus on any machine. Docstrings are read with `ast` from the library's source
+files, so no module is imported (importing all of the stdlib runs code: antigravity opens a
+browser).
 Sentences are split into training and held-out sets by module, so the held-out ones come
 from modules never trained on, not just from other lines of the same docstring.
 """

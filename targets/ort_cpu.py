@@ -18,6 +18,11 @@ from toolchain.core.onnx_model import check_onnx, io_from_onnx
 MODEL_FILE = "model.onnx"
 ORT_FILE = "model.ort"
 REQUIRED_OPS_FILE = "required_operators.config"
+# onnxruntime's CPU SkipLayerNormalization kernel is 1.6-7.8x slower than the Add and
+# LayerNormalization it replaces (benchmarks/ort_fusions.py; onnxruntime 1.32: 1.06 vs 0.41 ms
+# at [8, 128, 384]), and the fusion fires on int8 BERT graphs: our sessions skip it, offline
+# and at load time. engine.json records the list so the device does the same.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def _ort():
@@ -39,7 +44,13 @@ def opt_level(name: str):
     return levels[name]
 
 
-def session_from_onnx(path: Path, *, level: str = "all", threads: int | None = None):
+def session_from_onnx(
+    path: Path,
+    *,
+    level: str = "all",
+    threads: int | None = None,
+    disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
+):
     """An ONNX Runtime CPU session. `threads` None lets ORT use one per physical core."""
     ort = _ort()
     so = ort.SessionOptions()
@@ -48,7 +59,12 @@ def session_from_onnx(path: Path, *, level: str = "all", threads: int | None = N
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path),
+        sess_options=so,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled),
+    )
 
 
 @dataclass
@@ -67,11 +83,16 @@ class OrtRunner:
 
 
 def runner_from_onnx(
-    path: Path, *, level: str = "all", threads: int | None = None, io: IoSpec | None = None
+    path: Path,
+    *,
+    level: str = "all",
+    threads: int | None = None,
+    io: IoSpec | None = None,
+    disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
 ) -> OrtRunner:
     """A runner for an ONNX file; pass `io` when the file was already checked and read."""
     io = io or io_from_onnx(check_onnx(path))
-    return OrtRunner(session_from_onnx(path, level=level, threads=threads), io)
+    return OrtRunner(session_from_onnx(path, level=level, threads=threads, disabled=disabled), io)
 
 
 class OrtCpu:
@@ -109,7 +130,12 @@ class OrtCpu:
         so.graph_optimization_level = opt_level(level)
         so.optimized_model_filepath = str(out / MODEL_FILE)
         so.log_severity_level = 3
-        ort.InferenceSession(str(model.path), sess_options=so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(
+            str(model.path),
+            sess_options=so,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        )
         files = [MODEL_FILE]
         if cfg.options.get("ort_format"):
             self._save_ort_format(model.path, out, level)
@@ -119,6 +145,7 @@ class OrtCpu:
             "model": MODEL_FILE,
             "offline_opt_level": level,
             "runtime_opt_level": self.RUNTIME_OPT_LEVEL,
+            "disabled_optimizers": list(DISABLED_OPTIMIZERS),
             "intra_op_threads": cfg.options.get("threads") or 0,
             "providers": ["CPUExecutionProvider"],
             "onnxruntime": ort.__version__,
@@ -145,7 +172,12 @@ class OrtCpu:
         so.optimized_model_filepath = str(out / ORT_FILE)
         so.add_session_config_entry("session.save_model_format", "ORT")
         so.log_severity_level = 3
-        ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(
+            str(src),
+            sess_options=so,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        )
         create_config_from_models(
             [out / ORT_FILE], out / REQUIRED_OPS_FILE, enable_type_reduction=True
         )
@@ -157,5 +189,8 @@ class OrtCpu:
         cfg = read_engine_config(engine.path)
         threads = threads or cfg.get("intra_op_threads") or None
         return runner_from_onnx(
-            engine.path / cfg["model"], level=cfg.get("runtime_opt_level", "all"), threads=threads
+            engine.path / cfg["model"],
+            level=cfg.get("runtime_opt_level", "all"),
+            threads=threads,
+            disabled=cfg.get("disabled_optimizers", DISABLED_OPTIMIZERS),
         )

@@ -90,19 +90,17 @@ def _split_model(tmp_path, outlier: float, ratio: float | None):
         )
         res = qdq.split_outliers(model, targets, chans.channel_absmax, ratio, 8, 1.0)
         plan, masked = plan.with_float(res.float_nodes, "outliers"), res.masked
-    copies = qdq.isolate_quantized_inputs(model, plan.quantized(model))
-    masked = {copies.get(k, k): v for k, v in masked.items()}
     prepared = qdq.save_model(model, tmp_path / f"prepared-{ratio}.onnx")
     tensors = activation_tensors(model, plan.op_types)
     ranges = calibrate(prepared, calib, tensors, MethodSpec(), drop_channels=masked).ranges
     out = qdq.quantize_static_qdq(prepared, tmp_path / f"q-{ratio}.onnx", ranges, preset, plan)
-    return path, prepared, out, copies
+    return path, prepared, out
 
 
 def test_outlier_split_is_exact_in_float_and_rescues_int8(tmp_path):
     x = models.residual_data(32, seed=7, outlier=40.0)
-    src, prepared, split_q, _ = _split_model(tmp_path, 40.0, ratio=4.0)
-    _, _, plain_q, _ = _split_model(tmp_path, 40.0, ratio=None)
+    src, prepared, split_q = _split_model(tmp_path, 40.0, ratio=4.0)
+    _, _, plain_q = _split_model(tmp_path, 40.0, ratio=None)
     ref = run(src, x)
     np.testing.assert_allclose(
         run(prepared, x), ref, atol=1e-5
@@ -118,9 +116,9 @@ def test_outlier_split_is_exact_in_float_and_rescues_int8(tmp_path):
 
 def test_float_readers_of_a_quantized_tensor_keep_float(tmp_path):
     """The residual Add reads x itself, not x rounded to int8 (onnxruntime would rewire it)."""
-    src, _, q, copies = _split_model(tmp_path, 0.0, ratio=None)
-    assert copies == {"x": "x_to_int8"}
+    src, _, q = _split_model(tmp_path, 0.0, ratio=None)
     model = onnx.load(str(q))
+    assert [n.input[0] for n in model.graph.node if n.op_type == "Identity"] == ["x"]
     producers = {o: n for n in model.graph.node for o in n.output}
     add = next(n for n in model.graph.node if n.name == "residual")
     assert "x" in add.input and all(
@@ -128,6 +126,40 @@ def test_float_readers_of_a_quantized_tensor_keep_float(tmp_path):
     )
     mm = next(n for n in model.graph.node if n.name == "proj")
     assert producers[mm.input[0]].op_type == "DequantizeLinear"
+
+
+def test_smoothing_is_exact_in_float_and_rescues_narrow_channels(cli, tmp_path):
+    """Channels 100x apart: one per-tensor int8 scale rounds the narrow ones away; smoothing
+    moves the spread into the per-channel weight scales."""
+    src = models.residual_block(tmp_path / "block.onnx")
+    spread = np.geomspace(0.05, 5.0, 16).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=models.residual_data(64, seed=1) * spread)
+    x = models.residual_data(32, seed=7) * spread
+    ref = run(src, x)
+    errors, reports = {}, {}
+    for alpha in ("0.75", "0"):
+        out = tmp_path / f"q-{alpha}"
+        r = cli(
+            "quantize", src, "-o", out, "--calibration", tmp_path / "calib.npz",
+            "--outlier-ratio", "0", "--smooth-alpha", alpha,
+        )  # fmt: skip
+        assert r.code == 0, r.stderr
+        errors[alpha] = np.abs(run(out / "model.onnx", x) - ref).mean()
+        reports[alpha] = json.loads((out / "report.json").read_text())["calibration"]
+    assert errors["0.75"] < errors["0"] / 2, errors
+    (entry,) = reports["0.75"]["smoothed"]["tensors"]
+    assert entry["tensor"] == "x" and entry["nodes"] == ["proj"]
+    assert entry["channel_max_after"] < entry["channel_max_before"] / 3
+    assert "smoothed" not in reports["0"]
+    # in float the smoothed model is the original: X·W = (X/s)·(s·W)
+    model = onnx.load(str(src))
+    chans = calibrate(src, Dataset({"x": x}), [], MethodSpec(), channel_tensors=["x"])
+    targets = qdq.split_targets(model, ["proj"])
+    res = qdq.smooth_channels(model, targets, chans.channel_absmax, 0.75)
+    assert res.renamed == {"x": "x_smooth"}
+    np.testing.assert_allclose(
+        run(qdq.save_model(model, tmp_path / "smooth.onnx"), x), ref, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_plan_exclude_op_types_and_their_errors(conv_net):

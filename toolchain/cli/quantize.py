@@ -62,6 +62,13 @@ def command(
             "(0: off; default: the preset's)."
         ),
     ] = None,
+    smooth_alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="SmoothQuant strength: move this much of the activation channels' range into "
+            "the weights (0: off; default: the preset's).",
+        ),
+    ] = None,
     tokenizer: Annotated[
         Path | None,
         typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
@@ -113,6 +120,7 @@ def command(
             "op_types": op_types or [],
             "exclude": exclude or [],
             "outlier_ratio": outlier_ratio,
+            "smooth_alpha": smooth_alpha,
             "tokenizer": path_str(tokenizer),
             "seq_len": seq_len,
             "image": _image_options(image or []),

@@ -151,6 +151,7 @@ class QuantizeStage(Gated):
     op_types: list[str] = []  # override the preset's quantized op types
     exclude: list[str] = []  # node-name patterns (fnmatch) that stay in float
     outlier_ratio: float | None = Field(default=None, ge=0)  # None: the preset's; 0: off
+    smooth_alpha: float | None = Field(default=None, ge=0, le=1)  # None: the preset's; 0: off
     tokenizer: str | None = None  # for text data; default: the model's folder
     seq_len: int = Field(default=128, ge=1)
     image: dict[str, Any] = {}  # image-folder preprocessing (calibration/images.py)

@@ -60,6 +60,8 @@ def _preset(cfg: QuantizeStage) -> Preset:
     preset = resolve_preset(cfg.target, cfg.preset)
     if cfg.outlier_ratio is not None:
         preset = replace(preset, outlier_ratio=cfg.outlier_ratio or None)
+    if cfg.smooth_alpha is not None:
+        preset = replace(preset, smooth_alpha=cfg.smooth_alpha or None)
     return preset
 
 
@@ -141,8 +143,8 @@ def prepare(
     work: Path,
     log,
 ) -> tuple[Path, dict[str, tuple[float, float]], qdq.Plan, dict]:
-    """The float model to quantize (outlier channels split off, quantized readers isolated),
-    its ranges, the plan with the split's float MatMuls, and what happened (for the report)."""
+    """The float model to quantize (outlier channels split off, the rest smoothed), its
+    ranges, the plan with the split's float MatMuls, and what happened (for the report)."""
     method = MethodSpec(cfg.method, percentile=cfg.percentile)
     digest = dataset_digest(data)
     info: dict[str, Any] = {
@@ -157,23 +159,23 @@ def prepare(
     proto = onnx.load(str(src.path), load_external_data=False)
     masked: dict[str, np.ndarray] = {}
     kw = {"batch_size": cfg.batch_size, "threads": cfg.threads, "track": track}
-    if preset.outlier_ratio:
-        targets = qdq.split_targets(proto, plan.quantized(proto))
+    targets = qdq.split_targets(proto, plan.quantized(proto))
+    if targets and (preset.outlier_ratio or preset.smooth_alpha):
+        key = CacheKey(src.sha256, digest, {"method": "channel-absmax"})
         chans = [t.tensor for t in targets]
-        if chans:
-            key = CacheKey(src.sha256, digest, {"method": "channel-absmax"})
-            chan, done = _cached(
-                cache,
-                key,
-                [],
-                chans,
-                lambda: calibrate(
-                    src.path, data, [], MethodSpec("minmax"), channel_tensors=chans, **kw
-                ),
-                log,
-                "channel maxima",
-            )
-            info["passes"].append(done)
+        chan, done = _cached(
+            cache,
+            key,
+            [],
+            chans,
+            lambda: calibrate(
+                src.path, data, [], MethodSpec("minmax"), channel_tensors=chans, **kw
+            ),
+            log,
+            "channel maxima",
+        )
+        info["passes"].append(done)
+        if preset.outlier_ratio:
             split = qdq.split_outliers(
                 model,
                 targets,
@@ -187,9 +189,15 @@ def prepare(
             )
             masked = split.masked
             info["outlier_channels"] = split.split
-    split_path = qdq.save_model(model, work / "split.onnx")
-    split_proto = onnx.load(str(split_path), load_external_data=False)
-    tensors = activation_tensors(split_proto, plan.op_types)
+        if preset.smooth_alpha:
+            smooth = qdq.smooth_channels(
+                model, targets, chan.channel_absmax, preset.smooth_alpha, masked
+            )
+            masked = {smooth.renamed.get(t, t): idx for t, idx in masked.items()}
+            info["smoothed"] = {"alpha": preset.smooth_alpha, "tensors": smooth.smoothed}
+    prepared = qdq.save_model(model, work / "prepared.onnx")
+    del model
+    tensors = activation_tensors(onnx.load(str(prepared), load_external_data=False), plan.op_types)
     levels = 256 if preset.activation_type == "uint8" and not preset.activation_symmetric else 128
     key = CacheKey(
         src.sha256,
@@ -198,6 +206,11 @@ def prepare(
             **method.key(),
             "levels": levels,
             "split": {k: v.tolist() for k, v in sorted(masked.items())},
+            # the smoothing scales decide the smoothed tensors' ranges
+            "smooth": {
+                d["smoothed"]: d["scale_sha256"]
+                for d in info.get("smoothed", {}).get("tensors", [])
+            },
         },
     )
     calib, done = _cached(
@@ -206,7 +219,7 @@ def prepare(
         tensors,
         [],
         lambda: calibrate(
-            split_path,
+            prepared,
             data,
             tensors,
             method,
@@ -218,15 +231,7 @@ def prepare(
         method.name,
     )
     info["passes"].append(done)
-    copies = qdq.isolate_quantized_inputs(model, plan.quantized(model))
-    ranges = dict(calib.ranges)
-    ranges.update({copy: calib.ranges[t] for t, copy in copies.items() if t in calib.ranges})
-    info["isolated_tensors"] = len(copies)
-    prepared = qdq.save_model(model, work / "prepared.onnx")
-    split_path.unlink()
-    for extra in work.glob("split.onnx*"):
-        extra.unlink()
-    return prepared, ranges, plan, info
+    return prepared, dict(calib.ranges), plan, info
 
 
 class Evaluator:
