@@ -57,6 +57,7 @@ def sentences(n_eval: int) -> tuple[Path, Path]:
 
 # --variants: more of our settings, accuracy only (no latency), same held-out sentences
 VARIANTS = {
+    "ours, no smoothing": ["--smooth-alpha", "0"],
     "ours percentile": ["--method", "percentile"],
     "ours entropy": ["--method", "entropy"],
     "ours, FFN out float": ["--exclude", "*/layer.?/output/dense/MatMul"],

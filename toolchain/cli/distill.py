@@ -77,6 +77,13 @@ def command(
         float | None,
         typer.Option(help="Weight of the hidden-state MSE (derived students; default 0)."),
     ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(
+            help="Dropout probability in the student while it trains (default: as built; 0 "
+            "lets it match the teacher's outputs exactly)."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")
     ] = None,
@@ -109,6 +116,7 @@ def command(
             "loss": loss,
             "output": output,
             "hidden_weight": hidden_weight,
+            "dropout": dropout,
             "seed": seed,
             "resume": resume or None,
         },

@@ -123,6 +123,7 @@ class DistillStage(StageConfig):
     mse_weight: float = Field(default=1.0, ge=0)
     cos_weight: float = Field(default=1.0, ge=0)
     hidden_weight: float = Field(default=0.0, ge=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1)  # the student's; None: as built
     train_embeddings: bool = False  # derived students: also train the token embeddings
     weight_decay: float = Field(default=0.01, ge=0)
     seed: int = 0

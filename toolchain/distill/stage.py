@@ -257,6 +257,7 @@ def prepare(
         mse_weight=cfg.mse_weight,
         cos_weight=cfg.cos_weight,
         hidden_weight=cfg.hidden_weight,
+        dropout=cfg.dropout,
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
     )

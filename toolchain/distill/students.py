@@ -219,6 +219,24 @@ class HfOutputs(nn.Module):
         }
 
 
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout in `model` to probability `p`; returns how many were set.
+
+    nn.Dropout modules, and the probability attention modules pass to
+    scaled_dot_product_attention themselves (`dropout_prob` in Hugging Face's BERT family,
+    which bypasses nn.Dropout).
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+            n += 1
+        elif isinstance(getattr(m, "dropout_prob", None), float):
+            m.dropout_prob = p
+            n += 1
+    return n
+
+
 def capture_outputs(layers: list[nn.Module]) -> tuple[list[torch.Tensor], Callable[[], None]]:
     """Record each layer's output (its first element when a tuple) on every forward.
 

@@ -36,7 +36,7 @@ from calibration.sources import Dataset
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import atomic_dir, write_json
 from toolchain.distill.losses import LOSS_KINDS, embedding_loss, hidden_state_loss, logits_loss
-from toolchain.distill.students import capture_outputs
+from toolchain.distill.students import capture_outputs, set_dropout
 
 CHECKPOINT_RE = re.compile(r"^epoch-(\d{4})$")
 STUDENT_FILE = "student.safetensors"
@@ -59,6 +59,7 @@ class TrainConfig:
     mse_weight: float = 1.0
     cos_weight: float = 1.0
     hidden_weight: float = 0.0  # MSE between matched hidden states (derived students only)
+    dropout: float | None = None  # the student's dropout while training; None: as built
     weight_decay: float = 0.01
     seed: int = 0
     eval_batch_size: int = 256
@@ -351,6 +352,8 @@ def train(
 
     student, teacher = pair.student.to(device), pair.teacher.to(device)
     teacher.eval().requires_grad_(False)
+    if cfg.dropout is not None:
+        set_dropout(student, cfg.dropout)
     torch.manual_seed(cfg.seed)
     frozen = _freeze_unused(student, train_data, cfg.output, device)
     if frozen:
