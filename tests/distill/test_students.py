@@ -81,3 +81,21 @@ def test_digits_student_is_at_most_a_tenth_of_the_teacher():
     from examples.digits_student import make_student
 
     assert parameter_count(make_student()) <= 0.10 * parameter_count(make_model())
+
+
+def test_set_dropout_turns_off_every_dropout_of_a_bert():
+    """nn.Dropout modules and the probability BERT's SDPA attention passes by itself."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from toolchain.distill.students import set_dropout
+
+    cfg = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5,
+    )  # fmt: skip
+    model = BertModel(cfg).train()
+    x = torch.randint(0, 100, (2, 7))
+    assert not torch.equal(model(x).last_hidden_state, model(x).last_hidden_state)
+    assert set_dropout(model, 0.0) > 0
+    assert torch.equal(model(x).last_hidden_state, model(x).last_hidden_state)

@@ -206,3 +206,40 @@ def test_dynamic_method_needs_no_calibration(cli, conv_net, tmp_path):
     x = np.load(conv_net["eval"])["x"]
     ref, got = run(conv_net["model"], x), run(out / "model.onnx", x)
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_ort_cpu_engine_moves_int8_bias_into_the_matmul(cli, tmp_path):
+    """The engine build folds each bias Add into the MatMulIntegerToFloat before it, with
+    outputs unchanged (a [batch, tokens, features] projection, as in a transformer)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"], name="proj"),
+            helper.make_node("Add", ["xw", "b"], ["y"], name="proj_bias"),
+        ],
+        "proj",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, str(tmp_path / "proj.onnx"))
+    np.savez(tmp_path / "calib.npz", x=models.residual_data(32, seed=1))
+    q, engine = tmp_path / "q", tmp_path / "engine"
+    r = cli("quantize", tmp_path / "proj.onnx", "-o", q, "--calibration", tmp_path / "calib.npz")
+    assert r.code == 0, r.stderr
+    r = cli("build", q, "--target", "ort-cpu", "-o", engine)
+    assert r.code == 0, r.stderr
+    assert json.loads((engine / "engine.json").read_text())["int8_bias_fused"] == 1
+    built = onnx.load(str(engine / "model.onnx"))
+    (mm,) = [n for n in built.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert list(mm.input)[6] == "b" and mm.output[0] == "y"
+    assert not [n for n in built.graph.node if n.op_type == "Add"]
+    x = models.residual_data(8, seed=5)
+    np.testing.assert_allclose(run(engine / "model.onnx", x), run(q / "model.onnx", x), atol=1e-5)
