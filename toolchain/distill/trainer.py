@@ -193,16 +193,26 @@ def outputs_of(
     world: int = 1,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """`output` of `model` on every sample of `data`, each process computing its own shard."""
+    """`output` of `model` on every sample of `data`, each process computing its own shard.
+
+    Text runs in order of length, so that each batch is cut to sentences of similar length
+    (prepare); in data order every batch of 256 would be padded to its longest sentence.
+    """
     device = device or torch.device("cpu")
     lo, hi = _shard(len(data), rank, world)
     model.eval()
+    order = np.arange(lo, hi)
+    lengths = model.lengths(data.feeds)
+    if lengths is not None:
+        order = order[np.argsort(np.asarray(lengths)[lo:hi], kind="stable")]
     chunks = []
-    for start in range(lo, hi, batch_size):
-        idx = np.arange(start, min(hi, start + batch_size))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
         chunks.append(model(**model.prepare(_to_tensors(data.feeds, idx, device)))[output])
     if chunks:
-        mine = torch.cat(chunks)
+        done = torch.cat(chunks)
+        mine = torch.empty_like(done)
+        mine[torch.from_numpy(order - lo).to(done.device)] = done  # back to data order
     else:  # more processes than samples: this rank's shard is empty
         probe = model(**model.prepare(_to_tensors(data.feeds, np.arange(1), device)))[output]
         mine = probe[:0]

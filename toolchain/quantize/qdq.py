@@ -141,6 +141,16 @@ def make_plan(
 # Outlier channels kept in float
 
 
+def _insert_after(model: onnx.ModelProto, after: dict[str, list[onnx.NodeProto]]) -> None:
+    """Insert nodes after the node of each name ("": at the start), keeping the order valid."""
+    nodes = list(after.get("", []))
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes.extend(after.get(n.name, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 @dataclass(frozen=True)
 class SplitTarget:
     """An activation tensor and the MatMuls that multiply it by a constant 2-D weight."""
@@ -276,12 +286,7 @@ def split_outliers(
                 "nodes": sorted(readers),
             }
         )
-    nodes = list(after.get("", []))
-    for n in model.graph.node:
-        nodes.append(n)
-        nodes.extend(after.get(n.name, []))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _insert_after(model, after)
     return SplitResult(done, float_nodes, masked, model)
 
 
@@ -310,9 +315,9 @@ def smooth_channels(
     A Mul by 1/s (X_smooth = X·(1/s)) goes in front of the quantized readers only; float
     readers (residual Adds, LayerNorms, the outlier MatMuls) keep reading X. In a post-LN
     encoder X is a LayerNorm output that the residual also reads, so the Mul cannot fold into
-    the LayerNorm; folding it into a per-channel QuantizeLinear scale (exact, and valid QDQ)
-    made the MiniLM model 3x slower: onnxruntime's per-axis QuantizeLinear on the last axis
-    runs element by element. The Mul costs ~1.3% of the fp32 model's time at batch 8.
+    the LayerNorm. Folding it into a per-channel QuantizeLinear scale (exact, and valid QDQ)
+    was tried and made the MiniLM model several times slower: onnxruntime's per-axis
+    QuantizeLinear on the last axis runs element by element.
     Channels in `masked` (outliers computed in float) keep s = 1.
     `model` must hold its weights; it is modified and returned.
     """
@@ -359,12 +364,7 @@ def smooth_channels(
                 "nodes": sorted(n for n, _ in t.consumers),
             }
         )
-    nodes = list(after.get("", []))
-    for n in model.graph.node:
-        nodes.append(n)
-        nodes.extend(after.get(n.name, []))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _insert_after(model, after)
     return SmoothResult(done, renamed, model)
 
 
@@ -402,12 +402,7 @@ def isolate_quantized_inputs(model: onnx.ModelProto, quantized: Iterable[str]) -
                 if i == tensor:
                     n.input[k] = copy
         copies[tensor] = copy
-    nodes = list(after.get("", []))
-    for n in model.graph.node:
-        nodes.append(n)
-        nodes.extend(after.get(n.name, []))
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    _insert_after(model, after)
     return copies
 
 
