@@ -61,6 +61,9 @@ class RolledTeacher(nn.Module):
     def prepare(self, feeds):
         return feeds
 
+    def lengths(self, feeds):
+        return None
+
 
 def test_the_student_learns_the_teachers_soft_targets_not_the_labels(digits_teacher, tmp_path):
     """Unlabelled data and a teacher that renames every class: a student trained by the
