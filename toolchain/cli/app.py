@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script.
 
     When the command is done the process ends with os._exit: the interpreter's teardown of
-    the ~3,300 modules that torch, transformers and optimum load takes over a second and does
+    the ~3,300 modules that torch, transformers and optimum load takes about a second and does
     nothing for us (every output is already complete: atomic directories, closed files).
     Logging and the standard streams are flushed first. An exception that escapes the
     command (none should: `guarded` turns them into exit codes) still ends Python's way.
