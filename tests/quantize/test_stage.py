@@ -24,26 +24,19 @@ def float_inputs_of(model_path: Path, node: str) -> bool:
     return all(producers[i].op_type != "DequantizeLinear" for i in n.input if i in producers)
 
 
+def _loop(cli, outlier_mlp, out: Path, *extra: str):
+    """The fallback loop on the outlier MLP, with the split and smoothing (which would rescue
+    fc2 by themselves) turned off."""
+    return cli(
+        "quantize", outlier_mlp["model"], "-o", out, "--calibration", outlier_mlp["calib"],
+        "--outlier-ratio", "0", "--smooth-alpha", "0", "--eval", outlier_mlp["eval"],
+        "--metric", "agreement", "--max-drop", "0.02", *extra,
+    )  # fmt: skip
+
+
 def test_loop_puts_the_sensitive_node_back_to_pass(cli, outlier_mlp, tmp_path):
     out = tmp_path / "q"
-    r = cli(
-        "quantize",
-        outlier_mlp["model"],
-        "-o",
-        out,
-        "--calibration",
-        outlier_mlp["calib"],
-        "--outlier-ratio",
-        "0",
-        "--smooth-alpha",
-        "0",
-        "--eval",
-        outlier_mlp["eval"],
-        "--metric",
-        "agreement",
-        "--max-drop",
-        "0.02",
-    )
+    r = _loop(cli, outlier_mlp, out)
     assert r.code == 0, r.stderr
     rep = report(out)
     assert rep["gate"]["all_int8"]["passed"] is False  # the all-int8 model fails the gate...
@@ -61,26 +54,7 @@ def test_loop_puts_the_sensitive_node_back_to_pass(cli, outlier_mlp, tmp_path):
 
 def test_loop_exits_1_with_the_report_when_nothing_passes(cli, outlier_mlp, tmp_path):
     out = tmp_path / "q"
-    r = cli(
-        "quantize",
-        outlier_mlp["model"],
-        "-o",
-        out,
-        "--calibration",
-        outlier_mlp["calib"],
-        "--outlier-ratio",
-        "0",
-        "--smooth-alpha",
-        "0",
-        "--eval",
-        outlier_mlp["eval"],
-        "--metric",
-        "agreement",
-        "--max-drop",
-        "0.02",
-        "--max-fallback",
-        "0",
-    )
+    r = _loop(cli, outlier_mlp, out, "--max-fallback", "0")
     assert r.code == 1
     assert "no fallback passed" in r.stderr and str(out) in r.stderr
     rep = report(out)

@@ -60,7 +60,8 @@ class Preset:
     outlier_channels: int = 8
     outlier_min_shrink: float = 3.0  # split only if the int8 range shrinks at least this much
     # SmoothQuant's migration strength for the remaining channels of those MatMuls' inputs
-    # (qdq.smooth_channels); None: off. 0.75 measured best of 0.25/0.5/0.75 on MiniLM.
+    # (qdq.smooth_channels); None: off. 0.75 did better than 0.5 and 0.85 on all-MiniLM-L6-v2
+    # (--smooth-alpha, scored as benchmarks/quantize_minilm.py scores its variants).
     smooth_alpha: float | None = 0.75
     # Op types whose output stays float: DQ→MatMul with a float output becomes onnxruntime's
     # MatMulIntegerToFloat (int8 product, float result), which spares a requantization of the
