@@ -3,7 +3,8 @@
 1. Data first: calibration samples (drawn with a seed) and evaluation data are loaded and
    checked (names, dtypes, NaN/Inf, counts) before anything is quantized.
 2. Outlier channels: channel maxima of the weighted MatMuls' inputs (one pass, cached); the few
-   channels far above the rest are computed in float beside the int8 product (qdq.split_outliers).
+   channels far above the rest are computed in float beside the int8 product (qdq.split_outliers),
+   and the others are smoothed into the weights (qdq.smooth_channels).
 3. Ranges: one streaming pass (calibration/statistics.py, cached by model + data + method).
 4. onnxruntime's QDQ quantizer with the preset (per target / instruction set) and our ranges.
 5. With eval data: the gate. If it fails, each quantized node's sensitivity is measured and the
