@@ -23,20 +23,15 @@ def run(path, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
+def _quantized_conv_net(cli, conv_net, out, *flags: str) -> onnx.ModelProto:
+    r = cli("quantize", conv_net["model"], "-o", out, "--calibration", conv_net["calib"], *flags)
+    assert r.code == 0, r.stderr
+    return onnx.load(str(out / "model.onnx"))
+
+
 def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
     out = tmp_path / "trt"
-    r = cli(
-        "quantize",
-        conv_net["model"],
-        "-o",
-        out,
-        "--calibration",
-        conv_net["calib"],
-        "--target",
-        "trt-gpu",
-    )
-    assert r.code == 0, r.stderr
-    model = onnx.load(str(out / "model.onnx"))
+    model = _quantized_conv_net(cli, conv_net, out, "--target", "trt-gpu")
     assert qdq.tensorrt_violations(model) == []
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") >= 6  # conv1, conv2, fc: activation and weight pairs
@@ -59,19 +54,8 @@ def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
 
 def test_tensorrt_rules_catch_a_cpu_model(cli, conv_net, tmp_path):
     """Negative control: the ort-cpu preset's uint8, asymmetric QDQ breaks the rules."""
-    out = tmp_path / "cpu"
-    r = cli(
-        "quantize",
-        conv_net["model"],
-        "-o",
-        out,
-        "--calibration",
-        conv_net["calib"],
-        "--preset",
-        "ort-cpu-vnni",
-    )
-    assert r.code == 0, r.stderr
-    bad = qdq.tensorrt_violations(onnx.load(str(out / "model.onnx")))
+    model = _quantized_conv_net(cli, conv_net, tmp_path / "cpu", "--preset", "ort-cpu-vnni")
+    bad = qdq.tensorrt_violations(model)
     assert any("zero point" in b for b in bad)
     assert any("bias is dequantized" in b for b in bad)
 
