@@ -66,7 +66,25 @@ def test_changed_data_reruns_validate(cli, tiny, tmp_path):
 
 
 def test_gate_failure_in_a_recipe_exits_1(cli, tiny, tmp_path):
-    r = cli("run", _recipe(tmp_path, tiny, metrics=["max_abs_diff"], max_drop=0.0))
+    """Negative control: a reference whose weights were nudged must fail a zero budget.
+
+    (The engine against its own source is no control: on some CPUs onnxruntime and torch
+    compute this MLP bit-identically, so max_abs_diff is 0 there.)"""
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(tiny / "tiny.safetensors"))
+    save_file({k: v + 1e-3 for k, v in weights.items()}, str(tmp_path / "nudged.safetensors"))
+    r = cli(
+        "run",
+        _recipe(
+            tmp_path,
+            tiny,
+            metrics=["max_abs_diff"],
+            max_drop=0.0,
+            reference="tests.models:tiny_mlp",
+            reference_weights=str(tmp_path / "nudged.safetensors"),
+        ),
+    )
     assert r.code == 1
     assert "FAIL: max_abs_diff[logits]" in r.stderr
     assert (tmp_path / "run" / "2-validate" / "report.json").exists()
