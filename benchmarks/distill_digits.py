@@ -56,8 +56,8 @@ def top1(model: torch.nn.Module, split: str) -> float:
 
 
 def distil(data: Path, alpha: float, epochs: int, seed: int, work: Path) -> dict:
-    from toolchain.core.recipe import DistillStage
-    from toolchain.distill.stage import prepare
+    from toolchain.distill.setup import prepare
+    from toolchain.distill.stage import DistillStage
     from toolchain.distill.trainer import train
     from toolchain.export.source import SourceSpec, resolve_source
 
@@ -72,7 +72,7 @@ def distil(data: Path, alpha: float, epochs: int, seed: int, work: Path) -> dict
         lr=LR,
         temperature=TEMPERATURE,
     )
-    setup = prepare(resolve_source(spec), spec, cfg, lambda _m: None)
+    setup = prepare(resolve_source(spec), cfg, lambda _m: None)
     ckpt = work / f"ckpt-{data.stem}-{alpha}-{seed}"
     t = time.perf_counter()
     result = train(

@@ -27,6 +27,7 @@ import onnx
 
 from calibration.sources import Dataset
 from toolchain.core.errors import InvalidInput
+from toolchain.core.ort_session import ort_session
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_BINS = 2048
@@ -312,7 +313,6 @@ def collect(
     whatever the sample count.
     """
     drop = drop_channels or {}
-    import onnxruntime as ort
 
     if len(data) == 0:
         raise InvalidInput("calibration: the data holds no samples")
@@ -324,11 +324,7 @@ def collect(
     from_model = [n for n in stats if n not in graph_inputs]
     with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
         path = _augmented(Path(model_path), from_model, Path(tmp))
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads=threads)  # the engine's session settings
         names = [o.name for o in sess.get_outputs() if o.name in stats]
         size = _batch_size([i.shape[0] for i in sess.get_inputs() if i.shape], batch_size)
         total = (len(data) + size - 1) // size

@@ -14,34 +14,19 @@ from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.onnx_model import check_onnx, io_from_onnx
+from toolchain.core.ort_session import DISABLED_OPTIMIZERS, ort_session
+
+__all__ = ["DISABLED_OPTIMIZERS", "OrtCpu", "runner_from_onnx", "session_from_onnx"]
 
 MODEL_FILE = "model.onnx"
 ORT_FILE = "model.ort"
 REQUIRED_OPS_FILE = "required_operators.config"
-# onnxruntime's CPU SkipLayerNormalization kernel is 2-7x slower than the Add and
-# LayerNormalization it replaces (benchmarks/ort_fusions.py; onnxruntime 1.32: 1.94 vs 0.30 ms
-# at [8, 128, 384]), and the fusion fires on int8 BERT graphs: our sessions skip it, offline
-# and at load time. engine.json records the list so the device does the same.
-DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def _ort():
     import onnxruntime as ort
 
     return ort
-
-
-def opt_level(name: str):
-    ort = _ort()
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if name not in levels:
-        raise InvalidInput(f"unknown opt_level '{name}'; available: {', '.join(levels)}")
-    return levels[name]
 
 
 def session_from_onnx(
@@ -51,20 +36,8 @@ def session_from_onnx(
     threads: int | None = None,
     disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
 ):
-    """An ONNX Runtime CPU session. `threads` None lets ORT use one per physical core."""
-    ort = _ort()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = opt_level(level)
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(
-        str(path),
-        sess_options=so,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(disabled),
-    )
+    """An ONNX Runtime CPU session (core/ort_session.py). `threads` None: one per core."""
+    return ort_session(path, level=level, threads=threads, disabled=disabled)
 
 
 def fuse_int8_bias(model) -> int:
@@ -167,16 +140,7 @@ class OrtCpu:
             )
         level = cfg.options.get("opt_level", self.DEFAULT_OPT_LEVEL)
         check_onnx(model.path)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = opt_level(level)
-        so.optimized_model_filepath = str(out / MODEL_FILE)
-        so.log_severity_level = 3
-        ort.InferenceSession(
-            str(model.path),
-            sess_options=so,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(DISABLED_OPTIMIZERS),
-        )
+        ort_session(model.path, level=level, save_to=out / MODEL_FILE)
         fused = self._fuse(out / MODEL_FILE)
         files = [MODEL_FILE]
         if cfg.options.get("ort_format"):
@@ -219,19 +183,13 @@ class OrtCpu:
 
     def _save_ort_format(self, src: Path, out: Path, level: str) -> None:
         """The .ort flatbuffer and the operator list a reduced ONNX Runtime build needs."""
-        ort = _ort()
         from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = opt_level(level)
-        so.optimized_model_filepath = str(out / ORT_FILE)
-        so.add_session_config_entry("session.save_model_format", "ORT")
-        so.log_severity_level = 3
-        ort.InferenceSession(
-            str(src),
-            sess_options=so,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        ort_session(
+            src,
+            level=level,
+            save_to=out / ORT_FILE,
+            config={"session.save_model_format": "ORT"},
         )
         create_config_from_models(
             [out / ORT_FILE], out / REQUIRED_OPS_FILE, enable_type_reduction=True

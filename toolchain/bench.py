@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from targets.base import Runner
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import write_json
-from toolchain.core.recipe import BenchStage
+from toolchain.core.recipe import StageConfig
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 
 DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is benchmarked at this size
 BENCH_FILE = "bench.json"
+
+
+class BenchStage(StageConfig):
+    kind: Literal["bench"] = "bench"
+    target: str = "ort-cpu"
+    batches: list[int] = [1, 8]
+    warmup: int = Field(default=10, ge=0)
+    iterations: int = Field(default=50, ge=1)
+    threads: int | None = None
 
 
 def synthetic_feeds(io: IoSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,6 +75,24 @@ def latency(
     }
 
 
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms per call of each fn, timed in alternation so load drifts hit all alike: the
+    one timer for side-by-side figures (quantize's fallback cost, benchmarks/)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t) * 1e3 / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def size_bytes(art: ModelArtifact) -> int:
     """Bytes a deployment ships: the engine directory, the .onnx (+ external data), the weights."""
     p = Path(art.path)
@@ -82,10 +114,10 @@ def bench(
     return {"threads": threads or getattr(runner, "threads", None) or os.cpu_count(), "rows": rows}
 
 
-def run_stage(ctx, src: ModelArtifact, cfg: BenchStage, out: Path):
-    from toolchain.pipeline import StageResult
+def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
     from toolchain.runners import runner_for
 
+    src = inputs.model
     if src.format is Format.onnx and cfg.target != "ort-cpu":
         raise InvalidInput(
             f"{src.path}: build it for {cfg.target} first; an ONNX file runs on ort-cpu"
@@ -96,16 +128,24 @@ def run_stage(ctx, src: ModelArtifact, cfg: BenchStage, out: Path):
         built_for = read_engine_config(src.path)["target"]
         if built_for != cfg.target:
             raise InvalidInput(f"{src.path}: an engine for {built_for}, not {cfg.target}")
-    runner = runner_for(src, ctx.source, threads=cfg.threads)
+    runner = runner_for(src, threads=cfg.threads)
     result = {
         "model": str(src.path),
         "target": cfg.target,
         **bench(runner, cfg.batches, cfg.warmup, cfg.iterations, cfg.threads),
     }
-    write_json(out / BENCH_FILE, result)
+    write_json(work.out / BENCH_FILE, result)
     summary = "; ".join(
         f"batch {r['batch']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, "
         f"{r['throughput_per_s']:.0f}/s"
         for r in result["rows"]
     )
     return StageResult(None, result, summary=f"{summary} ({result['threads']} threads)")
+
+
+STAGE = Stage(
+    "bench",
+    BenchStage,
+    run,
+    command="toolchain.cli.bench:command",
+)

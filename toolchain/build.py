@@ -5,18 +5,25 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Literal
 
 from targets.base import BuildConfig
-from toolchain.core.artifact import Format, ModelArtifact
+from toolchain.core.artifact import Format, ModelInfo
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import sha256_path
-from toolchain.core.recipe import BuildStage
+from toolchain.core.recipe import StageConfig
 from toolchain.core.registry import get_target
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 
 
-def run(ctx, src: ModelArtifact, cfg: BuildStage, out: Path):
-    from toolchain.pipeline import StageResult
+class BuildStage(StageConfig):
+    kind: Literal["build"] = "build"
+    target: str = "ort-cpu"
+    options: dict[str, Any] = {}
 
+
+def run(inputs: Inputs, cfg: BuildStage, work: Workdir) -> StageResult:
+    src, out = inputs.model, work.out
     target = get_target(cfg.target)
     why = target.unavailable_reason()
     if why:
@@ -27,13 +34,22 @@ def run(ctx, src: ModelArtifact, cfg: BuildStage, out: Path):
         )
     engine = target.build(src, BuildConfig(dict(cfg.options)), out)
     carried = carry_preprocessing(Path(src.path).parent, out)
-    engine = replace(engine, sha256=sha256_path(out))  # what ships: the carried files too
+    # what ships: the carried files too; the engine describes itself like the model it runs
+    engine = replace(
+        engine, sha256=sha256_path(out), info=info_with_carried(src.info, carried, out)
+    )
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return StageResult(
         engine,
         {"target": cfg.target, "size_bytes": size, "carried": carried},
         summary=f"{cfg.target} engine, {size / 1e6:.2f} MB",
     )
+
+
+def info_with_carried(info: ModelInfo, carried: list[str], out: Path) -> ModelInfo:
+    """The info of a model whose folder now holds the carried files: its tokenizer is there."""
+    has_tokenizer = any(n in carried for n in ("tokenizer.json", "tokenizer_config.json"))
+    return info.inherit(tokenizer=str(out)) if has_tokenizer else info
 
 
 # Files a deployment needs beside the model to turn raw input into tensors (Hugging Face names).
@@ -59,3 +75,11 @@ def carry_preprocessing(src_dir: Path, out: Path) -> list[str]:
             shutil.copy2(src_dir / name, out / name)
             carried.append(name)
     return carried
+
+
+STAGE = Stage(
+    "build",
+    BuildStage,
+    run,
+    command="toolchain.cli.build:command",
+)

@@ -1,16 +1,24 @@
 """run(recipe) → RunReport: the recipe's stages in order, each cached by content hash.
 
 A stage's output directory holds a manifest.json whose cache_key is the hash of (what went
-in, the stage's config, the files it reads, edgesmith's version). When a rerun finds the same
-key there, the stage is skipped and says so; otherwise the directory is rebuilt atomically.
+in, the stage's config, the files and models it reads, edgesmith's version). When a rerun
+finds the same key there, the stage is skipped and says so; otherwise the directory is
+rebuilt atomically. The pipeline owns every directory a stage writes (core/stage.py:
+Workdir): the output, and under the run's root `.edgesmith/` the stage's scratch space and
+the shared caches.
+
+Under torchrun every process calls run(); the processes other than rank 0 run the leading
+distributed stages (distill) in step with rank 0, into directories that are thrown away.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,40 +29,14 @@ from toolchain.core.artifact import (
     read_manifest,
     write_manifest,
 )
-from toolchain.core.errors import GateFailed
+from toolchain.core.errors import GateFailed, InvalidInput
 from toolchain.core.files import atomic_dir, check_output_not_input, sha256_json, sha256_path
 from toolchain.core.recipe import Recipe, StageConfig
-from toolchain.core.registry import load_object
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir, get_stage, stages
 from toolchain.export.source import SourceSpec, resolve_source, with_spec_digest
 from toolchain.progress import log
 
-# kind → "module:function"; each function is run(ctx, src, cfg, out) -> StageResult.
-STAGE_RUNNERS: dict[str, str] = {
-    "distill": "toolchain.distill.stage:run",
-    "export": "toolchain.export.stage:run",
-    "quantize": "toolchain.quantize.stage:run",
-    "build": "toolchain.build:run",
-    "validate": "toolchain.validate.stage:run",
-    "bench": "toolchain.bench:run_stage",
-}
-
-
-@dataclass
-class StageResult:
-    """What a stage made. `artifact` None: the stage passes its input on (validate, bench)."""
-
-    artifact: ModelArtifact | None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    passed: bool = True
-    summary: str = ""  # one line for the run log, e.g. the gate verdict
-
-
-@dataclass
-class StageContext:
-    recipe: Recipe
-    source: SourceSpec
-    source_artifact: ModelArtifact
-    log: Callable[[str], None] = log
+STATE_DIR = ".edgesmith"  # under the run's root: scratch/<stage output name>, cache/<kind>
 
 
 @dataclass
@@ -91,6 +73,21 @@ def source_artifact(spec: SourceSpec) -> ModelArtifact:
     return with_spec_digest(resolve_source(spec), spec)
 
 
+def model_inputs(cfg: StageConfig, source: ModelArtifact) -> dict[str, ModelArtifact]:
+    """The models a stage declares (MODEL_FIELDS), resolved; "source" is the recipe's source."""
+    named = {}
+    for name, weights_field in cfg.MODEL_FIELDS.items():
+        ref = getattr(cfg, name, None)
+        if ref is None:
+            continue
+        if ref == "source":
+            named[name] = source
+            continue
+        weights = getattr(cfg, weights_field, None) if weights_field else None
+        named[name] = resolve_source(SourceSpec(model=ref, weights=weights))
+    return named
+
+
 def _files_digest(cfg: StageConfig) -> dict[str, str]:
     out = {}
     for name in cfg.FILE_FIELDS:
@@ -100,21 +97,14 @@ def _files_digest(cfg: StageConfig) -> dict[str, str]:
     return out
 
 
-def _stage_context(cfg: StageConfig) -> dict[str, Any]:
-    """A stage module's `cache_context(cfg)`: what changes its output beyond the config
-    (quantize: the preset resolved from this CPU), so a cache never crosses machines wrongly."""
-    module = importlib.import_module(STAGE_RUNNERS[cfg.kind].partition(":")[0])
-    context = getattr(module, "cache_context", None)
-    return context(cfg) if context else {}
-
-
-def cache_key(src: ModelArtifact, cfg: StageConfig) -> str:
+def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact], cfg) -> str:
     return sha256_json(
         {
             "input": src.sha256,
             "config": cfg.model_dump(exclude={"out"}),
             "files": _files_digest(cfg),
-            "context": _stage_context(cfg),
+            "models": {k: a.sha256 for k, a in sorted(named.items())},
+            "context": stage.cache_context(cfg) if stage.cache_context else {},
             "edgesmith": metadata.version("edgesmith"),
         }
     )
@@ -124,28 +114,80 @@ def stage_dir(recipe: Recipe, index: int, cfg: StageConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path(recipe.out) / f"{index}-{cfg.kind}"
 
 
+def workdir(out: Path, tmp: Path, kind: str, emit: Callable[[str], None]) -> Workdir:
+    """The stage's directories: `tmp` becomes `out`; scratch and cache live under the root
+    (`out`'s parent: the recipe's `out`, or where a command's -o points)."""
+    state = out.parent / STATE_DIR
+    rank, world = distributed_rank()
+    return Workdir(
+        out=tmp,
+        scratch=state / "scratch" / out.name,
+        cache=state / "cache" / kind,
+        log=emit,
+        rank=rank,
+        world=world,
+    )
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_outputs(out: Path, cfg: StageConfig, inputs: list[Path], named) -> None:
+    files = [Path(getattr(cfg, f)) for f in cfg.FILE_FIELDS if isinstance(getattr(cfg, f), str)]
+    models = [Path(a.path) for a in named.values()]
+    check_output_not_input(out, *inputs, *files, *models)
+
+
+def _cached(out: Path, key: str) -> dict[str, Any] | None:
+    manifest = read_manifest(out) if out.is_dir() else None
+    return manifest if manifest is not None and manifest.get("cache_key") == key else None
+
+
+def _run_stage(
+    stage: Stage, cfg, inputs: Inputs, out: Path, key: str, recipe: Recipe, emit
+) -> tuple[StageResult, ModelArtifact | None]:
+    """Run one stage into a temporary directory that becomes `out` with its manifest."""
+    with atomic_dir(out) as tmp:
+        work = workdir(out, tmp, stage.kind, emit)
+        result = stage.run(inputs, cfg, work)
+        write_manifest(
+            tmp,
+            result.artifact,
+            stage=cfg.kind,
+            config=cfg.model_dump(),
+            cache_key=key,
+            metrics=result.metrics,
+            extra={
+                "passed": result.passed,
+                "summary": result.summary,
+                "input": inputs.model.sha256,
+                "recipe": recipe.model_dump(),
+            },
+        )
+    shutil.rmtree(work.scratch, ignore_errors=True)  # the output holds the work now
+    made = artifact_from_manifest(out, read_manifest(out)) if result.artifact else None
+    return result, made
+
+
 def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
     """Run every stage; raises GateFailed (exit 1) after the last stage when a gate failed."""
+    if distributed_rank()[0] != 0:
+        return _run_worker(recipe)
     spec = source_spec(recipe)
     src = source_artifact(spec)
-    ctx = StageContext(recipe, spec, src, emit)
     inputs = [Path(p) for p in (spec.model, spec.weights) if p and Path(p).exists()]
     current, records = src, []
     for i, cfg in enumerate(recipe.stages):
+        stage = get_stage(cfg.kind)
         out = stage_dir(recipe, i, cfg)
-        check_output_not_input(
-            out,
-            *inputs,
-            *[
-                Path(getattr(cfg, f))
-                for f in cfg.FILE_FIELDS
-                if isinstance(getattr(cfg, f, None), str)
-            ],
-        )
-        key = cache_key(current, cfg)
-        manifest = read_manifest(out) if out.is_dir() else None
+        named = model_inputs(cfg, src)
+        _check_outputs(out, cfg, inputs, named)
+        key = cache_key(stage, current, named, cfg)
         start = time.perf_counter()
-        if manifest is not None and manifest.get("cache_key") == key:
+        manifest = _cached(out, key)
+        if manifest is not None:
             metrics = manifest.get("metrics", {})
             passed = manifest.get("passed", True)
             summary = manifest.get("summary", "")
@@ -155,26 +197,8 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
             cached = True
         else:
             emit(f"[{i}] {cfg.kind}: running → {out}")
-            runner = load_object(STAGE_RUNNERS[cfg.kind])
-            with atomic_dir(out) as tmp:
-                result = runner(ctx, current, cfg, tmp)
-                made = result.artifact
-                write_manifest(
-                    tmp,
-                    made,
-                    stage=cfg.kind,
-                    config=cfg.model_dump(),
-                    cache_key=key,
-                    metrics=result.metrics,
-                    extra={
-                        "passed": result.passed,
-                        "summary": result.summary,
-                        "input": current.sha256,
-                        "recipe": recipe.model_dump(),
-                    },
-                )
-            if made is not None:
-                current = artifact_from_manifest(out, read_manifest(out))
+            result, made = _run_stage(stage, cfg, Inputs(current, named), out, key, recipe, emit)
+            current = made or current
             metrics, passed, summary, cached = result.metrics, result.passed, result.summary, False
         records.append(
             StageRecord(
@@ -186,3 +210,25 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
         if not passed:  # a failed gate stops the run: nothing after it may ship
             raise GateFailed(f"{cfg.kind} failed: {summary} (report: {out})", out)
     return RunReport(records, current)
+
+
+def _run_worker(recipe: Recipe) -> RunReport:
+    """A torchrun process other than rank 0: the recipe's first stage, when it is distributed
+    (distill), in step with rank 0 (the same cache check: both skip or both run), into a
+    directory thrown away. Later stages read what rank 0 wrote: they are rank 0's alone."""
+    cfg = recipe.stages[0]
+    stage = get_stage(cfg.kind)
+    if not stage.distributed:
+        raise InvalidInput(
+            f"under torchrun the recipe must start with a stage that trains in step "
+            f"({', '.join(k for k, s in stages().items() if s.distributed)}); it starts with "
+            f"'{cfg.kind}'"
+        )
+    src = source_artifact(source_spec(recipe))
+    out = stage_dir(recipe, 0, cfg)
+    named = model_inputs(cfg, src)
+    if _cached(out, cache_key(stage, src, named, cfg)) is None:
+        with tempfile.TemporaryDirectory(prefix=".worker-") as tmp:
+            work = workdir(out, Path(tmp), stage.kind, lambda _m: None)  # rank 0 reports
+            stage.run(Inputs(src, named), cfg, work)
+    return RunReport([StageRecord(cfg.kind, out, False, 0.0, {}, True, "")], src)

@@ -1,17 +1,14 @@
-"""One way to run any model artifact: ONNX, engine directory, PyTorch source, HF folder."""
+"""One way to run any model artifact: ONNX, engine directory, PyTorch model, HF folder."""
 
 from __future__ import annotations
 
 from targets.base import Runner, read_engine_config
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.registry import get_target
-from toolchain.export.source import SourceSpec, torch_spec
 
 
-def runner_for(
-    art: ModelArtifact, spec: SourceSpec | None = None, threads: int | None = None
-) -> Runner:
-    """A runner for `art`; PyTorch sources need the spec that names them (factory, shapes)."""
+def runner_for(art: ModelArtifact, threads: int | None = None) -> Runner:
+    """A runner for `art`, from what the artifact says about itself (ModelArtifact.info)."""
     if art.format is Format.onnx:
         from targets.ort_cpu import runner_from_onnx
 
@@ -22,13 +19,8 @@ def runner_for(
     if art.format is Format.hf:
         from toolchain.export.hf import HfRunner, load_hf
 
-        return HfRunner(load_hf(art.path, (spec.task if spec else None) or art.meta.get("task")))
+        return HfRunner(load_hf(art.path, art.info.task), threads=threads)
+    from toolchain.export.source import torch_spec
     from toolchain.export.torch import TorchRunner, load_torch
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return TorchRunner(
-        load_torch(torch_spec(art, spec) if spec else SourceSpec(model=str(art.path)))
-    )
+    return TorchRunner(load_torch(torch_spec(art)), threads=threads)

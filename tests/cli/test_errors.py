@@ -125,12 +125,12 @@ def test_debug_shows_traceback(cli, tmp_path):
 
 def test_interrupt_leaves_nothing(cli, export_tiny, tmp_path, monkeypatch):
     """Ctrl-C in the middle of a stage: exit 130, no output directory, no temp directory."""
-    import toolchain.export.stage as export_stage
+    import toolchain.export.checks as export_checks
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_stage, "check_against_source", interrupted)
+    monkeypatch.setattr(export_checks, "check_against_source", interrupted)
     r = export_tiny(tmp_path / "onnx")
     assert r.code == 128 + signal.SIGINT
     assert list(tmp_path.iterdir()) == []

@@ -56,12 +56,12 @@ def test_distill_writes_a_student_the_export_stage_takes(cli, digits_teacher, tm
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["artifact"]
     assert art["format"] == "torch" and art["path"] == "model.safetensors"
-    assert art["meta"]["factory"] == STUDENT and art["meta"]["inputs"] == ["x:1x1x8x8:float32"]
+    assert art["info"]["factory"] == STUDENT and art["info"]["inputs"] == ["x:1x1x8x8:float32"]
     m = manifest["metrics"]
     assert m["student_params"] == 3818 and m["param_ratio"] <= 0.10
     assert len(m["history"]) == 20 and m["metric_name"] == "accuracy"
     assert student_top1(out, digits_teacher) >= 0.9
-    assert not (tmp_path / ".student.distill-checkpoints").exists()
+    assert not (tmp_path / ".edgesmith" / "scratch" / "student").exists()
 
     onnx_out = tmp_path / "onnx"
     r = cli("export", str(out), "-o", str(onnx_out))
@@ -157,7 +157,7 @@ def test_recipe_chains_distill_export_build_validate(digits_teacher, tmp_path):
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(digits_teacher, tmp_path):
     out = tmp_path / "student"
-    ckpt = tmp_path / ".student.distill-checkpoints"
+    ckpt = tmp_path / ".edgesmith" / "scratch" / "student"  # the pipeline's scratch
     cmd = [str(EDGESMITH), *distill_args(digits_teacher, out, "--epochs", "150")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stderr=subprocess.DEVNULL)
 

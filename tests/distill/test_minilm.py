@@ -73,8 +73,8 @@ def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp
 @pytest.mark.slow
 def test_a_per_token_output_is_refused(minilm, tmp_path):
     from toolchain.core.errors import InvalidInput
-    from toolchain.core.recipe import DistillStage
-    from toolchain.distill.stage import prepare
+    from toolchain.distill.setup import prepare
+    from toolchain.distill.stage import DistillStage
     from toolchain.export.source import SourceSpec, resolve_source
 
     (tmp_path / "t.txt").write_text("One sentence here.\nAnd another one there.\n")
@@ -84,4 +84,4 @@ def test_a_per_token_output_is_refused(minilm, tmp_path):
         output="token_embeddings",
     )  # fmt: skip
     with pytest.raises(InvalidInput, match="sequence axis"):
-        prepare(resolve_source(spec), spec, cfg, lambda _m: None)
+        prepare(resolve_source(spec), cfg, lambda _m: None)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import DistillStage
-from toolchain.distill.stage import prepare
+from toolchain.distill.setup import prepare
+from toolchain.distill.stage import DistillStage
 from toolchain.distill.trainer import latest_checkpoint, train
 from toolchain.export.source import SourceSpec, resolve_source
 
@@ -27,7 +27,7 @@ def setup_for(teacher_dir: Path, **kw):
         eval_data=str(kw.pop("eval_data", teacher_dir / "calib.npz")),
         **kw,
     )
-    return prepare(resolve_source(spec), spec, cfg, lambda _m: None)
+    return prepare(resolve_source(spec), cfg, lambda _m: None)
 
 
 def run(setup, checkpoints: Path, **kw):

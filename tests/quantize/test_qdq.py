@@ -12,11 +12,11 @@ from onnx import numpy_helper
 
 from calibration.sources import Dataset
 from calibration.statistics import MethodSpec, activation_tensors, calibrate
+from targets.tensorrt_qdq import tensorrt_violations
 from tests.quantize import models
 from toolchain.core.errors import InvalidInput
 from toolchain.quantize import qdq
 from toolchain.quantize.presets import PRESETS
-
 
 # Tests that measure a preset's effect name the preset: the default follows this CPU's
 # instruction set, and CI may run on a VNNI host or an AVX2-only one. The 7-bit-weight preset
@@ -38,7 +38,7 @@ def _quantized_conv_net(cli, conv_net, out, *flags: str) -> onnx.ModelProto:
 def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
     out = tmp_path / "trt"
     model = _quantized_conv_net(cli, conv_net, out, "--target", "trt-gpu")
-    assert qdq.tensorrt_violations(model) == []
+    assert tensorrt_violations(model) == []
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") >= 6  # conv1, conv2, fc: activation and weight pairs
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -61,7 +61,7 @@ def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
 def test_tensorrt_rules_catch_a_cpu_model(cli, conv_net, tmp_path):
     """Negative control: the ort-cpu preset's uint8, asymmetric QDQ breaks the rules."""
     model = _quantized_conv_net(cli, conv_net, tmp_path / "cpu", "--preset", "ort-cpu-vnni")
-    bad = qdq.tensorrt_violations(model)
+    bad = tensorrt_violations(model)
     assert any("zero point" in b for b in bad)
     assert any("bias is dequantized" in b for b in bad)
 

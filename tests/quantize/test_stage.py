@@ -118,7 +118,7 @@ def test_bad_calibration_data_exits_2_before_quantizing(cli, conv_net, tmp_path,
     assert message in r.stderr
     assert "Traceback" not in r.stderr
     assert not out.exists()  # nothing was written: the check came first
-    assert not list((tmp_path).glob(".calibration-cache/*.json"))  # nor calibrated
+    assert not list((tmp_path).glob(".edgesmith/cache/quantize/*.json"))  # nor calibrated
 
 
 def test_static_method_without_data_is_a_usage_error(cli, conv_net, tmp_path):

@@ -24,7 +24,8 @@ def execute(recipe: Recipe, print_recipe: bool) -> None:
     from toolchain import pipeline
 
     report = pipeline.run(recipe)
-    render(report)
+    if pipeline.distributed_rank()[0] == 0:  # torchrun's other processes print nothing
+        render(report)
 
 
 def render(report) -> None:

@@ -9,18 +9,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli import (
-    _errors,
-    bench,
-    build,
-    distill,
-    export,
-    inspect,
-    quantize,
-    run,
-    targets,
-    validate,
-)
+from toolchain.cli import _errors, inspect, run, targets
+from toolchain.core.registry import load_object
+from toolchain.core.stage import Stage, stages
 
 app = typer.Typer(
     name="edgesmith",
@@ -39,19 +30,29 @@ def _root(
     _errors.debug["on"] = debug
 
 
-COMMANDS = {
-    "export": export.command,
-    "distill": distill.command,
-    "quantize": quantize.command,
-    "build": build.command,
-    "validate": validate.command,
-    "bench": bench.command,
-    "run": run.command,
-    "targets": targets.command,
-    "inspect": inspect.command,
-}
-for _name, _fn in COMMANDS.items():
-    app.command(_name)(_errors.guarded(_fn))
+# Commands that are not stages; every stage's command comes from its registration.
+TOOL_COMMANDS = {"run": run.command, "targets": targets.command, "inspect": inspect.command}
+
+
+def stage_command(stage: Stage):
+    """The stage's own command, or one derived from its config (cli/derived.py)."""
+    if stage.command is None:
+        from toolchain.cli.derived import derived_command
+
+        return derived_command(stage)
+    return load_object(stage.command) if isinstance(stage.command, str) else stage.command
+
+
+def add_commands(target: typer.Typer) -> None:
+    for kind, stage in stages().items():
+        # a stage's own command documents itself (its docstring); a derived one has stage.help
+        helptext = None if stage.command else stage.help or None
+        target.command(kind, help=helptext)(_errors.guarded(stage_command(stage)))
+    for name, fn in TOOL_COMMANDS.items():
+        target.command(name)(_errors.guarded(fn))
+
+
+add_commands(app)
 
 
 def main(argv: list[str] | None = None) -> None:

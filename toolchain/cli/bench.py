@@ -5,17 +5,29 @@ from typing import Annotated
 
 import typer
 
+from toolchain.bench import BenchStage
 from toolchain.cli._run import execute, one_stage
 from toolchain.cli.options import PrintRecipe, Target, Threads
 from toolchain.core.errors import InvalidInput
 
+D = BenchStage.default
+
 
 def command(
     model: Annotated[str, typer.Argument(help="Engine directory or .onnx.")],
-    target: Target = "ort-cpu",
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8",
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
-    iterations: Annotated[int, typer.Option(help="Timed runs per batch size.")] = 50,
+    target: Target = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Batch sizes, comma-separated (default {','.join(map(str, D('batches')))})."
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help=f"Untimed runs first (default {D('warmup')}).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help=f"Timed runs per batch size (default {D('iterations')}).")
+    ] = None,
     threads: Threads = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where bench.json goes.")] = Path(
         "build/bench"
@@ -24,7 +36,7 @@ def command(
 ) -> None:
     """Latency (p50/p90/p99) and throughput on a target, after a warm-up."""
     try:
-        batches = [int(b) for b in batch.split(",")]
+        batches = [int(b) for b in batch.split(",")] if batch is not None else None
     except ValueError:
         raise InvalidInput(
             f"--batch '{batch}': expected integers joined by commas, e.g. 1,8"

@@ -35,7 +35,7 @@ def parse_options(items: list[str]) -> dict:
 def command(
     model: Annotated[Path, typer.Argument(help="The ONNX model (or a directory an export wrote).")],
     out: Out,
-    target: Target = "ort-cpu",
+    target: Target = None,
     opt_level: Annotated[
         str | None, typer.Option(help="ort-cpu offline level: disable, basic, extended, all.")
     ] = None,

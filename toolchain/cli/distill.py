@@ -122,13 +122,11 @@ def command(
         },
         "distill",
     )
-    if threads:  # not part of the recipe: it changes the speed, not the student
-        import torch
+    if threads and not print_recipe:  # not part of the recipe: it changes the speed only
+        from toolchain.export.torch import torch_threads
 
-        torch.set_num_threads(threads)
-    from toolchain.distill.stage import is_worker, run_worker
-
-    if is_worker() and not print_recipe:
-        run_worker(recipe)  # torchrun's other processes train beside rank 0 and write nothing
+        with torch_threads(threads):
+            execute(recipe, print_recipe)
         return
+    # under torchrun every process runs the pipeline; the others train in step (pipeline.py)
     execute(recipe, print_recipe)

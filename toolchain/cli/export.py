@@ -6,6 +6,9 @@ import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
 from toolchain.cli.options import Out, PrintRecipe, Task, Weights
+from toolchain.export.stage import ExportStage
+
+D = ExportStage.default
 
 
 def command(
@@ -24,11 +27,16 @@ def command(
         list[str] | None, typer.Option("--output", help="Output names, in order.")
     ] = None,
     task: Task = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    opset: Annotated[int | None, typer.Option(help=f"ONNX opset (default {D('opset')}).")] = None,
     atol: Annotated[
-        float, typer.Option(help="Absolute tolerance of the check against the source.")
-    ] = 1e-4,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance of the check.")] = 1e-3,
+        float | None,
+        typer.Option(
+            help=f"Absolute tolerance of the check against the source (default {D('atol')})."
+        ),
+    ] = None,
+    rtol: Annotated[
+        float | None, typer.Option(help=f"Relative tolerance of the check (default {D('rtol')}).")
+    ] = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Export a fine-tuned model to ONNX and check it against the source (exit 1 if it differs)."""

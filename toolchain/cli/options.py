@@ -13,7 +13,10 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (writte
 PrintRecipe = Annotated[
     bool, typer.Option("--print-recipe", help="Print the equivalent recipe TOML and exit.")
 ]
-Target = Annotated[str, typer.Option("--target", "-t", help="Target: see `edgesmith targets`.")]
+Target = Annotated[
+    str | None,
+    typer.Option("--target", "-t", help="Target: see `edgesmith targets` (default ort-cpu)."),
+]
 Threads = Annotated[
     int | None, typer.Option("--threads", help="Intra-op threads (default: one per physical core).")
 ]
@@ -40,8 +43,6 @@ GateOutput = Annotated[str | None, typer.Option("--output", help="Gate this outp
 
 def parse_budget(items: list[str]) -> float | dict[str, float]:
     """--max-drop 0.01 (every gated metric) or --max-drop accuracy=0.005 (repeatable)."""
-    if not items:
-        return 0.01
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.rpartition("=")

@@ -17,6 +17,9 @@ from toolchain.cli.options import (
     Threads,
     parse_budget,
 )
+from toolchain.quantize.stage import QuantizeStage
+
+D = QuantizeStage.default
 
 
 def command(
@@ -31,16 +34,24 @@ def command(
         ),
     ] = None,
     method: Annotated[
-        str, typer.Option(help="minmax, percentile, entropy, or dynamic (no calibration).")
-    ] = "minmax",
+        str | None,
+        typer.Option(
+            help=f"minmax, percentile, entropy, or dynamic (no calibration); default {D('method')}."
+        ),
+    ] = None,
     samples: Annotated[
         int | None, typer.Option(help="Calibration samples, drawn with --seed (default: all).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the calibration draw.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help=f"Seed of the calibration draw (default {D('seed')}).")
+    ] = None,
     percentile: Annotated[
-        float, typer.Option(help="Percentile of |x| kept by --method percentile.")
-    ] = 99.999,
-    target: Target = "ort-cpu",
+        float | None,
+        typer.Option(
+            help=f"Percentile of |x| kept by --method percentile (default {D('percentile')})."
+        ),
+    ] = None,
+    target: Target = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -73,7 +84,10 @@ def command(
         Path | None,
         typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
     ] = None,
-    seq_len: Annotated[int, typer.Option(help="Token sequence length for text data.")] = 128,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(help=f"Token sequence length for text data (default {D('seq_len')})."),
+    ] = None,
     image: Annotated[
         list[str] | None,
         typer.Option(
@@ -97,7 +111,8 @@ def command(
     ] = None,
     threads: Threads = None,
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Calibration cache (default: .calibration-cache beside -o).")
+        Path | None,
+        typer.Option(help="Calibration cache (default: .edgesmith/cache/quantize beside -o)."),
     ] = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
@@ -126,7 +141,7 @@ def command(
             "image": _image_options(image or []),
             "eval": path_str(eval),
             "metrics": metric or [],
-            "max_drop": parse_budget(max_drop or []),
+            "max_drop": parse_budget(max_drop) if max_drop else None,
             "output": output,
             "eval_limit": eval_limit,
             "max_fallback": max_fallback,

@@ -15,6 +15,9 @@ from toolchain.cli.options import (
     Weights,
     parse_budget,
 )
+from toolchain.validate.stage import ValidateStage
+
+D = ValidateStage.default
 
 
 def command(
@@ -36,8 +39,14 @@ def command(
     weights: Weights = None,
     task: Task = None,
     tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer folder for text data.")] = None,
-    seq_len: Annotated[int, typer.Option(help="Token sequence length for text data.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Samples per inference call.")] = 32,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(help=f"Token sequence length for text data (default {D('seq_len')})."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help=f"Samples per inference call (default {D('batch_size')})."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report directory.")] = Path(
         "build/validate"
@@ -54,7 +63,7 @@ def command(
             "reference": reference,
             "reference_weights": path_str(reference_weights),
             "metrics": metric or [],
-            "max_drop": parse_budget(max_drop or []),
+            "max_drop": parse_budget(max_drop) if max_drop else None,
             "output": output,
             "tokenizer": path_str(tokenizer),
             "seq_len": seq_len,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -74,6 +74,48 @@ class IoSpec:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """What a model says about itself beyond its files: enough for any stage to load, run and
+    export it without the recipe that made it.
+
+    A stage that makes a model from another passes this on (`inherit`), changing what it
+    changed: a distilled student names its own factory; a pruned model adds its structure.
+    """
+
+    # PyTorch weights: the package.module:factory that builds the module they load into.
+    factory: str | None = None
+    # Input declarations, NAME:DIMS[:DTYPE] ("x:1x1x8x8", "ids:1x16:int64"), the dynamic axes
+    # ("x:0", "ids:0,1") and the output names, in order (PyTorch models).
+    inputs: tuple[str, ...] = ()
+    dynamic: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    task: str | None = None  # Hugging Face task ("text-classification", "feature-extraction")
+    labels: tuple[str, ...] = ()  # class names by index, when the model is a classifier
+    # A folder holding the tokenizer text data is read with (the source's, until a stage
+    # copies the files beside the model it writes).
+    tokenizer: str | None = None
+    # What a stage recorded about the model's shape that later stages report or rely on
+    # (pruning: kept heads and neurons, sparsity); JSON values.
+    structure: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ModelInfo:
+        d = d or {}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise InvalidInput(f"manifest: unknown model info fields {sorted(unknown)}")
+        tuples = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        return cls(**{**d, **tuples})
+
+    def inherit(self, **changes: Any) -> ModelInfo:
+        """The info of a model made from this one: everything kept but what `changes` says."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
 class ModelArtifact:
     """A model on disk: an .onnx file, an engine directory, a .pt2, a Hugging Face folder."""
 
@@ -83,7 +125,8 @@ class ModelArtifact:
     io: IoSpec | None = None
     sha256: str = ""
     parent: str | None = None  # sha256 of what it was made from (provenance)
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    info: ModelInfo = field(default_factory=ModelInfo)  # what later stages read
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)  # a record, for people
 
     @classmethod
     def at(cls, path: Path, fmt: Format, **kw: Any) -> ModelArtifact:
@@ -128,6 +171,7 @@ def write_manifest(
             "sha256": artifact.sha256,
             "parent": artifact.parent,
             "io": artifact.io.to_dict() if artifact.io else None,
+            "info": _relative_info(artifact.info, directory),
             "meta": artifact.meta,
         },  # None: the stage made no model (validate, bench)
         "files": file_hashes(directory),
@@ -138,6 +182,23 @@ def write_manifest(
     }
     write_json(directory / MANIFEST, manifest)
     return manifest
+
+
+def _relative_info(info: ModelInfo, directory: Path) -> dict[str, Any]:
+    """Paths inside the stage's directory are recorded relative to it: it is written under a
+    temporary name and renamed when complete."""
+    d = info.to_dict()
+    tok = info.tokenizer
+    if tok and Path(tok).resolve().is_relative_to(Path(directory).resolve()):
+        d["tokenizer"] = Path(tok).resolve().relative_to(Path(directory).resolve()).as_posix()
+    return d
+
+
+def _absolute_info(info: ModelInfo, directory: Path) -> ModelInfo:
+    tok = info.tokenizer
+    if tok and not Path(tok).is_absolute():
+        return replace(info, tokenizer=str(directory / tok))
+    return info
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -159,5 +220,6 @@ def artifact_from_manifest(directory: Path, manifest: dict[str, Any]) -> ModelAr
         io=IoSpec.from_dict(a["io"]) if a.get("io") else None,
         sha256=a["sha256"],
         parent=a.get("parent"),
+        info=_absolute_info(ModelInfo.from_dict(a.get("info")), Path(directory)),
         meta=a.get("meta") or {},
     )

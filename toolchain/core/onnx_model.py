@@ -78,3 +78,33 @@ def onnx_digest(path: Path, model: onnx.ModelProto | None = None) -> str:
     return sha256_json(
         {"model": sha256_file(path), **{f: sha256_file(path.parent / f) for f in extra}}
     )
+
+
+class GraphIndex:
+    """Producers, consumers and initializers of one graph, built once per pass over it.
+
+    A pass that rewrites the graph calls `refresh()` after its edits (or builds a new index).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.refresh()
+
+    def refresh(self) -> None:
+        g = self.model.graph
+        self.initializers: dict[str, onnx.TensorProto] = {i.name: i for i in g.initializer}
+        self.producers: dict[str, onnx.NodeProto] = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in g.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.nodes: dict[str, onnx.NodeProto] = {n.name: n for n in g.node}
+        self.graph_outputs: set[str] = {o.name for o in g.output}
+
+    def array(self, name: str) -> np.ndarray | None:
+        """An initializer's values, or None when `name` is not an initializer."""
+        t = self.initializers.get(name)
+        return None if t is None else onnx.numpy_helper.to_array(t)
+
+    def readers(self, tensor: str) -> list[onnx.NodeProto]:
+        return self.consumers.get(tensor, [])

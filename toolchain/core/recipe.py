@@ -7,7 +7,7 @@ so the CLI and recipes cannot drift apart (`--print-recipe` prints it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import tomllib
 from pydantic import (
@@ -16,7 +16,6 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from toolchain.core.errors import InvalidInput
@@ -38,24 +37,22 @@ class Source(Strict):
 
 
 class StageConfig(Strict):
+    """The base of every stage's config (toolchain/core/stage.py): `kind` and `out`."""
+
     kind: str
     out: str | None = Field(default=None, description="output directory; default OUT/<i>-<kind>")
     # Fields that name files whose contents the stage reads: hashed into its cache key.
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Fields that name models the stage reads besides the flowing one, each with the field of
+    # its weights (or None). The pipeline resolves them (inputs.named), hashes them into the
+    # cache key and refuses an output that is one of them. The value "source" names the
+    # recipe's source model.
+    MODEL_FIELDS: ClassVar[dict[str, str | None]] = {}
 
-
-class ExportStage(StageConfig):
-    kind: Literal["export"] = "export"
-    opset: int = Field(default=18, ge=7, le=23)
-    atol: float = Field(default=1e-4, gt=0)
-    rtol: float = Field(default=1e-3, ge=0)
-    check_samples: int = Field(default=2, ge=1)  # each at another batch (and sequence) size
-
-
-class BuildStage(StageConfig):
-    kind: Literal["build"] = "build"
-    target: str = "ort-cpu"
-    options: dict[str, Any] = {}
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """A field's default: what a CLI option left out means (one place, no drift)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
 
 
 class Gated(StageConfig):
@@ -79,108 +76,6 @@ class Gated(StageConfig):
         return self.max_drop
 
 
-class ValidateStage(Gated):
-    kind: Literal["validate"] = "validate"
-    data: str
-    reference: str = "source"  # "source" (the recipe's model), or a model path or factory
-    reference_weights: str | None = None  # safetensors, when the reference is a factory
-    tokenizer: str | None = None  # for text data: a folder with a tokenizer
-    seq_len: int = Field(default=128, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    limit: int | None = Field(default=None, ge=1)
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer", "reference", "reference_weights")
-
-
-class BenchStage(StageConfig):
-    kind: Literal["bench"] = "bench"
-    target: str = "ort-cpu"
-    batches: list[int] = [1, 8]
-    warmup: int = Field(default=10, ge=0)
-    iterations: int = Field(default=50, ge=1)
-    threads: int | None = None
-
-
-class DistillStage(StageConfig):
-    """A smaller student trained on the teacher's outputs (toolchain/distill)."""
-
-    kind: Literal["distill"] = "distill"
-    student: str | None = None  # package.module:factory, the student's architecture
-    student_layers: int | None = Field(default=None, ge=1)  # or: K of the teacher's layers
-    keep_layers: list[int] = []  # which ones (default: evenly spaced, first and last kept)
-    data: str  # training data: .npz, a folder of .npy, or text lines / .jsonl
-    eval_data: str | None = None  # default: eval_fraction of `data`, held out
-    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
-    tokenizer: str | None = None  # for text data; default: the teacher's folder
-    seq_len: int = Field(default=128, ge=1)
-    limit: int | None = Field(default=None, ge=1)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)  # global, across torchrun processes
-    lr: float | None = Field(default=None, gt=0)  # default: by student kind (distill/stage.py)
-    temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1)  # soft-target weight; 1 - alpha on labels
-    loss: Literal["auto", "soft", "embedding"] = "auto"
-    output: str | None = None  # the output compared; default the only (batch, features) one
-    mse_weight: float = Field(default=1.0, ge=0)
-    cos_weight: float = Field(default=1.0, ge=0)
-    hidden_weight: float = Field(default=0.0, ge=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1)  # the student's; None: as built
-    train_embeddings: bool = False  # derived students: also train the token embeddings
-    weight_decay: float = Field(default=0.01, ge=0)
-    seed: int = 0
-    resume: bool = False  # continue an interrupted run from its last complete epoch
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "eval_data", "tokenizer")
-
-    @model_validator(mode="after")
-    def _one_student(self) -> DistillStage:
-        if (self.student is None) == (self.student_layers is None):
-            raise ValueError("give exactly one of student (a factory) and student_layers")
-        return self
-
-
-class QuantizeStage(Gated):
-    """Calibrated int8 QDQ (or dynamic) quantization, with an optional accuracy loop
-    (toolchain/quantize/stage.py)."""
-
-    kind: Literal["quantize"] = "quantize"
-    method: Literal["minmax", "percentile", "entropy", "dynamic"] = "minmax"
-    calibration: str | None = None  # data: .npz, .npy folder, image folder, text (+ tokenizer)
-    samples: int | None = Field(default=None, ge=1)  # drawn with `seed`; default: all of them
-    seed: int = 0
-    percentile: float = Field(default=99.999, gt=50, le=100)
-    target: str = "ort-cpu"
-    preset: str | None = None  # default: the target's, for ort-cpu by this CPU's instruction set
-    op_types: list[str] = []  # override the preset's quantized op types
-    exclude: list[str] = []  # node-name patterns (fnmatch) that stay in float
-    outlier_ratio: float | None = Field(default=None, ge=0)  # None: the preset's; 0: off
-    smooth_alpha: float | None = Field(default=None, ge=0, le=1)  # None: the preset's; 0: off
-    tokenizer: str | None = None  # for text data; default: the model's folder
-    seq_len: int = Field(default=128, ge=1)
-    image: dict[str, Any] = {}  # image-folder preprocessing (calibration/images.py)
-    eval: str | None = None  # data for the accuracy loop (never the calibration data)
-    eval_limit: int | None = Field(default=None, ge=1)
-    sensitivity_samples: int = Field(default=64, ge=1)  # eval samples for the per-node ranking
-    max_fallback: int | None = Field(default=None, ge=0)  # nodes put back to float at most
-    batch_size: int = Field(default=16, ge=1)
-    threads: int | None = Field(default=None, ge=1)
-    cache_dir: str | None = None  # calibration cache; default: .calibration-cache beside out
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
-
-    @model_validator(mode="after")
-    def _needs_data(self) -> QuantizeStage:
-        if self.method != "dynamic" and not self.calibration:
-            raise ValueError(
-                f"method '{self.method}' needs calibration data (or use method = \"dynamic\")"
-            )
-        return self
-
-
-# kind → config class; a stage module registers its runner under the same kind (pipeline.py).
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    c.model_fields["kind"].default: c
-    for c in (DistillStage, ExportStage, QuantizeStage, BuildStage, ValidateStage, BenchStage)
-}
-
-
 class Recipe(Strict):
     name: str = "recipe"
     out: str = "build/run"
@@ -192,18 +87,19 @@ class Recipe(Strict):
     def _typed_stages(cls, items: Any) -> list[StageConfig]:
         if not isinstance(items, list) or not items:
             raise ValueError("expected a non-empty list of [[stages]] tables")
+        from toolchain.core.stage import stages
+
+        known = stages()
         out = []
         for i, item in enumerate(items):
             if isinstance(item, StageConfig):
                 out.append(item)
                 continue
             kind = item.get("kind") if isinstance(item, dict) else None
-            if kind not in STAGE_CONFIGS:
-                raise ValueError(
-                    f"unknown stage kind {kind!r}; available: {', '.join(STAGE_CONFIGS)}"
-                )
+            if kind not in known:
+                raise ValueError(f"unknown stage kind {kind!r}; available: {', '.join(known)}")
             try:
-                out.append(STAGE_CONFIGS[kind].model_validate(item))
+                out.append(known[kind].config.model_validate(item))
             except ValidationError as e:
                 raise ValueError(describe_validation_error(f"[{i}] ({kind})", e)) from None
         return out

@@ -105,8 +105,9 @@ def load_hf(path: Path, task: str | None = None) -> HfModel:
 class HfRunner:
     """Runs the PyTorch model of a Hugging Face folder on numpy feeds, outputs named as in ONNX."""
 
-    def __init__(self, hf: HfModel) -> None:
+    def __init__(self, hf: HfModel, threads: int | None = None) -> None:
         self.hf = hf
+        self.threads = threads
         cfg = hf.onnx_config
         self.io = IoSpec(
             tuple(
@@ -121,8 +122,11 @@ class HfRunner:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from toolchain.export.torch import torch_threads
+
         args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-        with self.hf.onnx_config.patch_model_for_export(self.hf.model), torch.inference_mode():
+        patch = self.hf.onnx_config.patch_model_for_export(self.hf.model)
+        with patch, torch_threads(self.threads), torch.inference_mode():
             out = self.hf.model(**args)
         return {n: out[n].detach().cpu().numpy() for n in self.hf.onnx_config.outputs}
 

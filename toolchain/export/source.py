@@ -18,12 +18,12 @@ from pathlib import Path
 from toolchain.core.artifact import (
     Format,
     ModelArtifact,
+    ModelInfo,
     artifact_from_manifest,
     read_manifest,
 )
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json
-from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -134,7 +134,13 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
                 "code": sha256_file(Path(code)) if code else None,
             }
         )
-        return ModelArtifact(weights, Format.torch, sha256=digest, meta={"factory": model})
+        info = ModelInfo(
+            factory=model,
+            inputs=tuple(spec.inputs),
+            dynamic=tuple(spec.dynamic),
+            outputs=tuple(spec.outputs),
+        )
+        return ModelArtifact(weights, Format.torch, sha256=digest, info=info)
     path = Path(model)
     if not path.exists():
         hint = " (a factory is written package.module:function)" if ":" in model else ""
@@ -142,8 +148,11 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
     _refuse_pickle(path)
     if path.is_file():
         if path.suffix == ".pt2":
-            return ModelArtifact.at(path, Format.torch)
+            info = ModelInfo(outputs=tuple(spec.outputs))
+            return ModelArtifact.at(path, Format.torch, info=info)
         if path.suffix == ".onnx":
+            from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
+
             proto = check_onnx(path)
             return ModelArtifact(
                 path, Format.onnx, io=io_from_onnx(proto), sha256=onnx_digest(path, proto)
@@ -173,33 +182,48 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
                 f" (found pickle files {pickles}; convert them to safetensors)" if pickles else ""
             )
             raise InvalidInput(f"{path}: Hugging Face folder without .safetensors weights{detail}")
-        return ModelArtifact.at(path, Format.hf, meta={"task": spec.task})
+        return ModelArtifact.at(path, Format.hf, info=hf_info(path, spec.task))
     raise InvalidInput(
         f"{path}: not a model folder (expected config.json + safetensors, an engine.json, "
         "or a manifest.json written by edgesmith)"
     )
 
 
-def torch_spec(art: ModelArtifact, source: SourceSpec) -> SourceSpec:
-    """The spec that loads a PyTorch artifact: the recipe's source, or a model a stage made.
+def hf_info(folder: Path, task: str | None) -> ModelInfo:
+    """A Hugging Face folder's own description: its task (as given), class names, tokenizer."""
+    import json
 
-    A stage that writes factory weights (distill's student) records the factory and the input
-    declarations in the artifact's meta; without them the artifact is the recipe's source.
-    """
-    factory = art.meta.get("factory")
-    if not factory or (
-        factory == source.model
-        and source.weights
-        and Path(source.weights).resolve() == Path(art.path).resolve()
-    ):
-        return source
-    return SourceSpec(
-        model=factory,
-        weights=str(art.path),
-        inputs=tuple(art.meta.get("inputs", ())),
-        dynamic=tuple(art.meta.get("dynamic", ())),
-        outputs=tuple(art.meta.get("outputs", ())),
-    )
+    labels: tuple[str, ...] = ()
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        # every config has an id2label (LABEL_0, LABEL_1 by default); a classifier's means it
+        if any(str(a).endswith("Classification") for a in config.get("architectures") or []):
+            id2label = config.get("id2label") or {}
+            labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        labels = ()  # not readable here: load_hf reports the folder's problem in its words
+    has_tokenizer = any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = str(Path(folder).resolve()) if has_tokenizer else None
+    return ModelInfo(task=task, labels=labels, tokenizer=tokenizer)
+
+
+def torch_spec(art: ModelArtifact) -> SourceSpec:
+    """The spec that loads a PyTorch artifact, from what the artifact says about itself."""
+    info = art.info
+    if info.factory:
+        return SourceSpec(
+            model=info.factory,
+            weights=str(art.path),
+            inputs=info.inputs,
+            dynamic=info.dynamic,
+            outputs=info.outputs,
+        )
+    if Path(art.path).suffix != ".pt2":
+        raise InvalidInput(
+            f"{art.path}: PyTorch weights whose artifact names no factory; "
+            "the stage that wrote them must record ModelInfo.factory"
+        )
+    return SourceSpec(model=str(art.path), outputs=info.outputs)
 
 
 def with_spec_digest(art: ModelArtifact, spec: SourceSpec) -> ModelArtifact:

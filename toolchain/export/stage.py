@@ -1,20 +1,30 @@
-"""The export stage: a PyTorch or Hugging Face source → fp32 ONNX, checked against the source."""
+"""The export stage: a PyTorch or Hugging Face model → fp32 ONNX, checked against the source.
+
+The model describes itself (ModelArtifact.info: factory, input declarations, task), so an
+artifact any stage made exports with no flags and no recipe.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-import onnx
+from pydantic import Field
 
-from targets.ort_cpu import runner_from_onnx
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
-from toolchain.core.recipe import ExportStage
-from toolchain.export.checks import check_against_source
-from toolchain.export.source import torch_spec
+from toolchain.core.recipe import StageConfig
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 
 MODEL_FILE = "model.onnx"
+
+
+class ExportStage(StageConfig):
+    kind: Literal["export"] = "export"
+    opset: int = Field(default=18, ge=7, le=23)
+    atol: float = Field(default=1e-4, gt=0)
+    rtol: float = Field(default=1e-3, ge=0)
+    check_samples: int = Field(default=2, ge=1)  # each at another batch (and sequence) size
 
 
 def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
@@ -25,6 +35,12 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
     onnxruntime failed on it first.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    import onnx
+
+    from targets.ort_cpu import runner_from_onnx
+    from toolchain.core.onnx_model import check_onnx, io_from_onnx
+    from toolchain.export.checks import check_against_source
 
     with ThreadPoolExecutor(1) as pool:
         checker = pool.submit(check_onnx, path, True)
@@ -40,41 +56,49 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
         return checker.result(), figures
 
 
-def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
-    from toolchain.pipeline import StageResult
+def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
+    from toolchain.export.hf import HfRunner, load_hf, onnx_from_hf
 
+    hf = load_hf(src.path, src.info.task)
+    path = onnx_from_hf(hf, out, cfg.opset)
+    samples = [hf.example(batch=1 + i, seq=16 + 8 * i, seed=i) for i in range(cfg.check_samples)]
+    # the tokenizer and config files are beside model.onnx now (onnx_from_hf)
+    info = src.info.inherit(task=hf.task, tokenizer=str(out))
+    return path, HfRunner(hf), samples, info, {"task": hf.task, "library": hf.library}
+
+
+def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):
+    from toolchain.export.source import torch_spec
+    from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
+
+    tm = load_torch(torch_spec(src))
+    path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
+    samples = [tm.example(batch=1 + i, seed=i) for i in range(cfg.check_samples)]
+    return path, TorchRunner(tm), samples, src.info, {"inputs": [d.__dict__ for d in tm.inputs]}
+
+
+def run(inputs: Inputs, cfg: ExportStage, work: Workdir) -> StageResult:
+    from toolchain.core.onnx_model import io_from_onnx, onnx_digest
+
+    src = inputs.model
     if src.format is Format.hf:
-        from toolchain.export.hf import HfRunner, load_hf, onnx_from_hf
-
-        hf = load_hf(src.path, ctx.source.task)
-        path = onnx_from_hf(hf, out, cfg.opset)
-        reference = HfRunner(hf)
-        samples = [
-            hf.example(batch=1 + i, seq=16 + 8 * i, seed=i) for i in range(cfg.check_samples)
-        ]
-        meta = {"task": hf.task, "library": hf.library}
+        path, reference, samples, info, meta = _from_hf(src, work.out, cfg)
     elif src.format is Format.torch:
-        from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
-
-        tm = load_torch(torch_spec(src, ctx.source))
-        reference = TorchRunner(tm)
-        path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
-        samples = [tm.example(batch=1 + i, seed=i) for i in range(cfg.check_samples)]
-        meta = {"inputs": [d.__dict__ for d in tm.inputs]}
+        path, reference, samples, info, meta = _from_torch(src, work.out, cfg)
     else:
         raise InvalidInput(
             f"{src.path}: export takes a PyTorch or Hugging Face model; "
             f"this is already {src.format.value}"
         )
     proto, figures = checked_export(path, reference, samples, cfg)
-    io = io_from_onnx(proto)
     worst = max(figures, key=lambda f: f["max_abs"])
     art = ModelArtifact(
         path,
         Format.onnx,
-        io=io,
+        io=io_from_onnx(proto),
         sha256=onnx_digest(path, proto),
         parent=src.sha256,
+        info=info,
         meta={"opset": cfg.opset, **meta},
     )
     summary = (
@@ -82,3 +106,11 @@ def run(ctx, src: ModelArtifact, cfg: ExportStage, out: Path):
         f"{worst['max_abs']:.2e} ({worst['name']}), within atol={cfg.atol} rtol={cfg.rtol}"
     )
     return StageResult(art, {"check": figures, "atol": cfg.atol, "rtol": cfg.rtol}, summary=summary)
+
+
+STAGE = Stage(
+    "export",
+    ExportStage,
+    run,
+    command="toolchain.cli.export:command",
+)

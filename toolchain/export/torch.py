@@ -152,11 +152,27 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     return flat
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op threads set for a block and put back after (a process-wide setting:
+    one stage's choice must not carry into the next)."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class TorchRunner:
     """Runs a torch module eagerly on numpy feeds (the reference an export is checked against)."""
 
-    def __init__(self, model: TorchModel) -> None:
+    def __init__(self, model: TorchModel, threads: int | None = None) -> None:
         self.model = model
+        self.threads = threads
         first = self._run(model.example())
         names = model.output_names or (
             ["output"] if len(first) == 1 else [f"output_{i}" for i in range(len(first))]
@@ -193,7 +209,7 @@ class TorchRunner:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[d.name])) for d in self.model.inputs]
-        with torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():
             out = self.model.module(*args)
         return [t.detach().cpu().numpy() for t in flatten_outputs(out)]
 

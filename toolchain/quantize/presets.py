@@ -149,24 +149,10 @@ def _cpu_presets() -> dict[str, Preset]:
 
 
 def _trt_preset() -> Preset:
-    return Preset(
-        name="trt-gpu",
-        target="trt-gpu",
-        activation_type="int8",
-        activation_symmetric=True,
-        op_types=WEIGHTED_OPS,
-        float_outputs=WEIGHTED_OPS,  # Q/DQ on inputs only: Conv→ReLU stays fusable
-        activation_matmuls=True,
-        outlier_ratio=None,
-        smooth_alpha=None,  # Q/DQ on weighted layers' inputs only; not measured on TensorRT
-        keep_removable_activations=True,
-        add_qdq_pair_to_weight=True,
-        dedicated_qdq_pair=True,
-        quantize_bias=False,
-        why="TensorRT explicit quantization: symmetric int8 (zero points 0), per-channel "
-        "weight scales on the output channel, Q/DQ on the inputs of weighted layers only, "
-        "float biases and activations left for TensorRT to fuse",
-    )
+    """TensorRT's preset lives with its target (targets/tensorrt_qdq.py), beside its rules."""
+    from targets.tensorrt_qdq import TRT_PRESET
+
+    return Preset(**TRT_PRESET)
 
 
 PRESETS: dict[str, Preset] = {**_cpu_presets(), "trt-gpu": _trt_preset()}

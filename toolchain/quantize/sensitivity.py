@@ -110,14 +110,10 @@ def node_sensitivity(
     track: Callable | None = None,
 ) -> Sensitivity:
     """Run the switchable model once per node (and once with none) over `batches`."""
-    import onnxruntime as ort
+    from toolchain.core.ort_session import ort_session
 
     start = time.perf_counter()
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(switch_path), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(switch_path, threads=threads)  # the engine's session settings
     names = [o.name for o in sess.get_outputs()]
 
     def error(index: int) -> float:

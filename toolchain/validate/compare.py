@@ -27,22 +27,21 @@ def batch_limit(*runners: Runner) -> int | None:
     return min(fixed) if fixed else None
 
 
-def run_both(reference: Runner, candidate: Runner, data: Dataset, batch_size: int) -> Outputs:
-    names = [n for n in reference.io.output_names]
-    missing = [n for n in names if n not in candidate.io.output_names]
+def outputs_of(runner: Runner, data: Dataset, size: int, what: str) -> dict[str, np.ndarray]:
+    """Every output of `runner` on every sample of `data`, in batches of `size`."""
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in runner.io.output_names}
+    total = (len(data) + size - 1) // size
+    for feeds, _ in track(data.batches(size), total, f"{what} {len(data)} samples"):
+        out = runner.infer(feeds)
+        for n in parts:
+            parts[n].append(out[n])
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def check_outputs(reference: Runner, candidate: Runner) -> None:
+    missing = [n for n in reference.io.output_names if n not in candidate.io.output_names]
     if missing:
         raise InvalidInput(
             f"the candidate has no output(s) {missing} of the reference "
             f"(candidate outputs: {candidate.io.output_names})"
         )
-    size = min(batch_size, batch_limit(reference, candidate) or batch_size)
-    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    total = (len(data) + size - 1) // size
-    for feeds, _ in track(data.batches(size), total, f"validating {len(data)} samples"):
-        r, c = reference.infer(feeds), candidate.infer(feeds)
-        for n in names:
-            refs[n].append(r[n])
-            cands[n].append(c[n])
-    cat = {n: np.concatenate(v) for n, v in refs.items()}
-    return Outputs(cat, {n: np.concatenate(v) for n, v in cands.items()}, data.labels)

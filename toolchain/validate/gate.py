@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from calibration.sources import Dataset
+from targets.base import Runner
 from toolchain.core.errors import InvalidInput
-from toolchain.validate.compare import Outputs
+from toolchain.validate.compare import Outputs, batch_limit, check_outputs, outputs_of
 from toolchain.validate.metrics import METRICS, MetricValue, check_metric_names, compute
 
 
@@ -74,3 +78,32 @@ def evaluate(
             raise InvalidInput(f"metric '{metric}' fits no output: it needs {need} ({shapes})")
         checks += [Check(v, budget[metric] if v in gated else None) for v in values]
     return GateResult(checks)
+
+
+class Evaluator:
+    """The gate on one data set, the reference's outputs computed once: validate gates one
+    candidate with it, the quantize loop one after another."""
+
+    def __init__(self, reference: Runner, data: Dataset, gated, batch_size: int) -> None:
+        """`gated`: a config with the gate's settings (core/recipe.py: Gated)."""
+        self.reference_runner, self.data, self.output = reference, data, gated.output
+        self.metrics = gated.metrics or default_metrics(data.labels is not None)
+        self.budgets = {m: gated.budget(m) for m in self.metrics}
+        self.batch_size = batch_size
+        self._reference: dict[str, np.ndarray] | None = None
+
+    def _size(self, *runners: Runner) -> int:
+        return min(self.batch_size, batch_limit(*runners) or self.batch_size)
+
+    @property
+    def reference(self) -> dict[str, np.ndarray]:
+        if self._reference is None:
+            size = self._size(self.reference_runner)
+            self._reference = outputs_of(self.reference_runner, self.data, size, "reference on")
+        return self._reference
+
+    def gate(self, candidate: Runner) -> GateResult:
+        check_outputs(self.reference_runner, candidate)
+        got = outputs_of(candidate, self.data, self._size(candidate), "validating")
+        outputs = Outputs(self.reference, got, self.data.labels)
+        return evaluate(outputs, self.metrics, self.budgets, self.output)

@@ -3,36 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from calibration.sources import TEXT_SUFFIXES, load_dataset
 from toolchain.bench import latency, size_bytes
-from toolchain.core.artifact import Format, ModelArtifact
+from toolchain.core.artifact import ModelArtifact
 from toolchain.core.files import sha256_path
-from toolchain.core.recipe import ValidateStage
-from toolchain.export.source import SourceSpec, resolve_source
+from toolchain.core.recipe import Gated
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 from toolchain.runners import runner_for
-from toolchain.validate.compare import run_both
-from toolchain.validate.gate import default_metrics, evaluate
+from toolchain.validate.gate import Evaluator
 from toolchain.validate.metrics import check_metric_names
 from toolchain.validate.report import write_reports
+
+
+class ValidateStage(Gated):
+    kind: Literal["validate"] = "validate"
+    data: str
+    reference: str = "source"  # "source" (the recipe's model), or a model path or factory
+    reference_weights: str | None = None  # safetensors, when the reference is a factory
+    tokenizer: str | None = None  # for text data: a folder with a tokenizer
+    seq_len: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    limit: int | None = Field(default=None, ge=1)
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "tokenizer")
+    MODEL_FIELDS: ClassVar[dict[str, str | None]] = {"reference": "reference_weights"}
+
 
 LATENCY_WARMUP, LATENCY_ITERATIONS = 5, 30
 
 
-def _reference(ctx, cfg: ValidateStage) -> tuple[ModelArtifact, SourceSpec]:
-    if cfg.reference == "source":
-        return ctx.source_artifact, ctx.source
-    spec = SourceSpec(model=cfg.reference, weights=cfg.reference_weights)
-    return resolve_source(spec), spec
-
-
-def _tokenizer(
-    ctx, cfg: ValidateStage, candidate: ModelArtifact, ref: ModelArtifact
-) -> Path | None:
-    """--tokenizer, else the first of candidate, source and reference that carries one."""
-    if cfg.tokenizer:
-        return Path(cfg.tokenizer)
-    for p in (Path(candidate.path), Path(ctx.source.model), Path(ref.path)):
+def find_tokenizer(given: str | None, *models: ModelArtifact) -> Path | None:
+    """The tokenizer for text data: the one given, else the first model that names one, else
+    the first folder beside a model that holds one."""
+    if given:
+        return Path(given)
+    for art in models:
+        if art.info.tokenizer:
+            return Path(art.info.tokenizer)
+    for art in models:
+        p = Path(art.path)
         folder = p if p.is_dir() else p.parent
         if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
             return folder
@@ -49,27 +61,23 @@ def _describe(art: ModelArtifact, runner, feeds) -> dict:
     }
 
 
-def run(ctx, src: ModelArtifact, cfg: ValidateStage, out: Path):
-    from toolchain.pipeline import StageResult
-
+def run(inputs: Inputs, cfg: ValidateStage, work: Workdir) -> StageResult:
     check_metric_names(cfg.metrics)
-    ref_art, ref_spec = _reference(ctx, cfg)
+    src, ref_art = inputs.model, inputs["reference"]
     if ref_art.sha256 == src.sha256 and ref_art.format == src.format:
-        ctx.log("note: the candidate is the reference itself; every drop will be 0")
-    tokenizer = (
-        _tokenizer(ctx, cfg, src, ref_art) if Path(cfg.data).suffix in TEXT_SUFFIXES else None
-    )
-    candidate = runner_for(src, ctx.source if src.format in (Format.torch, Format.hf) else None)
+        work.log("note: the candidate is the reference itself; every drop will be 0")
+    text = Path(cfg.data).suffix in TEXT_SUFFIXES
+    tokenizer = find_tokenizer(cfg.tokenizer, src, ref_art) if text else None
+    candidate = runner_for(src)
     data = load_dataset(
         Path(cfg.data), candidate.io, tokenizer=tokenizer, seq_len=cfg.seq_len, limit=cfg.limit
     )
-    reference = runner_for(ref_art, ref_spec)
-    outputs = run_both(reference, candidate, data, cfg.batch_size)
-    metrics = cfg.metrics or default_metrics(data.labels is not None)
-    gate = evaluate(outputs, metrics, {m: cfg.budget(m) for m in metrics}, cfg.output)
+    reference = runner_for(ref_art)
+    evaluator = Evaluator(reference, data, cfg, cfg.batch_size)
+    gate = evaluator.gate(candidate)
     one = {k: v[:1] for k, v in data.feeds.items()}
     report = write_reports(
-        out,
+        work.out,
         gate,
         {
             "name": "validate",
@@ -81,7 +89,15 @@ def run(ctx, src: ModelArtifact, cfg: ValidateStage, out: Path):
                 "samples": len(data),
                 "labels": data.labels is not None,
             },
-            "gated_metrics": metrics,
+            "gated_metrics": evaluator.metrics,
         },
     )
     return StageResult(None, report, passed=gate.passed, summary=gate.verdict())
+
+
+STAGE = Stage(
+    "validate",
+    ValidateStage,
+    run,
+    command="toolchain.cli.validate:command",
+)

@@ -1,0 +1,108 @@
+"""The CLI command of a stage that does not write its own: derived from its config's fields.
+
+`edgesmith KIND MODEL -o OUT [--field VALUE ...] [--print-recipe]`: one option per config
+field (a list field is a repeatable option), every option defaulting to None so that what is
+left out takes the config's own default, and the same one-stage recipe as every command.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import typer
+
+from toolchain.cli._run import execute, one_stage
+from toolchain.core.errors import InvalidInput
+from toolchain.core.stage import Stage
+
+SKIP = {"kind", "out"}
+SCALARS = (str, int, float, bool)
+
+
+def _option_type(annotation: Any) -> tuple[Any, bool]:
+    """The click-friendly type of a field, and whether it is a list (a repeatable option)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _option_type(args[0]) if len(args) == 1 else (str, False)
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (str,)
+        return (item if item in SCALARS else str), True
+    if origin is typing.Literal:
+        return str, False
+    return (annotation if annotation in SCALARS else str), False
+
+
+def _parse(name: str, value: Any, annotation: Any) -> Any:
+    """A value typed as str because its field is not a scalar (a dict, a union): JSON or text."""
+    if not isinstance(value, str) or _option_type(annotation)[0] is not str:
+        return value
+    if typing.get_origin(annotation) in (dict,) or annotation is dict:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidInput(f"--{name.replace('_', '-')} '{value}': expected JSON") from None
+    return value
+
+
+def derived_command(stage: Stage):
+    """A typer command for `stage` built from its config."""
+    fields = {k: f for k, f in stage.config.model_fields.items() if k not in SKIP}
+    params = [
+        inspect.Parameter(
+            "model",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Annotated[str, typer.Argument(help="The input model.")],
+        ),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+        ),
+    ]
+    for name, f in fields.items():
+        kind, repeatable = _option_type(f.annotation)
+        typ = list[kind] if repeatable else kind
+        default = f.get_default(call_default_factory=True)
+        help_text = (f.description or name.replace("_", " ")) + (
+            "" if f.is_required() else f" (default {default!r})"
+        )
+        flag = "--" + name.replace("_", "-")
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[typ | None, typer.Option(flag, help=help_text)],
+            )
+        )
+    params.append(
+        inspect.Parameter(
+            "print_recipe",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool, typer.Option("--print-recipe", help="Print the recipe TOML and exit.")
+            ],
+        )
+    )
+
+    def command(**kw: Any) -> None:
+        values = {
+            k: _parse(k, v, fields[k].annotation)
+            for k, v in kw.items()
+            if k in fields and v not in (None, [])
+        }
+        stage_cfg = {"kind": stage.kind, "out": str(kw["out"]), **values}
+        execute(one_stage({"model": kw["model"]}, stage_cfg, stage.kind), kw["print_recipe"])
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = stage.help or (stage.config.__doc__ or "").strip().splitlines()[0]
+    command.__name__ = stage.kind
+    return command

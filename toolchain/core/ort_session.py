@@ -1,0 +1,76 @@
+"""The one way edgesmith opens an onnxruntime CPU session: engine builds and loads,
+calibration, sensitivity, validate and bench all measure the graph the engine runs.
+
+onnxruntime is imported when a session is made, not with this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import InvalidInput
+
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+DEFAULT_OPT_LEVEL = "all"
+# onnxruntime's CPU SkipLayerNormalization kernel is 2-7x slower than the Add and
+# LayerNormalization it replaces (benchmarks/ort_fusions.py; onnxruntime 1.32: 1.94 vs 0.30 ms
+# at [8, 128, 384]), and the fusion fires on int8 BERT graphs: our sessions skip it, offline
+# and at load time. engine.json records the list so the device does the same.
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def opt_level(name: str):
+    import onnxruntime as ort
+
+    levels = dict(
+        zip(
+            OPT_LEVELS,
+            (
+                ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            ),
+            strict=True,
+        )
+    )
+    if name not in levels:
+        raise InvalidInput(f"unknown opt_level '{name}'; available: {', '.join(levels)}")
+    return levels[name]
+
+
+def ort_session(
+    path: Path,
+    *,
+    level: str = DEFAULT_OPT_LEVEL,
+    threads: int | None = None,
+    disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
+    save_to: Path | None = None,
+    config: Mapping[str, str] | None = None,
+) -> Any:
+    """An onnxruntime CPU session on `path`.
+
+    threads: intra-op threads of this session (None: one per physical core); set per session,
+        never process-wide. save_to: also write the optimised model there (an engine build).
+    config: session config entries (e.g. session.save_model_format = ORT).
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = opt_level(level)
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if save_to is not None:
+        so.optimized_model_filepath = str(save_to)
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
+    so.log_severity_level = 3
+    return ort.InferenceSession(
+        str(path),
+        sess_options=so,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled),
+    )

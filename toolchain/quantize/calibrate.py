@@ -1,0 +1,204 @@
+"""The quantize stage's data and ranges: calibration and eval data checked before any work,
+outlier channels split off and the rest smoothed, then the activation ranges (cached).
+
+1. Outlier channels: channel maxima of the weighted MatMuls' inputs (one pass, cached); the
+   few channels far above the rest are computed in float beside the int8 product
+   (qdq.split_outliers), and the others are smoothed into the weights (qdq.smooth_channels).
+2. Ranges: one streaming pass (calibration/statistics.py, cached by model + data + method).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calibration.cache import CacheKey, CalibrationCache
+from calibration.sources import TEXT_SUFFIXES, Dataset, load_dataset
+from calibration.statistics import (
+    Calibration,
+    MethodSpec,
+    activation_tensors,
+    calibrate,
+    check_finite,
+    dataset_digest,
+)
+from toolchain.core.artifact import IoSpec, ModelArtifact
+from toolchain.core.errors import InvalidInput
+from toolchain.progress import track
+from toolchain.quantize import qdq
+from toolchain.quantize.presets import Preset
+
+
+def load_checked(path: str, what: str, io: IoSpec, cfg, tok: Path | None, limit=None) -> Dataset:
+    """Data for the model's inputs, refused when text has no tokenizer or values are not finite."""
+    p = Path(path)
+    if p.suffix in TEXT_SUFFIXES and tok is None:
+        raise InvalidInput(
+            f"{what} {p}: text data needs --tokenizer (no tokenizer beside the model)"
+        )
+    data = load_dataset(p, io, tokenizer=tok, seq_len=cfg.seq_len, limit=limit, image=cfg.image)
+    check_finite(data, f"{what} {p}")
+    return data
+
+
+def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:
+    """The calibration samples: all of the data, or `samples` drawn with `seed`; refused if
+    empty, short or not finite."""
+    data = load_checked(cfg.calibration, "calibration data", io, cfg, tok)
+    if cfg.samples is not None:
+        if cfg.samples > len(data):
+            raise InvalidInput(
+                f"calibration data {cfg.calibration}: --samples {cfg.samples} asked, the data has "
+                f"only {len(data)}"
+            )
+        data = data.take(cfg.samples, seed=cfg.seed)
+    return data
+
+
+def _cached(
+    cache: CalibrationCache, key: CacheKey, tensors: list[str], channels: list[str], compute, log,
+    what: str,
+) -> tuple[Calibration, dict]:  # fmt: skip
+    start = time.perf_counter()
+    hit = cache.load(key, tensors, channels)
+    if hit is not None:
+        log(f"calibration ({what}): cached ({cache.path(key).name[:12]})")
+        return hit, {"pass": what, "cached": True, "entry": str(cache.path(key))}
+    calib = compute()
+    cache.save(key, calib)
+    seconds = time.perf_counter() - start
+    log(f"calibration ({what}): {calib.samples} samples in {seconds:.1f} s")
+    return calib, {
+        "pass": what,
+        "cached": False,
+        "seconds": round(seconds, 2),
+        "entry": str(cache.path(key)),
+    }
+
+
+@dataclass
+class Prepared:
+    """The float model to quantize, its ranges, the plan, and what happened (for the report)."""
+
+    path: Path
+    ranges: dict[str, tuple[float, float]]
+    plan: qdq.Plan
+    info: dict[str, Any]
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Calibrator:
+    """The calibration passes of one quantize run: data, cache, preset and the pass settings."""
+
+    def __init__(self, src: ModelArtifact, data: Dataset, cfg, preset: Preset, cache, log):
+        self.src, self.data, self.cfg, self.preset = src, data, cfg, preset
+        self.cache, self.log = cache, log
+        self.method = MethodSpec(cfg.method, percentile=cfg.percentile)
+        self.digest = dataset_digest(data)
+        self.kw = {"batch_size": cfg.batch_size, "threads": cfg.threads, "track": track}
+
+    def channel_pass(self, model, proto, plan: qdq.Plan, info: dict) -> tuple[qdq.Plan, dict]:
+        """Split the outlier channels off and smooth the rest, in `model` (in place)."""
+        preset, masked = self.preset, {}
+        targets = qdq.split_targets(proto, plan.quantized(proto))
+        if not targets or not (preset.outlier_ratio or preset.smooth_alpha):
+            return plan, masked
+        chans = [t.tensor for t in targets]
+        chan, done = _cached(
+            self.cache,
+            CacheKey(self.src.sha256, self.digest, {"method": "channel-absmax"}),
+            [],
+            chans,
+            lambda: calibrate(
+                self.src.path,
+                self.data,
+                [],
+                MethodSpec("minmax"),
+                channel_tensors=chans,
+                **self.kw,
+            ),  # fmt: skip
+            self.log,
+            "channel maxima",
+        )
+        info["passes"].append(done)
+        if preset.outlier_ratio:
+            split = qdq.split_outliers(
+                model, targets, chan.channel_absmax, preset.outlier_ratio,
+                preset.outlier_channels, preset.outlier_min_shrink,
+            )  # fmt: skip
+            plan = plan.with_float(
+                split.float_nodes, "float part of a split MatMul (outlier channels)"
+            )
+            masked = split.masked
+            info["outlier_channels"] = split.split
+        if preset.smooth_alpha:
+            smooth = qdq.smooth_channels(
+                model, targets, chan.channel_absmax, preset.smooth_alpha, masked
+            )
+            masked = {smooth.renamed.get(t, t): idx for t, idx in masked.items()}
+            info["smoothed"] = {"alpha": preset.smooth_alpha, "tensors": smooth.smoothed}
+        return plan, masked
+
+    def range_pass(self, prepared: Path, plan: qdq.Plan, masked: dict, info: dict):
+        """The activation ranges of the prepared model's quantized inputs."""
+        proto = onnx.load(str(prepared), load_external_data=False)
+        tensors = activation_tensors(proto, plan.op_types)
+        preset = self.preset
+        levels = (
+            256 if preset.activation_type == "uint8" and not preset.activation_symmetric else 128
+        )
+        key = CacheKey(
+            self.src.sha256,
+            self.digest,
+            {
+                **self.method.key(),
+                "levels": levels,
+                "split": {k: v.tolist() for k, v in sorted(masked.items())},
+                # the smoothing scales decide the smoothed tensors' ranges
+                "smooth": {
+                    d["smoothed"]: d["scale_sha256"]
+                    for d in info.get("smoothed", {}).get("tensors", [])
+                },
+            },
+        )
+        calib, done = _cached(
+            self.cache,
+            key,
+            tensors,
+            [],
+            lambda: calibrate(
+                prepared,
+                self.data,
+                tensors,
+                self.method,
+                drop_channels=masked,
+                non_negative_levels=levels,
+                **self.kw,
+            ),  # fmt: skip
+            self.log,
+            self.method.name,
+        )
+        info["passes"].append(done)
+        return dict(calib.ranges)
+
+    def prepare(self, plan: qdq.Plan, work: Path) -> Prepared:
+        info: dict[str, Any] = {
+            "method": self.method.key(),
+            "samples": len(self.data),
+            "seed": self.cfg.seed,
+            "data_sha256": self.digest,
+            "passes": [],
+            "outlier_channels": [],
+        }
+        model = onnx.load(str(self.src.path))
+        proto = onnx.load(str(self.src.path), load_external_data=False)
+        plan, masked = self.channel_pass(model, proto, plan, info)
+        prepared = qdq.save_model(model, work / "prepared.onnx")
+        del model
+        ranges = self.range_pass(prepared, plan, masked, info)
+        return Prepared(prepared, ranges, plan, info, masked)
