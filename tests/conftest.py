@@ -29,12 +29,12 @@ def cli():
     """Run `edgesmith ARGS...` in-process; returns exit code, stdout, stderr."""
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from toolchain.cli.app import make_app
 
     runner = CliRunner()
 
     def invoke(*args: str) -> CliResult:
-        r = runner.invoke(app, [str(a) for a in args])
+        r = runner.invoke(make_app(), [str(a) for a in args])  # plug-in stages included
         return CliResult(r.exit_code, r.stdout, r.stderr)
 
     return invoke

@@ -13,16 +13,6 @@ from toolchain.cli import _errors, inspect, run, targets
 from toolchain.core.registry import load_object
 from toolchain.core.stage import Stage, stages
 
-app = typer.Typer(
-    name="edgesmith",
-    help="From a fine-tuned model to a validated edge engine, with an accuracy gate.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
@@ -43,16 +33,26 @@ def stage_command(stage: Stage):
     return load_object(stage.command) if isinstance(stage.command, str) else stage.command
 
 
-def add_commands(target: typer.Typer) -> None:
+def make_app() -> typer.Typer:
+    """The CLI as the registry stands now: one command per registered stage, then the tools."""
+    cli = typer.Typer(
+        name="edgesmith",
+        help="From a fine-tuned model to a validated edge engine, with an accuracy gate.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    cli.callback()(_root)
     for kind, stage in stages().items():
         # a stage's own command documents itself (its docstring); a derived one has stage.help
         helptext = None if stage.command else stage.help or None
-        target.command(kind, help=helptext)(_errors.guarded(stage_command(stage)))
+        cli.command(kind, help=helptext)(_errors.guarded(stage_command(stage)))
     for name, fn in TOOL_COMMANDS.items():
-        target.command(name)(_errors.guarded(fn))
+        cli.command(name)(_errors.guarded(fn))
+    return cli
 
 
-add_commands(app)
+app = make_app()
 
 
 def main(argv: list[str] | None = None) -> None:

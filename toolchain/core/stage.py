@@ -118,6 +118,8 @@ class Stage:
 
 
 _REGISTRY: dict[str, Stage] = {}
+PLUGIN_GROUP = "edgesmith.stages"  # a package's entry point NAME = "module:STAGE" adds a stage
+_plugins_loaded = False
 
 
 def register(stage: Stage) -> Stage:
@@ -130,11 +132,27 @@ def unregister(kind: str) -> None:
     _REGISTRY.pop(kind, None)
 
 
+def _load_plugins() -> None:
+    """Stages other packages register under the `edgesmith.stages` entry-point group."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        stage = ep.load()
+        if not isinstance(stage, Stage):
+            raise InvalidInput(f"entry point {ep.name} = {ep.value}: not an edgesmith Stage")
+        _REGISTRY.setdefault(stage.kind, stage)
+
+
 def stages() -> dict[str, Stage]:
     """Every registered stage by kind: the built-in ones (imported on first use), then plug-ins."""
     for kind, module in BUILTIN_STAGES.items():
         if kind not in _REGISTRY:
             _REGISTRY[kind] = importlib.import_module(module).STAGE
+    _load_plugins()
     order = list(BUILTIN_STAGES) + [k for k in _REGISTRY if k not in BUILTIN_STAGES]
     return {k: _REGISTRY[k] for k in order}
 
