@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from toolchain.core.errors import InvalidInput
+from toolchain.distill.checkpoints import latest_checkpoint
 from toolchain.distill.setup import prepare
 from toolchain.distill.stage import DistillStage
-from toolchain.distill.trainer import latest_checkpoint, train
+from toolchain.distill.trainer import train
 from toolchain.export.source import SourceSpec, resolve_source
 
 STUDENT = "examples.digits_student:make_student"
@@ -132,3 +133,33 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(digits_teacher, tmp_
     assert [h.epoch for h in resumed.history] == [1, 2, 3, 4]
     assert resumed.rank_digests == straight.rank_digests  # bit-identical final weights
     assert [h.metric for h in resumed.history] == [h.metric for h in straight.history]
+
+
+def test_callbacks_see_steps_epochs_and_checkpoints_and_can_stop_the_run(digits_teacher, tmp_path):
+    """What pruning hooks into: on_step after every optimizer step, on_checkpoint, and a stop
+    from on_epoch_end; the process's global random state is what it was before."""
+    from toolchain.distill.trainer import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.steps, self.epochs, self.checkpoints = [], [], []
+
+        def on_step(self, trainer, step):
+            self.steps.append(step)
+
+        def on_epoch_end(self, trainer, log):
+            self.epochs.append(log.epoch)
+            return log.epoch == 2  # stop after epoch 2
+
+        def on_checkpoint(self, trainer, path):
+            self.checkpoints.append(path.name)
+
+    rec = Recorder()
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    result = run(setup_for(digits_teacher, epochs=5), tmp_path / "ckpt", callbacks=[rec])
+    assert torch.equal(torch.get_rng_state(), before)
+    assert result.stopped_after == 2 and [h.epoch for h in result.history] == [1, 2]
+    assert rec.epochs == [1, 2] and rec.checkpoints == ["epoch-0001", "epoch-0002"]
+    per_epoch = len(rec.steps) // 2
+    assert per_epoch > 0 and rec.steps == list(range(2 * per_epoch))  # global step numbers

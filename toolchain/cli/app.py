@@ -13,6 +13,7 @@ from toolchain.cli import _errors, inspect, run, targets
 from toolchain.core.registry import load_object
 from toolchain.core.stage import Stage, stages
 
+
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:

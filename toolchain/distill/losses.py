@@ -11,6 +11,9 @@ Every function returns the scalar to minimise and its parts (floats, for the pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -87,3 +90,22 @@ def hidden_state_loss(
         )
     losses = [F.mse_loss(s, t) for s, t in zip(student_states, teacher_states, strict=True)]
     return torch.stack(losses).mean()
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor, np.ndarray], tuple[torch.Tensor, dict[str, float]]]
+
+
+def make_loss(cfg, labels: np.ndarray | None, device: torch.device) -> Loss:
+    """The loss strategy: (student output, teacher target, batch indices) → (loss, parts)."""
+    if cfg.loss == "soft":
+
+        def soft(out, target, idx):
+            y = None if labels is None else torch.from_numpy(labels[idx]).to(device)
+            return logits_loss(out, target, y, temperature=cfg.temperature, alpha=cfg.alpha)
+
+        return soft
+
+    def embedding(out, target, idx):
+        return embedding_loss(out, target, mse_weight=cfg.mse_weight, cos_weight=cfg.cos_weight)
+
+    return embedding

@@ -85,7 +85,9 @@ def load_torch(spec: SourceSpec) -> TorchModel:
             f"(e.g. --input x:1x3x224x224) or define {SPEC_ATTR} beside the factory"
         )
     try:
-        net = factory()
+        # its random initialisation is overwritten by the weights: leave the global RNG alone
+        with torch.random.fork_rng(devices=[]):
+            net = factory()
     except TypeError as e:
         raise InvalidInput(
             f"factory '{spec.model}' must be callable without arguments ({e})"
