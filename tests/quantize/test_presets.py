@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from toolchain.core.errors import InvalidInput
 from toolchain.quantize import qdq
+from toolchain.quantize.plan import make_plan
 from toolchain.quantize.presets import PRESETS, detect_isa, resolve_preset
 
 CPUINFO = (
@@ -77,7 +78,7 @@ def _quantize(model_path, tmp_path, preset, data):
     from calibration.statistics import MethodSpec, activation_tensors, calibrate
 
     proto = onnx.load(str(model_path))
-    plan = qdq.make_plan(proto, preset)
+    plan = make_plan(proto, preset)
     tensors = activation_tensors(proto, plan.op_types)
     calib = calibrate(model_path, Dataset({"x": data}), tensors, MethodSpec("minmax"))
     out = tmp_path / f"{preset.name}.onnx"

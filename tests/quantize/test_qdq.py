@@ -15,7 +15,8 @@ from calibration.statistics import MethodSpec, activation_tensors, calibrate
 from targets.tensorrt_qdq import tensorrt_violations
 from tests.quantize import models
 from toolchain.core.errors import InvalidInput
-from toolchain.quantize import qdq
+from toolchain.quantize import qdq, rewrites
+from toolchain.quantize.plan import activation_matmuls, make_plan
 from toolchain.quantize.presets import PRESETS
 
 # Tests that measure a preset's effect name the preset: the default follows this CPU's
@@ -71,14 +72,14 @@ def _split_model(tmp_path, outlier: float, ratio: float | None):
     calib = Dataset({"x": models.residual_data(64, seed=1, outlier=outlier)})
     model = onnx.load(str(path))
     preset = PRESETS["ort-cpu-vnni"]
-    plan = qdq.make_plan(model, preset)
+    plan = make_plan(model, preset)
     masked = {}
     if ratio:
-        targets = qdq.split_targets(model, plan.quantized(model))
+        targets = rewrites.split_targets(model, plan.quantized(model))
         chans = calibrate(
             path, calib, [], MethodSpec(), channel_tensors=[t.tensor for t in targets]
         )
-        res = qdq.split_outliers(model, targets, chans.channel_absmax, ratio, 8, 1.0)
+        res = rewrites.split_outliers(model, targets, chans.channel_absmax, ratio, 8, 1.0)
         plan, masked = plan.with_float(res.float_nodes, "outliers"), res.masked
     prepared = qdq.save_model(model, tmp_path / f"prepared-{ratio}.onnx")
     tensors = activation_tensors(model, plan.op_types)
@@ -144,8 +145,8 @@ def test_smoothing_is_exact_in_float_and_rescues_narrow_channels(cli, tmp_path):
     # in float the smoothed model is the original: X·W = (X/s)·(s·W)
     model = onnx.load(str(src))
     chans = calibrate(src, Dataset({"x": x}), [], MethodSpec(), channel_tensors=["x"])
-    targets = qdq.split_targets(model, ["proj"])
-    res = qdq.smooth_channels(model, targets, chans.channel_absmax, 0.75)
+    targets = rewrites.split_targets(model, ["proj"])
+    res = rewrites.smooth_channels(model, targets, chans.channel_absmax, 0.75)
     assert res.renamed == {"x": "x_smooth"}
     np.testing.assert_allclose(
         run(qdq.save_model(model, tmp_path / "smooth.onnx"), x), ref, rtol=1e-4, atol=1e-4
@@ -155,16 +156,16 @@ def test_smoothing_is_exact_in_float_and_rescues_narrow_channels(cli, tmp_path):
 def test_plan_exclude_op_types_and_their_errors(conv_net):
     model = onnx.load(str(conv_net["model"]))
     preset = PRESETS["ort-cpu-vnni"]
-    plan = qdq.make_plan(model, preset, exclude=["conv*"])
+    plan = make_plan(model, preset, exclude=["conv*"])
     assert "conv1" in plan.excluded and "conv2" in plan.excluded and "fc" in plan.quantized(model)
-    plan = qdq.make_plan(model, preset, op_types=["Gemm"])
+    plan = make_plan(model, preset, op_types=["Gemm"])
     assert plan.quantized(model) == ["fc"]
     with pytest.raises(InvalidInput, match="matches no node"):
-        qdq.make_plan(model, preset, exclude=["Conv_1"])
+        make_plan(model, preset, exclude=["Conv_1"])
     with pytest.raises(InvalidInput, match="cannot be quantized to QDQ; available"):
-        qdq.make_plan(model, preset, op_types=["Conv", "Frobnicate"])
+        make_plan(model, preset, op_types=["Conv", "Frobnicate"])
     with pytest.raises(InvalidInput, match="nothing to quantize"):
-        qdq.make_plan(model, preset, op_types=["LayerNormalization"])
+        make_plan(model, preset, op_types=["LayerNormalization"])
 
 
 def test_attention_style_matmuls_stay_float_on_cpu(tmp_path):
@@ -178,10 +179,10 @@ def test_attention_style_matmuls_stay_float_on_cpu(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4])],
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
-    assert qdq.activation_matmuls(model) == ["qk"]
+    assert activation_matmuls(model) == ["qk"]
     with pytest.raises(InvalidInput, match="nothing to quantize"):
-        qdq.make_plan(model, PRESETS["ort-cpu-vnni"])
-    assert qdq.make_plan(model, PRESETS["trt-gpu"]).quantized(model) == ["qk"]
+        make_plan(model, PRESETS["ort-cpu-vnni"])
+    assert make_plan(model, PRESETS["trt-gpu"]).quantized(model) == ["qk"]
 
 
 def test_dynamic_method_needs_no_calibration(cli, conv_net, tmp_path):

@@ -108,3 +108,8 @@ class GraphIndex:
 
     def readers(self, tensor: str) -> list[onnx.NodeProto]:
         return self.consumers.get(tensor, [])
+
+    def producer_name(self, tensor: str) -> str:
+        """The name of the node that computes `tensor`; "" for graph inputs and initializers."""
+        node = self.producers.get(tensor)
+        return node.name if node is not None else ""

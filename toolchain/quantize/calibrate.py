@@ -3,7 +3,8 @@ outlier channels split off and the rest smoothed, then the activation ranges (ca
 
 1. Outlier channels: channel maxima of the weighted MatMuls' inputs (one pass, cached); the
    few channels far above the rest are computed in float beside the int8 product
-   (qdq.split_outliers), and the others are smoothed into the weights (qdq.smooth_channels).
+   (rewrites.split_outliers), and the others are smoothed into the weights
+   (rewrites.smooth_channels).
 2. Ranges: one streaming pass (calibration/statistics.py, cached by model + data + method).
 """
 
@@ -30,7 +31,8 @@ from calibration.statistics import (
 from toolchain.core.artifact import IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.progress import track
-from toolchain.quantize import qdq
+from toolchain.quantize import qdq, rewrites
+from toolchain.quantize.plan import Plan
 from toolchain.quantize.presets import Preset
 
 
@@ -87,7 +89,7 @@ class Prepared:
 
     path: Path
     ranges: dict[str, tuple[float, float]]
-    plan: qdq.Plan
+    plan: Plan
     info: dict[str, Any]
     masked: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -102,10 +104,10 @@ class Calibrator:
         self.digest = dataset_digest(data)
         self.kw = {"batch_size": cfg.batch_size, "threads": cfg.threads, "track": track}
 
-    def channel_pass(self, model, proto, plan: qdq.Plan, info: dict) -> tuple[qdq.Plan, dict]:
+    def channel_pass(self, model, proto, plan: Plan, info: dict) -> tuple[Plan, dict]:
         """Split the outlier channels off and smooth the rest, in `model` (in place)."""
         preset, masked = self.preset, {}
-        targets = qdq.split_targets(proto, plan.quantized(proto))
+        targets = rewrites.split_targets(proto, plan.quantized(proto))
         if not targets or not (preset.outlier_ratio or preset.smooth_alpha):
             return plan, masked
         chans = [t.tensor for t in targets]
@@ -127,7 +129,7 @@ class Calibrator:
         )
         info["passes"].append(done)
         if preset.outlier_ratio:
-            split = qdq.split_outliers(
+            split = rewrites.split_outliers(
                 model, targets, chan.channel_absmax, preset.outlier_ratio,
                 preset.outlier_channels, preset.outlier_min_shrink,
             )  # fmt: skip
@@ -137,14 +139,14 @@ class Calibrator:
             masked = split.masked
             info["outlier_channels"] = split.split
         if preset.smooth_alpha:
-            smooth = qdq.smooth_channels(
+            smooth = rewrites.smooth_channels(
                 model, targets, chan.channel_absmax, preset.smooth_alpha, masked
             )
             masked = {smooth.renamed.get(t, t): idx for t, idx in masked.items()}
             info["smoothed"] = {"alpha": preset.smooth_alpha, "tensors": smooth.smoothed}
         return plan, masked
 
-    def range_pass(self, prepared: Path, plan: qdq.Plan, masked: dict, info: dict):
+    def range_pass(self, prepared: Path, plan: Plan, masked: dict, info: dict):
         """The activation ranges of the prepared model's quantized inputs."""
         proto = onnx.load(str(prepared), load_external_data=False)
         tensors = activation_tensors(proto, plan.op_types)
@@ -186,7 +188,7 @@ class Calibrator:
         info["passes"].append(done)
         return dict(calib.ranges)
 
-    def prepare(self, plan: qdq.Plan, work: Path) -> Prepared:
+    def prepare(self, plan: Plan, work: Path) -> Prepared:
         info: dict[str, Any] = {
             "method": self.method.key(),
             "samples": len(self.data),

@@ -55,12 +55,12 @@ class Preset:
     activation_matmuls: bool = False
     # Input channels of a weighted MatMul whose max |x| exceeds outlier_ratio × the median
     # channel's are computed in float beside the int8 product (at most outlier_channels per
-    # tensor; qdq.split_outliers). None: off.
+    # tensor; rewrites.split_outliers). None: off.
     outlier_ratio: float | None = 4.0
     outlier_channels: int = 8
     outlier_min_shrink: float = 3.0  # split only if the int8 range shrinks at least this much
     # SmoothQuant's migration strength for the remaining channels of those MatMuls' inputs
-    # (qdq.smooth_channels); None: off. 0.75 did better than 0.5 and 0.85 on all-MiniLM-L6-v2
+    # (rewrites.smooth_channels); None: off. 0.75 did better than 0.5 and 0.85 on all-MiniLM-L6-v2
     # (--smooth-alpha, scored as benchmarks/quantize_minilm.py scores its variants).
     smooth_alpha: float | None = 0.75
     # Op types whose output stays float: DQ→MatMul with a float output becomes onnxruntime's

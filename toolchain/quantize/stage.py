@@ -136,9 +136,9 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     from toolchain.build import carry_preprocessing, info_with_carried
     from toolchain.core.files import write_json
     from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
-    from toolchain.quantize import qdq
     from toolchain.quantize.calibrate import calibration_data, load_checked
     from toolchain.quantize.loop import AccuracyLoop
+    from toolchain.quantize.plan import make_plan
     from toolchain.validate.metrics import check_metric_names
     from toolchain.validate.stage import find_tokenizer
 
@@ -151,7 +151,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     start = time.perf_counter()
     io = io_from_onnx(proto := check_onnx(src.path))
     preset = _preset(cfg)
-    plan = qdq.make_plan(proto, preset, cfg.op_types or None, cfg.exclude)
+    plan = make_plan(proto, preset, cfg.op_types or None, cfg.exclude)
     tok = find_tokenizer(cfg.tokenizer, src)
     # every input is checked before any quantization work
     calib = calibration_data(cfg, io, tok) if cfg.method != "dynamic" else None
