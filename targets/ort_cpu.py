@@ -13,7 +13,7 @@ import numpy as np
 from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import check_onnx, io_from_onnx
+from toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
 from toolchain.core.ort_session import DISABLED_OPTIMIZERS, ort_session
 
 __all__ = ["DISABLED_OPTIMIZERS", "OrtCpu", "runner_from_onnx", "session_from_onnx"]
@@ -50,17 +50,14 @@ def fuse_int8_bias(model) -> int:
     """
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    outputs = {o.name for o in model.graph.output}
+    index = GraphIndex(model)
+    inits = index.initializers
     fused = []
     for n in model.graph.node:
-        if n.op_type != "MatMulIntegerToFloat" or len(n.input) > 6 or n.output[0] in outputs:
+        out = n.output[0]
+        if n.op_type != "MatMulIntegerToFloat" or len(n.input) > 6 or out in index.graph_outputs:
             continue
-        after = readers.get(n.output[0], [])
+        after = index.readers(out)
         if len(after) != 1 or after[0].op_type != "Add" or n.input[1] not in inits:
             continue
         add = after[0]

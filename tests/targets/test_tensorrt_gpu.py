@@ -16,10 +16,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from targets.base import ENGINE_CONFIG, BuildConfig
-from targets.tensorrt_gpu import (
+from targets.tensorrt_config import (
     DeviceFacts,
     ShapeRange,
-    TrtGpu,
     check_feeds,
     compatibility_problems,
     count_quantize_nodes,
@@ -28,6 +27,7 @@ from targets.tensorrt_gpu import (
     parse_options,
     profile_shapes,
 )
+from targets.tensorrt_gpu import TrtGpu
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision, TensorSpec
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.onnx_model import io_from_onnx

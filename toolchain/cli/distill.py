@@ -8,89 +8,105 @@ import typer
 from toolchain.cli._run import execute, one_stage, path_str
 from toolchain.cli.options import Out, PrintRecipe, Task, Threads, Weights
 
+# The command's options (module-level so that its signature stays short).
+_Teacher = Annotated[
+    str,
+    typer.Option(
+        help="The teacher: package.module:factory (+ --weights) or a Hugging Face folder."
+    ),
+]
+_Data = Annotated[
+    Path,
+    typer.Option(help="Training data: .npz, .npy folder, text lines or .jsonl; labels optional."),
+]
+_Student = Annotated[
+    str | None, typer.Option(help="The student's architecture: package.module:factory.")
+]
+_StudentLayers = Annotated[
+    int | None,
+    typer.Option(help="Or: keep K of a Hugging Face teacher's layers, initialised from it."),
+]
+_KeepLayer = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--keep-layer", help="Which teacher layer to keep (repeatable; default evenly spaced)."
+    ),
+]
+_EvalData = Annotated[
+    Path | None,
+    typer.Option(help="Eval data for the best checkpoint (default: 10% of --data held out)."),
+]
+_Tokenizer = Annotated[
+    Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")
+]
+_SeqLen = Annotated[int | None, typer.Option(help="Token sequence length for text data.")]
+_Limit = Annotated[int | None, typer.Option(help="Use only the first N samples.")]
+_Epochs = Annotated[int | None, typer.Option(help="Epochs (default 10).")]
+_BatchSize = Annotated[
+    int | None, typer.Option(help="Global batch, split across torchrun processes (default 64).")
+]
+_Lr = Annotated[
+    float | None,
+    typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived)."),
+]
+_Temperature = Annotated[
+    float | None, typer.Option(help="Softmax temperature of the soft targets (default 4).")
+]
+_Alpha = Annotated[
+    float | None,
+    typer.Option(help="Weight of the soft targets; 1 - alpha goes to the labels (default 0.5)."),
+]
+_Loss = Annotated[
+    str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")
+]
+_Output = Annotated[
+    str | None,
+    typer.Option(help="The output to compare (default: the only (batch, features) one)."),
+]
+_HiddenWeight = Annotated[
+    float | None,
+    typer.Option(help="Weight of the hidden-state MSE (derived students; default 0)."),
+]
+_Dropout = Annotated[
+    float | None,
+    typer.Option(
+        help="Dropout probability in the student while it trains (default: as built; 0 "
+        "lets it match the teacher's outputs exactly)."
+    ),
+]
+_Seed = Annotated[
+    int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")
+]
+_Resume = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue an interrupted run after its last complete epoch."),
+]
+
 
 def command(
-    teacher: Annotated[
-        str,
-        typer.Option(
-            help="The teacher: package.module:factory (+ --weights) or a Hugging Face folder."
-        ),
-    ],
-    data: Annotated[
-        Path,
-        typer.Option(
-            help="Training data: .npz, .npy folder, text lines or .jsonl; labels optional."
-        ),
-    ],
+    teacher: _Teacher,
+    data: _Data,
     out: Out,
-    student: Annotated[
-        str | None, typer.Option(help="The student's architecture: package.module:factory.")
-    ] = None,
-    student_layers: Annotated[
-        int | None,
-        typer.Option(help="Or: keep K of a Hugging Face teacher's layers, initialised from it."),
-    ] = None,
-    keep_layer: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--keep-layer", help="Which teacher layer to keep (repeatable; default evenly spaced)."
-        ),
-    ] = None,
+    student: _Student = None,
+    student_layers: _StudentLayers = None,
+    keep_layer: _KeepLayer = None,
     weights: Weights = None,
     task: Task = None,
-    eval_data: Annotated[
-        Path | None,
-        typer.Option(help="Eval data for the best checkpoint (default: 10% of --data held out)."),
-    ] = None,
-    tokenizer: Annotated[
-        Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")
-    ] = None,
-    seq_len: Annotated[
-        int | None, typer.Option(help="Token sequence length for text data.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default 10).")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Global batch, split across torchrun processes (default 64).")
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived)."),
-    ] = None,
-    temperature: Annotated[
-        float | None, typer.Option(help="Softmax temperature of the soft targets (default 4).")
-    ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of the soft targets; 1 - alpha goes to the labels (default 0.5)."
-        ),
-    ] = None,
-    loss: Annotated[
-        str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(help="The output to compare (default: the only (batch, features) one)."),
-    ] = None,
-    hidden_weight: Annotated[
-        float | None,
-        typer.Option(help="Weight of the hidden-state MSE (derived students; default 0)."),
-    ] = None,
-    dropout: Annotated[
-        float | None,
-        typer.Option(
-            help="Dropout probability in the student while it trains (default: as built; 0 "
-            "lets it match the teacher's outputs exactly)."
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue an interrupted run after its last complete epoch."),
-    ] = False,
+    eval_data: _EvalData = None,
+    tokenizer: _Tokenizer = None,
+    seq_len: _SeqLen = None,
+    limit: _Limit = None,
+    epochs: _Epochs = None,
+    batch_size: _BatchSize = None,
+    lr: _Lr = None,
+    temperature: _Temperature = None,
+    alpha: _Alpha = None,
+    loss: _Loss = None,
+    output: _Output = None,
+    hidden_weight: _HiddenWeight = None,
+    dropout: _Dropout = None,
+    seed: _Seed = None,
+    resume: _Resume = False,
     threads: Threads = None,
     print_recipe: PrintRecipe = False,
 ) -> None:

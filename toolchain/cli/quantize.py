@@ -22,98 +22,115 @@ from toolchain.quantize.stage import QuantizeStage
 D = QuantizeStage.default
 
 
+# The command's options (module-level so that its signature stays short).
+_Model = Annotated[
+    Path, typer.Argument(help="The fp32 ONNX model (or a directory an export wrote).")
+]
+_Calibration = Annotated[
+    Path | None,
+    typer.Option(
+        help="Calibration data: .npz, a folder of .npy or images, or text lines (+ tokenizer)."
+    ),
+]
+_Method = Annotated[
+    str | None,
+    typer.Option(
+        help=f"minmax, percentile, entropy, or dynamic (no calibration); default {D('method')}."
+    ),
+]
+_Samples = Annotated[
+    int | None, typer.Option(help="Calibration samples, drawn with --seed (default: all).")
+]
+_Seed = Annotated[
+    int | None, typer.Option(help=f"Seed of the calibration draw (default {D('seed')}).")
+]
+_Percentile = Annotated[
+    float | None,
+    typer.Option(
+        help=f"Percentile of |x| kept by --method percentile (default {D('percentile')})."
+    ),
+]
+_Preset = Annotated[
+    str | None,
+    typer.Option(
+        help="Preset name (default: the target's; for ort-cpu, by this CPU's instruction set)."
+    ),
+]
+_OpTypes = Annotated[
+    list[str] | None,
+    typer.Option("--op-types", help="Op type to quantize (repeatable; replaces the preset's)."),
+]
+_Exclude = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Node-name pattern kept in float (fnmatch, repeatable)."),
+]
+_OutlierRatio = Annotated[
+    float | None,
+    typer.Option(
+        help="Input channels above this × the median channel's max run in float "
+        "(0: off; default: the preset's)."
+    ),
+]
+_SmoothAlpha = Annotated[
+    float | None,
+    typer.Option(
+        help="SmoothQuant strength: move this much of the activation channels' range into "
+        "the weights (0: off; default: the preset's).",
+    ),
+]
+_Tokenizer = Annotated[
+    Path | None,
+    typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
+]
+_SeqLen = Annotated[
+    int | None,
+    typer.Option(help=f"Token sequence length for text data (default {D('seq_len')})."),
+]
+_Image = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--image",
+        help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, "
+        "resample; lists comma-separated).",
+    ),
+]
+_Eval = Annotated[
+    Path | None,
+    typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
+]
+_EvalLimit = Annotated[int | None, typer.Option(help="Use only the first N eval samples.")]
+_MaxFallback = Annotated[int | None, typer.Option(help="Put at most N nodes back to float.")]
+_CacheDir = Annotated[
+    Path | None,
+    typer.Option(help="Calibration cache (default: .edgesmith/cache/quantize beside -o)."),
+]
+
+
 def command(
-    model: Annotated[
-        Path, typer.Argument(help="The fp32 ONNX model (or a directory an export wrote).")
-    ],
+    model: _Model,
     out: Out,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            help="Calibration data: .npz, a folder of .npy or images, or text lines (+ tokenizer)."
-        ),
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            help=f"minmax, percentile, entropy, or dynamic (no calibration); default {D('method')}."
-        ),
-    ] = None,
-    samples: Annotated[
-        int | None, typer.Option(help="Calibration samples, drawn with --seed (default: all).")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help=f"Seed of the calibration draw (default {D('seed')}).")
-    ] = None,
-    percentile: Annotated[
-        float | None,
-        typer.Option(
-            help=f"Percentile of |x| kept by --method percentile (default {D('percentile')})."
-        ),
-    ] = None,
+    calibration: _Calibration = None,
+    method: _Method = None,
+    samples: _Samples = None,
+    seed: _Seed = None,
+    percentile: _Percentile = None,
     target: Target = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="Preset name (default: the target's; for ort-cpu, by this CPU's instruction set)."
-        ),
-    ] = None,
-    op_types: Annotated[
-        list[str] | None,
-        typer.Option("--op-types", help="Op type to quantize (repeatable; replaces the preset's)."),
-    ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option("--exclude", help="Node-name pattern kept in float (fnmatch, repeatable)."),
-    ] = None,
-    outlier_ratio: Annotated[
-        float | None,
-        typer.Option(
-            help="Input channels above this × the median channel's max run in float "
-            "(0: off; default: the preset's)."
-        ),
-    ] = None,
-    smooth_alpha: Annotated[
-        float | None,
-        typer.Option(
-            help="SmoothQuant strength: move this much of the activation channels' range into "
-            "the weights (0: off; default: the preset's).",
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        Path | None,
-        typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
-    ] = None,
-    seq_len: Annotated[
-        int | None,
-        typer.Option(help=f"Token sequence length for text data (default {D('seq_len')})."),
-    ] = None,
-    image: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--image",
-            help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, "
-            "resample; lists comma-separated).",
-        ),
-    ] = None,
-    eval: Annotated[
-        Path | None,
-        typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
-    ] = None,
+    preset: _Preset = None,
+    op_types: _OpTypes = None,
+    exclude: _Exclude = None,
+    outlier_ratio: _OutlierRatio = None,
+    smooth_alpha: _SmoothAlpha = None,
+    tokenizer: _Tokenizer = None,
+    seq_len: _SeqLen = None,
+    image: _Image = None,
+    eval: _Eval = None,
     metric: Metric = None,
     max_drop: MaxDrop = None,
     output: GateOutput = None,
-    eval_limit: Annotated[
-        int | None, typer.Option(help="Use only the first N eval samples.")
-    ] = None,
-    max_fallback: Annotated[
-        int | None, typer.Option(help="Put at most N nodes back to float.")
-    ] = None,
+    eval_limit: _EvalLimit = None,
+    max_fallback: _MaxFallback = None,
     threads: Threads = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(help="Calibration cache (default: .edgesmith/cache/quantize beside -o)."),
-    ] = None,
+    cache_dir: _CacheDir = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Quantize to int8 (QDQ) with calibrated ranges.

@@ -8,6 +8,7 @@ Pickle checkpoints are refused: loading one runs arbitrary code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import re
@@ -98,13 +99,27 @@ def is_factory(model: str) -> bool:
     return bool(FACTORY_RE.match(model)) and not Path(model).exists()
 
 
+@contextlib.contextmanager
+def _cwd_importable():
+    """The working directory on sys.path while a factory's module is imported (as with
+    python -m), and off it again after: no lasting change to the process's import path."""
+    cwd = str(Path.cwd())
+    added = "" not in sys.path and cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def import_factory(ref: str):
     """Import `package.module:factory`; the working directory is importable, as with python -m."""
     module_name, _, attr = ref.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        with _cwd_importable():
+            module = importlib.import_module(module_name)
     except ImportError as e:
         raise InvalidInput(f"factory '{ref}': cannot import module '{module_name}' ({e})") from None
     factory = getattr(module, attr, None)
