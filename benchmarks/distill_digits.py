@@ -58,7 +58,6 @@ def top1(model: torch.nn.Module, split: str) -> float:
 def distil(data: Path, alpha: float, epochs: int, seed: int, work: Path) -> dict:
     from toolchain.distill.setup import prepare
     from toolchain.distill.stage import DistillStage
-    from toolchain.distill.trainer import train
     from toolchain.export.source import SourceSpec, resolve_source
 
     spec = SourceSpec(TEACHER, str(DIGITS / "model.safetensors"))
@@ -75,14 +74,7 @@ def distil(data: Path, alpha: float, epochs: int, seed: int, work: Path) -> dict
     setup = prepare(resolve_source(spec), cfg, lambda _m: None)
     ckpt = work / f"ckpt-{data.stem}-{alpha}-{seed}"
     t = time.perf_counter()
-    result = train(
-        setup.pair,
-        setup.train_data,
-        setup.eval_data,
-        setup.train_cfg,
-        checkpoints=ckpt,
-        fingerprint=setup.fingerprint,
-    )
+    result = setup.trainer(ckpt).fit()
     seconds = time.perf_counter() - t
     shutil.rmtree(ckpt)
     return {

@@ -14,7 +14,6 @@ from toolchain.core.errors import InvalidInput
 from toolchain.distill.checkpoints import latest_checkpoint
 from toolchain.distill.setup import prepare
 from toolchain.distill.stage import DistillStage
-from toolchain.distill.trainer import train
 from toolchain.export.source import SourceSpec, resolve_source
 
 STUDENT = "examples.digits_student:make_student"
@@ -31,16 +30,8 @@ def setup_for(teacher_dir: Path, **kw):
     return prepare(resolve_source(spec), cfg, lambda _m: None)
 
 
-def run(setup, checkpoints: Path, **kw):
-    return train(
-        setup.pair,
-        setup.train_data,
-        setup.eval_data,
-        setup.train_cfg,
-        checkpoints=checkpoints,
-        fingerprint=setup.fingerprint,
-        **kw,
-    )
+def run(setup, checkpoints: Path, resume: bool = False, **kw):
+    return setup.trainer(checkpoints, **kw).fit(resume)
 
 
 def predict(student: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ The student comes out as something the export stage takes, like any source:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from toolchain.distill.students import (
     save_hf_student,
     student_from_factory,
 )
-from toolchain.distill.trainer import Pair, TrainConfig
+from toolchain.distill.trainer import Callback, Pair, TrainConfig, Trainer
 from toolchain.export.source import import_factory, torch_spec
 
 # A student trained from its own initialisation takes a larger step than one initialised
@@ -58,6 +58,13 @@ class Setup:
     teacher_params: int
     student_params: int
     save: Callable[[Path], ModelArtifact]  # writes the trained student into a directory
+
+    def trainer(self, checkpoints: Path, log=None, callbacks: Sequence[Callback] = ()) -> Trainer:
+        """The training loop over this set-up, checkpointing into `checkpoints`."""
+        return Trainer(
+            self.pair, self.train_data, self.eval_data, self.train_cfg,
+            checkpoints=checkpoints, fingerprint=self.fingerprint, log=log, callbacks=callbacks,
+        )  # fmt: skip
 
 
 @dataclass

@@ -61,7 +61,7 @@ def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
     import torch
 
     from toolchain.distill.setup import prepare
-    from toolchain.distill.trainer import close_distributed, init_distributed, train
+    from toolchain.distill.trainer import close_distributed, init_distributed
 
     setup = prepare(inputs.model, cfg, work.log)
     try:
@@ -74,16 +74,8 @@ def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
             f"training, {len(setup.eval_data)} eval samples; loss {setup.train_cfg.loss} on "
             f"'{setup.train_cfg.output}'"
         )
-        result = train(
-            setup.pair,
-            setup.train_data,
-            setup.eval_data,
-            setup.train_cfg,
-            checkpoints=work.scratch,
-            fingerprint=setup.fingerprint,
-            resume=cfg.resume,
-            log=work.log,
-        )
+        trainer = setup.trainer(work.scratch, log=work.log)
+        result = trainer.fit(resume=cfg.resume)
     finally:
         close_distributed()
     if work.rank != 0:

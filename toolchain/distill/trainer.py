@@ -60,7 +60,7 @@ from toolchain.distill.students import capture_outputs, set_dropout
 
 __all__ = [
     "Callback", "Pair", "TrainConfig", "TrainResult", "Trainer", "close_distributed",
-    "init_distributed", "latest_checkpoint", "train",
+    "init_distributed", "latest_checkpoint",
 ]  # fmt: skip
 
 
@@ -422,23 +422,3 @@ class Trainer:
             self.metric_name, self.teacher_metric, p.best_epoch, p.best_metric, p.history,
             world, digests, p.resumed_after, p.stopped_after,
         )  # fmt: skip
-
-
-def train(
-    pair: Pair,
-    train_data: Dataset,
-    eval_data: Dataset,
-    cfg: TrainConfig,
-    *,
-    checkpoints: Path,
-    fingerprint: str,
-    resume: bool = False,
-    log: Callable[[str], None] | None = None,
-    callbacks: Sequence[Callback] = (),
-) -> TrainResult:
-    """Distil with a Trainer (see there); the student ends with the best epoch's weights."""
-    trainer = Trainer(
-        pair, train_data, eval_data, cfg, checkpoints=checkpoints, fingerprint=fingerprint,
-        log=log, callbacks=callbacks,
-    )  # fmt: skip
-    return trainer.fit(resume)

@@ -195,13 +195,12 @@ def plot_sensitivity(
     ranking: list[tuple[str, float]], fallback: set[str], path: Path, top: int = 40
 ) -> Path:
     """Horizontal bars, most sensitive first (log scale); nodes put back to float in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, drawn by its file type's canvas: no pyplot, no process-wide backend
+    from matplotlib.figure import Figure
 
     shown = ranking[:top]
-    fig, ax = plt.subplots(figsize=(9, 0.28 * len(shown) + 1.6))
+    fig = Figure(figsize=(9, 0.28 * len(shown) + 1.6))
+    ax = fig.subplots()
     labels = [n if len(n) <= 60 else "…" + n[-59:] for n, _ in shown]
     values = [max(e, 1e-12) for _, e in shown]
     colors = ["#c0392b" if n in fallback else "#2e86c1" for n, _ in shown]
@@ -214,5 +213,4 @@ def plot_sensitivity(
     ax.set_title(f"Quantization sensitivity per node{more}; red: kept in float", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
