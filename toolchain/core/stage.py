@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 # kind → the module whose STAGE registers it. Adding a stage: its module and one line here.
 BUILTIN_STAGES: dict[str, str] = {
+    "prune": "toolchain.prune.stage",
     "distill": "toolchain.distill.stage",
     "export": "toolchain.export.stage",
     "quantize": "toolchain.quantize.stage",

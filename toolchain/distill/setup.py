@@ -112,7 +112,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
     if src.format is Format.torch:
         from toolchain.export.torch import TorchRunner, load_torch
 
-        if cfg.student_layers:
+        if getattr(cfg, "student_layers", None):
             raise InvalidInput(
                 "student_layers derives a student from a Hugging Face encoder; for a PyTorch "
                 "teacher name the student's architecture (student = package.module:factory)"
@@ -144,7 +144,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
     )
 
 
-def _load_data(cfg, io: IoSpec, tokenizer: Path | None) -> tuple[Dataset, Dataset]:
+def load_data(cfg, io: IoSpec, tokenizer: Path | None) -> tuple[Dataset, Dataset]:
     def load(path: str) -> Dataset:
         p = Path(path)
         if p.suffix in TEXT_SUFFIXES and tokenizer is None:
@@ -167,7 +167,7 @@ def _load_data(cfg, io: IoSpec, tokenizer: Path | None) -> tuple[Dataset, Datase
     return subset(perm[n_eval:]), subset(perm[:n_eval])
 
 
-def _choose_output(teacher: Teacher, data: Dataset, wanted: str | None) -> str:
+def choose_output(teacher: Teacher, data: Dataset, wanted: str | None) -> str:
     """The output the loss compares: the one named, the only one, or the only (batch, features)."""
     with torch.no_grad():
         feeds = {k: torch.from_numpy(v[:2]) for k, v in data.feeds.items()}
@@ -262,11 +262,12 @@ def derived_student(cfg, src: ModelArtifact, teacher: Teacher, log) -> Student:
     )
 
 
-def train_config(cfg, student: Student, output: str, task: str | None) -> TrainConfig:
+def train_config(cfg, default_lr: float, output: str, task: str | None) -> TrainConfig:
+    """The loop's settings from a Training config (distill/stage.py)."""
     loss = cfg.loss if cfg.loss != "auto" else ("embedding" if task == FEATURE_TASK else "soft")
     return TrainConfig(
         epochs=cfg.epochs,
-        lr=cfg.lr or student.default_lr,
+        lr=cfg.lr or default_lr,
         batch_size=cfg.batch_size,
         loss=loss,
         output=output,
@@ -329,8 +330,8 @@ def saver(cfg, src: ModelArtifact, teacher: Teacher, student: Student):
 def prepare(src: ModelArtifact, cfg, log: Callable[[str], None]) -> Setup:
     """Load teacher, student and data for `cfg`; the same on every process."""
     teacher = load_teacher(src, cfg)
-    train_data, eval_data = _load_data(cfg, teacher.io, teacher.tokenizer)
-    output = _choose_output(teacher, train_data, cfg.output)
+    train_data, eval_data = load_data(cfg, teacher.io, teacher.tokenizer)
+    output = choose_output(teacher, train_data, cfg.output)
     if cfg.student:
         student = factory_student(cfg, teacher, output, train_data)
     else:
@@ -347,7 +348,7 @@ def prepare(src: ModelArtifact, cfg, log: Callable[[str], None]) -> Setup:
         Pair(student.module, teacher.module, student.layers),
         train_data,
         eval_data,
-        train_config(cfg, student, output, teacher.task),
+        train_config(cfg, student.default_lr, output, teacher.task),
         fingerprint,
         parameter_count(teacher.module),
         parameter_count(student.module),

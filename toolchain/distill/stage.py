@@ -19,13 +19,10 @@ from toolchain.core.recipe import StageConfig
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 
 
-class DistillStage(StageConfig):
-    """A smaller student trained on the teacher's outputs (toolchain/distill)."""
+class Training(StageConfig):
+    """What a stage that trains with the distillation loop takes (distill; prune's recovery):
+    the data, the loss and the optimiser's settings. Fields only; the stages add their own."""
 
-    kind: Literal["distill"] = "distill"
-    student: str | None = None  # package.module:factory, the student's architecture
-    student_layers: int | None = Field(default=None, ge=1)  # or: K of the teacher's layers
-    keep_layers: list[int] = []  # which ones (default: evenly spaced, first and last kept)
     data: str  # training data: .npz, a folder of .npy, or text lines / .jsonl
     eval_data: str | None = None  # default: eval_fraction of `data`, held out
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
@@ -34,7 +31,7 @@ class DistillStage(StageConfig):
     limit: int | None = Field(default=None, ge=1)
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=64, ge=1)  # global, across torchrun processes
-    lr: float | None = Field(default=None, gt=0)  # default: by student kind (distill/stage.py)
+    lr: float | None = Field(default=None, gt=0)  # default: by student kind (distill/setup.py)
     temperature: float = Field(default=4.0, gt=0)
     alpha: float = Field(default=0.5, ge=0, le=1)  # soft-target weight; 1 - alpha on labels
     loss: Literal["auto", "soft", "embedding"] = "auto"
@@ -43,11 +40,20 @@ class DistillStage(StageConfig):
     cos_weight: float = Field(default=1.0, ge=0)
     hidden_weight: float = Field(default=0.0, ge=0)
     dropout: float | None = Field(default=None, ge=0, lt=1)  # the student's; None: as built
-    train_embeddings: bool = False  # derived students: also train the token embeddings
     weight_decay: float = Field(default=0.01, ge=0)
     seed: int = 0
     resume: bool = False  # continue an interrupted run from its last complete epoch
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "eval_data", "tokenizer")
+
+
+class DistillStage(Training):
+    """A smaller student trained on the teacher's outputs (toolchain/distill)."""
+
+    kind: Literal["distill"] = "distill"
+    student: str | None = None  # package.module:factory, the student's architecture
+    student_layers: int | None = Field(default=None, ge=1)  # or: K of the teacher's layers
+    keep_layers: list[int] = []  # which ones (default: evenly spaced, first and last kept)
+    train_embeddings: bool = False  # derived students: also train the token embeddings
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillStage:

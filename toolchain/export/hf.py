@@ -77,6 +77,41 @@ class HfModel:
         return {k: np.asarray(v) for k, v in feeds.items() if k in self.onnx_config.inputs}
 
 
+def _pruning_record(path: Path) -> dict | None:
+    from toolchain.prune.encoder import CONFIG_KEY
+
+    try:
+        record = json.loads((Path(path) / "config.json").read_text()).get(CONFIG_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None  # the loader below reports an unreadable config in its own words
+    if record is not None and not isinstance(record, dict):
+        raise InvalidInput(f"{path}/config.json: {CONFIG_KEY} must be an object")
+    return record
+
+
+def _load_pruned_weights(model: Any, path: Path, record: dict) -> None:
+    """The recorded shapes, then the folder's weights, every tensor checked (strict)."""
+    from safetensors.torch import load_file
+
+    from toolchain.distill.students import pretrained_part
+    from toolchain.prune.encoder import rebuild_shapes
+
+    rebuild_shapes(model, record)
+    base = pretrained_part(model)
+    files = sorted(Path(path).glob("*.safetensors"))
+    state: dict = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    result = base.load_state_dict(state, strict=False)
+    tied = set(getattr(base, "_tied_weights_keys", None) or [])
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise InvalidInput(
+            f"{path}: the weights do not match the pruned shapes in config.json "
+            f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+
+
 def load_hf(path: Path, task: str | None = None) -> HfModel:
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the model families)
     from optimum.exporters.tasks import TasksManager
@@ -86,11 +121,18 @@ def load_hf(path: Path, task: str | None = None) -> HfModel:
     task = task or infer_task(path)
     if library == "sentence_transformers" and task != "feature-extraction":
         library = "transformers"  # a sentence-transformers folder with a task head
+    pruned = _pruning_record(path)
+    # a pruned folder's FFN sizes differ per layer, which transformers cannot express: it
+    # loads the model at full size, then our code gives it the recorded shapes and its weights
+    extra = {"ignore_mismatched_sizes": True} if pruned else {}
     try:
         with _quiet():
             model = TasksManager.get_model_from_task(
-                task, str(path), framework="pt", library_name=library, local_files_only=True
-            )
+                task, str(path), framework="pt", library_name=library, local_files_only=True,
+                **extra,
+            )  # fmt: skip
+            if pruned:
+                _load_pruned_weights(model, path, pruned)
             ctor = TasksManager.get_exporter_config_constructor(
                 "onnx", model=model, task=task, library_name=library
             )

@@ -1,0 +1,131 @@
+"""What pruning buys, measured on the engine that ships: each model exported to ONNX, built
+for ort-cpu (targets/ort_cpu.py, the same build `edgesmith build` makes) and timed side by
+side with the unpruned engine (interleaved rounds, warmed up, medians; toolchain/bench.py).
+
+The amount to prune for a latency target is searched on those measurements, not estimated
+from FLOPs: the search takes any `measure(fraction) -> ratio` (tests inject their own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from targets.base import BuildConfig
+from toolchain.bench import interleaved
+from toolchain.core.artifact import Format, ModelArtifact
+
+
+@dataclass
+class Engine:
+    """An ort-cpu engine of a model, loaded, with the path of its directory."""
+
+    path: Path
+    runner: Any
+
+
+def engine_of(hf, directory: Path, opset: int, threads: int | None) -> Engine:
+    """Export `hf` (toolchain/export/hf.py: HfModel) into `directory` and build it for ort-cpu."""
+    from targets.ort_cpu import OrtCpu
+    from toolchain.core.onnx_model import io_from_onnx
+    from toolchain.export.hf import onnx_from_hf
+
+    onnx_dir, engine_dir = directory / "onnx", directory / "engine"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    path = onnx_from_hf(hf, onnx_dir, opset)
+    import onnx
+
+    art = ModelArtifact(
+        path, Format.onnx, io=io_from_onnx(onnx.load(str(path), load_external_data=False))
+    )
+    target = OrtCpu()
+    engine = target.build(art, BuildConfig({"threads": threads} if threads else {}), engine_dir)
+    return Engine(engine_dir, target.load(engine, threads=threads))
+
+
+def text_feeds(io, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded token ids (in the first 1000 ids), full attention masks, zero token types."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in io.inputs:
+        if "mask" in t.name:
+            feeds[t.name] = np.ones((batch, seq), dtype=np.int64)
+        elif "type" in t.name:
+            feeds[t.name] = np.zeros((batch, seq), dtype=np.int64)
+        else:
+            feeds[t.name] = rng.integers(100, 1100, size=(batch, seq), dtype=np.int64)
+    return feeds
+
+
+def compare(
+    engines: dict[str, Engine], batches: list[int], seq: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """batch → {name: median ms}, every engine timed in alternation at each batch size."""
+    out = {}
+    io = next(iter(engines.values())).runner.io
+    for b in batches:
+        feeds = text_feeds(io, b, seq)
+        fns = {n: (lambda e=e, f=feeds: e.runner.infer(f)) for n, e in engines.items()}
+        out[str(b)] = {k: round(v, 4) for k, v in interleaved(fns, rounds, warmup=3).items()}
+    return out
+
+
+@dataclass
+class SearchPoint:
+    fraction: float
+    ratio: float  # pruned engine latency / unpruned, at the search's batch size
+
+    def to_dict(self) -> dict[str, float]:
+        return {"fraction": round(self.fraction, 4), "ratio": round(self.ratio, 4)}
+
+
+@dataclass
+class Search:
+    target: float
+    points: list[SearchPoint] = field(default_factory=list)
+    chosen: float | None = None  # the smallest fraction measured at or under the target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_ratio": self.target,
+            "chosen_fraction": self.chosen,
+            "reached": self.chosen is not None,
+            "tried": [p.to_dict() for p in self.points],
+        }
+
+
+def search_fraction(
+    measure: Callable[[float], float],
+    target: float,
+    low: float = 0.0,
+    high: float = 0.9,
+    steps: int = 6,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Search:
+    """The smallest pruned fraction whose measured latency ratio is at most `target`.
+
+    Bisection on [low, high], assuming more pruning is not slower; first `high` itself: if
+    the most pruning allowed misses the target, nothing less will reach it."""
+    search = Search(target)
+
+    def probe(f: float) -> float:
+        r = measure(f)
+        search.points.append(SearchPoint(f, r))
+        log(f"prune: {f:.1%} of heads and FFN neurons: engine latency {r:.3f}x the unpruned")
+        return r
+
+    if probe(high) > target:
+        return search
+    search.chosen = high
+    for _ in range(steps):
+        mid = (low + high) / 2
+        if probe(mid) <= target:
+            high = search.chosen = mid
+        else:
+            low = mid
+    return search

@@ -1,0 +1,84 @@
+"""The prune stage: a fine-tuned Hugging Face encoder in, a physically smaller one out.
+
+`method = "structured"` removes attention heads and FFN neurons (toolchain/prune/encoder.py:
+smaller Linear layers, so the exported graph and the engine shrink), chosen by importance
+(prune/importance.py), by a fraction or by a latency target searched on the ort-cpu engine
+(prune/latency.py), then recovers accuracy by distillation from the unpruned model through
+the distill stage's trainer (soft targets plus labels when the data has them; embeddings for
+feature-extraction models). The output is a Hugging Face folder whose config records the
+pruned shapes; `edgesmith export` takes it with no flags.
+
+The report (report.json, prune.png) gives per layer what was kept, parameters before and
+after, engine latency before and after, accuracy before pruning, after it and after recovery,
+and every point the latency search tried.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from toolchain.distill.stage import Training
+
+REPORT = "report.json"
+PLOT = "prune.png"
+
+
+class PruneStage(Training):
+    """Structured pruning with recovery (toolchain/prune)."""
+
+    kind: Literal["prune"] = "prune"
+    method: Literal["structured"] = "structured"
+    sparsity: float | None = Field(default=None, description="fraction of heads and FFN removed")
+    heads: float | None = Field(default=None, description="fraction of attention heads removed")
+    ffn: float | None = Field(default=None, description="fraction of FFN neurons removed")
+    target_latency: float | None = Field(
+        default=None, gt=0, lt=1, description="engine latency ratio to reach (searched)"
+    )
+    importance: Literal["auto", "taylor", "magnitude"] = "auto"
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int = Field(default=8, ge=1, description="kept FFN sizes are multiples of it")
+    importance_samples: int = Field(default=512, ge=1)
+    teacher: str | None = None  # the recovery's teacher; default the unpruned input model
+    epochs: int = Field(default=3, ge=0)  # recovery epochs; 0: none
+    batch_size: int = Field(default=32, ge=1)
+    latency_batches: list[int] = [1, 8]
+    latency_seq: int = Field(default=128, ge=1)
+    latency_rounds: int = Field(default=20, ge=1)
+    threads: int | None = Field(default=2, ge=1)  # of the engines timed
+    opset: int = Field(default=18, ge=7, le=23)
+    MODEL_FIELDS: ClassVar[dict[str, str | None]] = {"teacher": None}
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> PruneStage:
+        given = [self.sparsity is not None, self.heads is not None or self.ffn is not None]
+        given.append(self.target_latency is not None)
+        if sum(given) != 1:
+            raise ValueError("give exactly one of sparsity, heads/ffn, target_latency")
+        for name in ("sparsity", "heads", "ffn"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < 1:
+                raise ValueError(f"{name} {v}: the fraction pruned must be in [0, 1)")
+        return self
+
+    def fractions(self) -> tuple[float, float]:
+        if self.sparsity is not None:
+            return self.sparsity, self.sparsity
+        return self.heads or 0.0, self.ffn or 0.0
+
+
+def run(inputs: Inputs, cfg: PruneStage, work: Workdir) -> StageResult:
+    from toolchain.prune.run import prune
+
+    return prune(inputs, cfg, work)
+
+
+STAGE = Stage(
+    "prune",
+    PruneStage,
+    run,
+    help="Prune a fine-tuned encoder (heads and FFN neurons, for real), recover it by "
+    "distillation, and measure the engine before and after.",
+)
