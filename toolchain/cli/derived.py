@@ -16,11 +16,12 @@ from typing import Annotated, Any, Union
 
 import typer
 
-from toolchain.cli._run import execute, one_stage
+from toolchain.cli._run import execute, one_stage, path_str
+from toolchain.cli.options import Task, Weights
 from toolchain.core.errors import InvalidInput
 from toolchain.core.stage import Stage
 
-SKIP = {"kind", "out"}
+SKIP = {"kind", "out", "weights", "task"}  # the output, and the source's own flags
 SCALARS = (str, int, float, bool)
 
 
@@ -64,6 +65,10 @@ def derived_command(stage: Stage):
             inspect.Parameter.KEYWORD_ONLY,
             annotation=Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
         ),
+        inspect.Parameter(
+            "weights", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Weights
+        ),
+        inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Task),
     ]
     for name, f in fields.items():
         kind, repeatable = _option_type(f.annotation)
@@ -99,7 +104,8 @@ def derived_command(stage: Stage):
             if k in fields and v not in (None, [])
         }
         stage_cfg = {"kind": stage.kind, "out": str(kw["out"]), **values}
-        execute(one_stage({"model": kw["model"]}, stage_cfg, stage.kind), kw["print_recipe"])
+        source = {"model": kw["model"], "weights": path_str(kw["weights"]), "task": kw["task"]}
+        execute(one_stage(source, stage_cfg, stage.kind), kw["print_recipe"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -102,7 +102,13 @@ def _load_pruned_weights(model: Any, path: Path, record: dict) -> None:
     state: dict = {}
     for f in files:
         state.update(load_file(str(f)))
-    result = base.load_state_dict(state, strict=False)
+    try:
+        result = base.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch reports size mismatches this way
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), "")
+        raise InvalidInput(
+            f"{path}: the weights do not match the pruned shapes in config.json ({first})"
+        ) from None
     tied = set(getattr(base, "_tied_weights_keys", None) or [])
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:

@@ -42,14 +42,12 @@ def _choose_plan(pruner: StructuredPruner, cfg, work: Workdir, base: Engine, rep
     def measure(fraction: float) -> float:
         candidate = pruner.apply(pruner.plan(fraction, fraction))
         eng = engine_of(candidate, work.scratch / f"try-{fraction:.4f}", cfg.opset, cfg.threads)
-        ms = compare(
-            {"unpruned": base, "pruned": eng}, [batch], cfg.latency_seq, cfg.latency_rounds
-        )
+        ms = compare({"unpruned": base, "pruned": eng}, [batch], pruner.seq, cfg.latency_rounds)
         t = ms[str(batch)]
         return t["pruned"] / t["unpruned"]
 
     search = search_fraction(measure, cfg.target_latency, log=work.log)
-    report["latency_search"] = {**search.to_dict(), "batch": batch, "seq": cfg.latency_seq}
+    report["latency_search"] = {**search.to_dict(), "batch": batch, "seq": pruner.seq}
     if search.chosen is None:
         return None
     return pruner.plan(search.chosen, search.chosen)
@@ -89,14 +87,14 @@ def _finish(plan: Plan, pruner, pruned, base: Engine, cfg, work: Workdir, report
 
     save_hf_student(pruned.model, Path(pruner.path), work.out)
     final = engine_of(pruned, work.scratch / "pruned", cfg.opset, cfg.threads)
-    ms = compare({"unpruned": base, "pruned": final}, cfg.latency_batches, cfg.latency_seq,
+    ms = compare({"unpruned": base, "pruned": final}, cfg.latency_batches, pruner.seq,
                  cfg.latency_rounds)  # fmt: skip
     after = {"heads": head_counts(pruned.model), "ffn": [len(f) for f in plan.ffn]}
     params = {"before": pruner.before["parameters"], "after": parameter_counts(pruned.model)}
     report.update(
         layers=plan.describe(pruner.before),
         parameters=params,
-        latency_ms={"seq": cfg.latency_seq, "threads": cfg.threads, "batches": ms},
+        latency_ms={"seq": pruner.seq, "threads": cfg.threads, "batches": ms},
         latency_ratio={b: round(t["pruned"] / t["unpruned"], 4) for b, t in ms.items()},
     )
     try:

@@ -73,6 +73,9 @@ class StructuredPruner:
             "parameters": parameter_counts(self.hf.model),
         }
         self.scores = self._scores(kind, train_data)
+        # engines are timed at the configured sequence length, or the model's longest
+        longest = getattr(self.hf.model.config, "max_position_embeddings", None) or cfg.latency_seq
+        self.seq = min(cfg.latency_seq, longest)
 
     def _scores(self, kind: str, data) -> Scores:
         if kind == "magnitude":
