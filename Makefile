@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-gpu lint bench clean
+.PHONY: setup demo text-classifier test test-gpu lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,13 @@ build/digits/model.safetensors: examples/digits.py | setup
 demo: setup build/digits/model.safetensors
 	$(BIN)/edgesmith run recipes/digits.toml
 	$(BIN)/edgesmith run recipes/digits_distill.toml
+
+build/text_classifier/model/model.safetensors: examples/text_classifier.py | setup
+	$(BIN)/python examples/text_classifier.py --out build/text_classifier
+
+# The fine-tuned text classifier: prune → export → quantize → build → validate (a few minutes).
+text-classifier: setup build/text_classifier/model/model.safetensors
+	$(BIN)/edgesmith run recipes/text_classifier.toml
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

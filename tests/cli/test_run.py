@@ -187,3 +187,13 @@ def test_changed_source_flags_are_not_served_from_cache(cli, tiny, tmp_path):
         for d in onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     ]
     assert dims == [3, 12]
+
+
+@pytest.mark.parametrize("name", ["digits.toml", "digits_distill.toml", "text_classifier.toml"])
+def test_the_embedded_recipes_load(name):
+    """Every shipped recipe validates against the stage registry (the make targets run them)."""
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / name)
+    assert recipe.stages and recipe.to_toml()
+    assert load_recipe.__module__ == "toolchain.core.recipe"

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import typer
 
@@ -74,9 +74,16 @@ def derived_command(stage: Stage):
         kind, repeatable = _option_type(f.annotation)
         typ = list[kind] if repeatable else kind
         default = f.get_default(call_default_factory=True)
-        help_text = (f.description or name.replace("_", " ")) + (
-            "" if f.is_required() else f" (default {default!r})"
+        choices = (
+            typing.get_args(f.annotation) if typing.get_origin(f.annotation) is Literal else ()
         )
+        help_text = (f.description or name.replace("_", " ")) + (
+            f"; one of {', '.join(map(str, choices))}" if choices else ""
+        )
+        if f.is_required():
+            help_text += " (required)"
+        elif default not in (None, [], {}):
+            help_text += f" (default {default})"
         flag = "--" + name.replace("_", "-")
         params.append(
             inspect.Parameter(

@@ -23,17 +23,25 @@ class Training(StageConfig):
     """What a stage that trains with the distillation loop takes (distill; prune's recovery):
     the data, the loss and the optimiser's settings. Fields only; the stages add their own."""
 
-    data: str  # training data: .npz, a folder of .npy, or text lines / .jsonl
-    eval_data: str | None = None  # default: eval_fraction of `data`, held out
+    data: str = Field(description="training data: .npz, a folder of .npy, text lines or .jsonl")
+    eval_data: str | None = Field(
+        default=None, description="eval data (default: eval_fraction of the data, held out)"
+    )
     eval_fraction: float = Field(default=0.1, gt=0, lt=1)
-    tokenizer: str | None = None  # for text data; default: the teacher's folder
-    seq_len: int = Field(default=128, ge=1)
-    limit: int | None = Field(default=None, ge=1)
+    tokenizer: str | None = Field(
+        default=None, description="tokenizer folder for text data (default: the model's)"
+    )
+    seq_len: int = Field(default=128, ge=1, description="token sequence length for text data")
+    limit: int | None = Field(default=None, ge=1, description="use only the first N samples")
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=64, ge=1)  # global, across torchrun processes
-    lr: float | None = Field(default=None, gt=0)  # default: by student kind (distill/setup.py)
+    lr: float | None = Field(
+        default=None, gt=0, description="peak learning rate (default: by what is trained)"
+    )
     temperature: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.5, ge=0, le=1)  # soft-target weight; 1 - alpha on labels
+    alpha: float = Field(
+        default=0.5, ge=0, le=1, description="weight of the soft targets; 1 - alpha on labels"
+    )
     loss: Literal["auto", "soft", "embedding"] = "auto"
     output: str | None = None  # the output compared; default the only (batch, features) one
     mse_weight: float = Field(default=1.0, ge=0)

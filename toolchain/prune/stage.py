@@ -30,24 +30,30 @@ class PruneStage(Training):
     """Structured pruning with recovery (toolchain/prune)."""
 
     kind: Literal["prune"] = "prune"
-    method: Literal["structured"] = "structured"
+    method: Literal["structured"] = Field(default="structured", description="pruning method")
     sparsity: float | None = Field(default=None, description="fraction of heads and FFN removed")
     heads: float | None = Field(default=None, description="fraction of attention heads removed")
     ffn: float | None = Field(default=None, description="fraction of FFN neurons removed")
     target_latency: float | None = Field(
         default=None, gt=0, lt=1, description="engine latency ratio to reach (searched)"
     )
-    importance: Literal["auto", "taylor", "magnitude"] = "auto"
-    scope: Literal["layer", "global"] = "layer"
+    importance: Literal["auto", "taylor", "magnitude"] = Field(
+        default="auto", description="head and neuron importance (auto: taylor with labels)"
+    )
+    scope: Literal["layer", "global"] = Field(
+        default="layer", description="rank within each layer, or across layers"
+    )
     round_to: int = Field(default=8, ge=1, description="kept FFN sizes are multiples of it")
-    importance_samples: int = Field(default=512, ge=1)
-    teacher: str | None = None  # the recovery's teacher; default the unpruned input model
-    epochs: int = Field(default=3, ge=0)  # recovery epochs; 0: none
+    importance_samples: int = Field(default=512, ge=1, description="samples Taylor scores on")
+    teacher: str | None = Field(
+        default=None, description="the recovery's teacher (default: the unpruned input model)"
+    )
+    epochs: int = Field(default=3, ge=0, description="recovery epochs (0: none)")
     batch_size: int = Field(default=32, ge=1)
-    latency_batches: list[int] = [1, 8]
-    latency_seq: int = Field(default=128, ge=1)
-    latency_rounds: int = Field(default=20, ge=1)
-    threads: int | None = Field(default=2, ge=1)  # of the engines timed
+    latency_batches: list[int] = Field(default=[1, 8], description="engine batch sizes timed")
+    latency_seq: int = Field(default=128, ge=1, description="sequence length engines are timed at")
+    latency_rounds: int = Field(default=20, ge=1, description="interleaved timing rounds")
+    threads: int | None = Field(default=2, ge=1, description="threads of the engines timed")
     opset: int = Field(default=18, ge=7, le=23)
     MODEL_FIELDS: ClassVar[dict[str, str | None]] = {"teacher": None}
 
