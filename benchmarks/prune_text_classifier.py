@@ -58,12 +58,18 @@ def variants(sparsities: list[float], epochs: int) -> dict[str, Path]:
              "seq_len": 64}  # fmt: skip
     build = {"kind": "build", "options": {"threads": THREADS}}
     out: dict[str, Path] = {}
-    base = run_recipe("unpruned", [{"kind": "export"}, build, quant, build])
-    out["unpruned fp32"], out["unpruned int8"] = base[1].out, base[3].out
+
+    def fp32_and_int8(name: str, prefix: list[dict]) -> tuple[Path, Path]:
+        # one run directory: the shared prefix (prune, export) runs once, then is cached
+        fp32 = run_recipe(name, [*prefix, build])[-1].out
+        int8 = run_recipe(name, [*prefix, quant, build])[-1].out
+        return fp32, int8
+
+    out["unpruned fp32"], out["unpruned int8"] = fp32_and_int8("unpruned", [{"kind": "export"}])
     for s in sparsities:
         prune = {"kind": "prune", "sparsity": s, "epochs": epochs, "latency_seq": 64, **data}
-        st = run_recipe(f"pruned-{s}", [prune, {"kind": "export"}, build, quant, build])
-        out[f"pruned {s:.0%} fp32"], out[f"pruned {s:.0%} int8"] = st[2].out, st[4].out
+        fp32, int8 = fp32_and_int8(f"pruned-{s}", [prune, {"kind": "export"}])
+        out[f"pruned {s:.0%} fp32"], out[f"pruned {s:.0%} int8"] = fp32, int8
     student = {"kind": "distill", "student_layers": 3, "epochs": epochs, "lr": 1e-4, **data}
     st = run_recipe("student-3-layers", [student, {"kind": "export"}, build])
     out["3-layer student fp32"] = st[2].out
