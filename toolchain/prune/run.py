@@ -137,6 +137,7 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
     after, params = _finish(plan, pruner, pruned, base, cfg, work, report)
     report["seconds"] = round(time.perf_counter() - start, 1)
+    _target_missed(cfg, report)  # recorded in the report before it is written
     write_json(work.out / REPORT, report)
     structure = {"method": cfg.method, **after, "parameters": params["after"]["total"]}
     info = src.info.inherit(task=teacher.task, tokenizer=str(work.out), structure=structure)
@@ -149,4 +150,25 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         + f"; {acc['metric']} {acc['before_pruning']:.4f} → pruned {acc['after_pruning']:.4f}"
         + (f" → recovered {acc['after_recovery']:.4f}" if "after_recovery" in acc else "")
     )
-    return StageResult(art, report, summary=summary)
+    missed = _target_missed(cfg, report)
+    if missed:
+        summary = f"{missed}; {summary}"
+    return StageResult(art, report, passed=not missed, summary=summary)
+
+
+def _target_missed(cfg, report: dict) -> str:
+    """The final engine, re-measured after recovery, against --target-latency (the search's
+    points are single measurements; this one decides). "" when met or when there is none."""
+    if cfg.target_latency is None:
+        return ""
+    batch = str(report["latency_search"]["batch"])
+    ratio = report["latency_ratio"][batch]
+    allowed = cfg.target_latency * (1 + cfg.latency_tolerance)
+    report["latency_search"]["final_ratio"] = ratio
+    report["latency_search"]["target_met"] = ratio <= allowed
+    if ratio <= allowed:
+        return ""
+    return (
+        f"target latency missed: the pruned engine re-measured {ratio:.3f}x at batch {batch} "
+        f"(target {cfg.target_latency}x, tolerance {cfg.latency_tolerance:.0%})"
+    )

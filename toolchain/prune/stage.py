@@ -53,6 +53,9 @@ class PruneStage(Training):
     latency_batches: list[int] = Field(default=[1, 8], description="engine batch sizes timed")
     latency_seq: int = Field(default=128, ge=1, description="sequence length engines are timed at")
     latency_rounds: int = Field(default=20, ge=1, description="interleaved timing rounds")
+    latency_tolerance: float = Field(
+        default=0.05, ge=0, description="how far the final engine may re-measure over the target"
+    )
     threads: int | None = Field(default=2, ge=1, description="threads of the engines timed")
     opset: int = Field(default=18, ge=7, le=23)
     MODEL_FIELDS: ClassVar[dict[str, str | None]] = {"teacher": None}
