@@ -30,7 +30,7 @@ from toolchain.core.artifact import (
     write_manifest,
 )
 from toolchain.core.errors import GateFailed, InvalidInput
-from toolchain.core.files import atomic_dir, check_output_not_input, sha256_json, sha256_path
+from toolchain.core.files import atomic_dir, check_output_not_input, sha256_json
 from toolchain.core.recipe import Recipe, StageConfig
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir, get_stage, stages
 from toolchain.export.source import SourceSpec, resolve_source, with_spec_digest
@@ -88,21 +88,12 @@ def model_inputs(cfg: StageConfig, source: ModelArtifact) -> dict[str, ModelArti
     return named
 
 
-def _files_digest(cfg: StageConfig) -> dict[str, str]:
-    out = {}
-    for name in cfg.FILE_FIELDS:
-        value = getattr(cfg, name, None)
-        if isinstance(value, str) and Path(value).exists():
-            out[name] = sha256_path(Path(value))
-    return out
-
-
 def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact], cfg) -> str:
     return sha256_json(
         {
             "input": src.sha256,
             "config": cfg.model_dump(exclude={"out"}),
-            "files": _files_digest(cfg),
+            "files": cfg.files_digest(),
             "models": {k: a.sha256 for k, a in sorted(named.items())},
             "context": stage.cache_context(cfg) if stage.cache_context else {},
             "edgesmith": metadata.version("edgesmith"),
@@ -118,14 +109,12 @@ def workdir(out: Path, tmp: Path, kind: str, emit: Callable[[str], None]) -> Wor
     """The stage's directories: `tmp` becomes `out`; scratch and cache live under the root
     (`out`'s parent: the recipe's `out`, or where a command's -o points)."""
     state = out.parent / STATE_DIR
-    rank, world = distributed_rank()
     return Workdir(
         out=tmp,
         scratch=state / "scratch" / out.name,
         cache=state / "cache" / kind,
         log=emit,
-        rank=rank,
-        world=world,
+        rank=distributed_rank()[0],
     )
 
 

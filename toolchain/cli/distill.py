@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -7,6 +8,9 @@ import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
 from toolchain.cli.options import Out, PrintRecipe, Task, Threads, Weights
+from toolchain.distill.stage import DistillStage
+
+D = DistillStage.default
 
 # The command's options (module-level so that its signature stays short).
 _Teacher = Annotated[
@@ -39,22 +43,30 @@ _EvalData = Annotated[
 _Tokenizer = Annotated[
     Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")
 ]
-_SeqLen = Annotated[int | None, typer.Option(help="Token sequence length for text data.")]
+_SeqLen = Annotated[
+    int | None, typer.Option(help=f"Token sequence length for text data (default {D('seq_len')}).")
+]
 _Limit = Annotated[int | None, typer.Option(help="Use only the first N samples.")]
-_Epochs = Annotated[int | None, typer.Option(help="Epochs (default 10).")]
+_Epochs = Annotated[int | None, typer.Option(help=f"Epochs (default {D('epochs')}).")]
 _BatchSize = Annotated[
-    int | None, typer.Option(help="Global batch, split across torchrun processes (default 64).")
+    int | None,
+    typer.Option(
+        help=f"Global batch, split across torchrun processes (default {D('batch_size')})."
+    ),
 ]
 _Lr = Annotated[
     float | None,
     typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived)."),
 ]
 _Temperature = Annotated[
-    float | None, typer.Option(help="Softmax temperature of the soft targets (default 4).")
+    float | None,
+    typer.Option(help=f"Softmax temperature of the soft targets (default {D('temperature')})."),
 ]
 _Alpha = Annotated[
     float | None,
-    typer.Option(help="Weight of the soft targets; 1 - alpha goes to the labels (default 0.5)."),
+    typer.Option(
+        help=f"Weight of the soft targets; 1 - alpha goes to the labels (default {D('alpha')})."
+    ),
 ]
 _Loss = Annotated[
     str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")
@@ -65,7 +77,9 @@ _Output = Annotated[
 ]
 _HiddenWeight = Annotated[
     float | None,
-    typer.Option(help="Weight of the hidden-state MSE (derived students; default 0)."),
+    typer.Option(
+        help=f"Weight of the hidden-state MSE (derived students; default {D('hidden_weight')})."
+    ),
 ]
 _Dropout = Annotated[
     float | None,
@@ -138,11 +152,10 @@ def command(
         },
         "distill",
     )
+    speed = contextlib.nullcontext()
     if threads and not print_recipe:  # not part of the recipe: it changes the speed only
         from toolchain.export.torch import torch_threads
 
-        with torch_threads(threads):
-            execute(recipe, print_recipe)
-        return
-    # under torchrun every process runs the pipeline; the others train in step (pipeline.py)
-    execute(recipe, print_recipe)
+        speed = torch_threads(threads)
+    with speed:  # under torchrun every process runs the pipeline (pipeline.py)
+        execute(recipe, print_recipe)

@@ -41,8 +41,11 @@ MaxDrop = Annotated[
 GateOutput = Annotated[str | None, typer.Option("--output", help="Gate this output only.")]
 
 
-def parse_budget(items: list[str]) -> float | dict[str, float]:
-    """--max-drop 0.01 (every gated metric) or --max-drop accuracy=0.005 (repeatable)."""
+def parse_budget(items: list[str] | None) -> float | dict[str, float] | None:
+    """--max-drop 0.01 (every gated metric) or --max-drop accuracy=0.005 (repeatable); None
+    when not given (the config's default applies)."""
+    if not items:
+        return None
     out: dict[str, float] = {}
     for item in items:
         name, sep, value = item.rpartition("=")

@@ -158,7 +158,7 @@ def command(
             "image": _image_options(image or []),
             "eval": path_str(eval),
             "metrics": metric or [],
-            "max_drop": parse_budget(max_drop) if max_drop else None,
+            "max_drop": parse_budget(max_drop),
             "output": output,
             "eval_limit": eval_limit,
             "max_fallback": max_fallback,

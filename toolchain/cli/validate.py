@@ -63,7 +63,7 @@ def command(
             "reference": reference,
             "reference_weights": path_str(reference_weights),
             "metrics": metric or [],
-            "max_drop": parse_budget(max_drop) if max_drop else None,
+            "max_drop": parse_budget(max_drop),
             "output": output,
             "tokenizer": path_str(tokenizer),
             "seq_len": seq_len,

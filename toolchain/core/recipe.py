@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from toolchain.core.errors import InvalidInput
+from toolchain.core.files import sha256_path
 
 
 class Strict(BaseModel):
@@ -48,6 +49,15 @@ class StageConfig(Strict):
     # cache key and refuses an output that is one of them. The value "source" names the
     # recipe's source model.
     MODEL_FIELDS: ClassVar[dict[str, str | None]] = {}
+
+    def files_digest(self) -> dict[str, str]:
+        """sha256 of each FILE_FIELDS file that exists (what the cache key and resume check)."""
+        out = {}
+        for name in self.FILE_FIELDS:
+            value = getattr(self, name, None)
+            if isinstance(value, str) and Path(value).exists():
+                out[name] = sha256_path(Path(value))
+        return out
 
     @classmethod
     def default(cls, name: str) -> Any:

@@ -90,7 +90,6 @@ class Workdir:
     cache: Path
     log: Callable[[str], None] = _quiet
     rank: int = 0
-    world: int = 1
 
 
 Runner = Callable[[Inputs, "StageConfig", Workdir], StageResult]

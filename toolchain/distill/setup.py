@@ -282,14 +282,6 @@ def train_config(cfg, default_lr: float, output: str, task: str | None) -> Train
     )
 
 
-def _files_digest(cfg) -> dict[str, str]:
-    return {
-        f: sha256_path(Path(getattr(cfg, f)))
-        for f in cfg.FILE_FIELDS
-        if getattr(cfg, f, None) and Path(getattr(cfg, f)).exists()
-    }
-
-
 def saver(cfg, src: ModelArtifact, teacher: Teacher, student: Student):
     """The function that writes the trained student into a directory, as an artifact."""
 
@@ -341,7 +333,7 @@ def prepare(src: ModelArtifact, cfg, log: Callable[[str], None]) -> Setup:
             "teacher": src.sha256,
             "student": student.desc,
             "config": cfg.model_dump(exclude={"out", "resume"}),
-            "files": _files_digest(cfg),
+            "files": cfg.files_digest(),
         }
     )
     return Setup(

@@ -133,10 +133,7 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
 
 def head_counts(model: nn.Module) -> list[int]:
     """Heads left in each layer (the config's count minus what was pruned)."""
-    config = _config(model)
-    pruned = getattr(config, "pruned_heads", {}) or {}
-    n = config.num_attention_heads
-    return [n - len(pruned.get(i, pruned.get(str(i), []))) for i in range(len(_stack(model)))]
+    return [len(remaining_heads(model, i)) for i in range(len(_stack(model)))]
 
 
 def head_dim(model: nn.Module) -> int:
@@ -147,6 +144,7 @@ def head_dim(model: nn.Module) -> int:
 def remaining_heads(model: nn.Module, layer: int) -> list[int]:
     """The original indices of a layer's heads still there (transformers' numbering)."""
     config = _config(model)
+    # transformers' config keeps pruned_heads by int layer (it converts a loaded file's keys)
     pruned = set((getattr(config, "pruned_heads", {}) or {}).get(layer, []))
     return [h for h in range(config.num_attention_heads) if h not in pruned]
 
@@ -200,14 +198,10 @@ def rebuild_shapes(model: nn.Module, record: dict[str, Any]) -> None:
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     from toolchain.distill.students import parameter_count
 
+    def count(*modules: nn.Module) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters())
+
     layers = encoder_layers(model)
-    attn = sum(
-        sum(p.numel() for p in (*lin.parameters(),))
-        for layer in layers
-        for lin in (layer.query, layer.key, layer.value, layer.output)
-    )
-    ffn = sum(
-        sum(p.numel() for p in (*layer.ffn_in.parameters(), *layer.ffn_out.parameters()))
-        for layer in layers
-    )
+    attn = sum(count(lay.query, lay.key, lay.value, lay.output) for lay in layers)
+    ffn = sum(count(lay.ffn_in, lay.ffn_out) for lay in layers)
     return {"total": parameter_count(model), "attention": attn, "ffn": ffn}

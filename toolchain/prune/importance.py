@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toolchain.core.errors import InvalidInput
 from toolchain.prune.encoder import EncoderLayer, head_dim, remaining_heads
 
 IMPORTANCE = ("auto", "taylor", "magnitude")
@@ -75,16 +74,16 @@ def taylor_scores(model, layers: list[EncoderLayer], batches, loss_fn) -> Scores
     was = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
+
+    def gw(w: torch.Tensor) -> torch.Tensor:
+        return (w.grad * w).abs() if w.grad is not None else torch.zeros_like(w)
+
     try:
         for feeds, labels in batches:
             model.zero_grad(set_to_none=True)
             loss_fn(feeds, labels).backward()
             with torch.no_grad():
                 for i, lay in enumerate(layers):
-
-                    def gw(w):
-                        return (w.grad * w).abs() if w.grad is not None else torch.zeros_like(w)
-
                     heads[i] += _per_head(lay, d, _head_values(lay, gw))
                     ffn[i] += _ffn_values(lay, gw)
     finally:
@@ -107,11 +106,6 @@ def _top(scores: np.ndarray, k: int) -> list[int]:
     return sorted(int(i) for i in order[:k])
 
 
-def check_fraction(name: str, f: float) -> None:
-    if not 0 <= f < 1:
-        raise InvalidInput(f"--{name} {f}: the fraction pruned must be in [0, 1)")
-
-
 def select(
     scores: Scores,
     heads_fraction: float,
@@ -119,9 +113,8 @@ def select(
     round_to: int = 8,
     scope: str = "layer",
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Per layer: the positions (into the scores) of the heads and neurons to keep."""
-    check_fraction("heads", heads_fraction)
-    check_fraction("ffn", ffn_fraction)
+    """Per layer: the positions (into the scores) of the heads and neurons to keep; the
+    fractions are in [0, 1) (prune/stage.py checks what a user gives)."""
     if scope == "global":
         return (
             _global(scores.heads, heads_fraction, 1),

@@ -12,8 +12,9 @@ from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_json, sha256_path, write_json
 from toolchain.core.stage import Inputs, StageResult, Workdir
 from toolchain.distill.setup import choose_output, load_data, load_teacher, train_config
+from toolchain.export.hf import load_hf
 from toolchain.prune.latency import Engine, compare, engine_of, search_fraction
-from toolchain.prune.structured import Plan, StructuredPruner, choose_importance, eval_metric
+from toolchain.prune.structured import Plan, StructuredPruner, choose_importance
 
 REPORT, PLOT = "report.json", "prune.png"
 DEFAULT_LR = 5e-5  # recovery fine-tunes a model that was trained: a fine-tuning rate
@@ -71,13 +72,20 @@ def _recover(pruned, teacher, train, evals, output: str, cfg, work: Workdir, tas
 
 
 def _accuracy(pruner, pruned, teacher, evals, output: str, loss: str) -> dict[str, Any]:
+    """The distillation loop's eval metric (accuracy with labels) before and after pruning."""
     from toolchain.distill.parallel import outputs_of
+    from toolchain.distill.steps import evaluate
     from toolchain.distill.students import HfOutputs
 
-    ref = outputs_of(teacher.module, evals, output, batch_size=256)
-    name, before = eval_metric(pruner.wrapped, evals, output, loss, ref)
-    _, after = eval_metric(HfOutputs(pruned.model, pruned.onnx_config), evals, output, loss, ref)
-    return {"metric": name, "before_pruning": before, "after_pruning": after}
+    def outputs(module):
+        return outputs_of(module, evals, output, batch_size=256)
+
+    ref = outputs(teacher.module)
+    unpruned = ref if pruner.wrapped is teacher.module else outputs(pruner.wrapped)
+    name, before = evaluate(unpruned, ref, evals.labels, loss)
+    after = outputs(HfOutputs(pruned.model, pruned.onnx_config))
+    _, after_pruning = evaluate(after, ref, evals.labels, loss)
+    return {"metric": name, "before_pruning": before, "after_pruning": after_pruning}
 
 
 def _finish(plan: Plan, pruner, pruned, base: Engine, cfg, work: Workdir, report: dict):
@@ -115,7 +123,11 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
     output = choose_output(teacher, train, cfg.output)
     loss = train_config(cfg, DEFAULT_LR, output, teacher.task).loss
     kind = choose_importance(cfg.importance, train.labels is not None, loss)
-    pruner = StructuredPruner(src.path, teacher.task, train, output, cfg, kind, work.log)
+    if inputs.get("teacher") is None:  # the teacher is the unpruned model: load it once
+        pruner = StructuredPruner(teacher.hf, train, output, cfg, kind, work.log, teacher.module)
+    else:
+        unpruned = load_hf(src.path, src.info.task)
+        pruner = StructuredPruner(unpruned, train, output, cfg, kind, work.log)
     report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind}
     base = _baseline(pruner, cfg, work)
     plan = _choose_plan(pruner, cfg, work, base, report)

@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from toolchain.core.errors import InvalidInput
-from toolchain.distill.parallel import outputs_of, to_tensors
-from toolchain.distill.steps import evaluate
-from toolchain.export.hf import HfModel, load_hf
+from toolchain.distill.parallel import to_tensors
+from toolchain.export.hf import HfModel
 from toolchain.prune.encoder import (
     encoder_layers,
     head_counts,
@@ -60,12 +59,14 @@ def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
 class StructuredPruner:
     """Heads and FFN neurons of one Hugging Face encoder, scored on the training data."""
 
-    def __init__(self, path, task: str, train_data, output: str, cfg, kind: str, log) -> None:
+    def __init__(self, hf: HfModel, train_data, output: str, cfg, kind: str, log, wrapped=None):
+        """`hf`: the unpruned model that pruned copies are made from (left as it is);
+        `wrapped`: its HfOutputs, when the caller has one (the recovery's teacher)."""
         from toolchain.distill.students import HfOutputs
 
-        self.path, self.task, self.cfg, self.output, self.log = path, task, cfg, output, log
-        self.hf = load_hf(path, task)  # the unpruned copy that pruned copies are made from
-        self.wrapped = HfOutputs(self.hf.model, self.hf.onnx_config)
+        self.hf, self.path, self.task = hf, hf.path, hf.task
+        self.cfg, self.output, self.log = cfg, output, log
+        self.wrapped = wrapped or HfOutputs(hf.model, hf.onnx_config)
         self.layers = encoder_layers(self.hf.model)
         self.before = {
             "heads": head_counts(self.hf.model),
@@ -116,9 +117,3 @@ class StructuredPruner:
         ctor = type(self.hf.onnx_config)
         onnx_config = ctor(model.config, task=self.hf.onnx_config.task)
         return HfModel(self.path, self.task, self.hf.library, model.eval(), onnx_config)
-
-
-def eval_metric(module, data, output: str, loss: str, teacher_out, batch_size: int = 256):
-    """The distillation loop's eval metric (accuracy with labels) of a wrapped model."""
-    got = outputs_of(module, data, output, batch_size=batch_size)
-    return evaluate(got, teacher_out, data.labels, loss)
