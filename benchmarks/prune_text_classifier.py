@@ -91,7 +91,7 @@ def accuracy(engine: Path) -> float:
 
 def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict[str, float]]:
     from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.prune.latency import text_feeds
+    from toolchain.prune.latency import timing_feeds
     from toolchain.runners import runner_for
 
     runners = {
@@ -100,7 +100,7 @@ def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict
     out = {}
     for seq in (64, 128):
         for batch in (1, 8):
-            feeds = text_feeds(next(iter(runners.values())).io, batch, seq)
+            feeds = timing_feeds(next(iter(runners.values())).io, batch, seq)
             fns = {k: (lambda r=r, f=feeds: r.infer(f)) for k, r in runners.items()}
             out[(batch, seq)] = interleaved(
                 fns, rounds if batch == 1 else max(8, rounds // 2), warmup=3

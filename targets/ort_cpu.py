@@ -35,9 +35,10 @@ def session_from_onnx(
     level: str = "all",
     threads: int | None = None,
     disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
+    spinning: bool = True,
 ):
     """An ONNX Runtime CPU session (core/ort_session.py). `threads` None: one per core."""
-    return ort_session(path, level=level, threads=threads, disabled=disabled)
+    return ort_session(path, level=level, threads=threads, disabled=disabled, spinning=spinning)
 
 
 def fuse_int8_bias(model) -> int:
@@ -100,10 +101,15 @@ def runner_from_onnx(
     threads: int | None = None,
     io: IoSpec | None = None,
     disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
+    spinning: bool = True,
 ) -> OrtRunner:
-    """A runner for an ONNX file; pass `io` when the file was already checked and read."""
+    """A runner for an ONNX file; pass `io` when the file was already checked and read.
+    `spinning` False for runners timed side by side (core/ort_session.py says why)."""
     io = io or io_from_onnx(check_onnx(path))
-    return OrtRunner(session_from_onnx(path, level=level, threads=threads, disabled=disabled), io)
+    session = session_from_onnx(
+        path, level=level, threads=threads, disabled=disabled, spinning=spinning
+    )
+    return OrtRunner(session, io)
 
 
 class OrtCpu:
@@ -195,7 +201,9 @@ class OrtCpu:
         text = (out / REQUIRED_OPS_FILE).read_text().replace(str(out) + os.sep, "")
         (out / REQUIRED_OPS_FILE).write_text(text)
 
-    def load(self, engine: ModelArtifact, threads: int | None = None) -> OrtRunner:
+    def load(
+        self, engine: ModelArtifact, threads: int | None = None, spinning: bool = True
+    ) -> OrtRunner:
         cfg = read_engine_config(engine.path)
         threads = threads or cfg.get("intra_op_threads") or None
         return runner_from_onnx(
@@ -203,4 +211,5 @@ class OrtCpu:
             level=cfg.get("runtime_opt_level", "all"),
             threads=threads,
             disabled=cfg.get("disabled_optimizers", DISABLED_OPTIMIZERS),
+            spinning=spinning,
         )

@@ -39,3 +39,55 @@ class TwoInputs(nn.Module):
 
 def two_inputs() -> nn.Module:
     return TwoInputs()
+
+
+two_inputs.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
+    "inputs": {
+        "x": {"shape": [1, 6], "dtype": "float32", "dynamic": [0]},
+        "y": {"shape": [1, 4], "dtype": "float32", "dynamic": [0]},
+    },
+    "outputs": ["sum", "squashed"],
+}
+
+
+class ResidualCNN(nn.Module):
+    """What channel pruning must keep consistent: Conv → BatchNorm, a residual block (the
+    stem's and the block's outputs are added, so they are pruned as one), a depthwise conv,
+    global pooling + flatten into a Linear head with a hidden layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.c1 = nn.Conv2d(16, 24, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(24)
+        self.c2 = nn.Conv2d(24, 16, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.hidden = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.bn0(self.stem(x)))
+        r = torch.relu(self.bn1(self.c1(s)))
+        s = torch.relu(s + self.bn2(self.c2(r)))
+        s = self.pool(self.dw(s)).flatten(1)
+        return self.head(torch.relu(self.hidden(s)))
+
+
+def residual_cnn() -> nn.Module:
+    net = ResidualCNN()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for bn in (net.bn0, net.bn1, net.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+residual_cnn.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
+    "inputs": {"x": {"shape": [1, 3, 8, 8], "dtype": "float32", "dynamic": [0]}},
+    "outputs": ["logits"],
+}

@@ -79,7 +79,8 @@ def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3
 ) -> dict[str, float]:
     """Median ms per call of each fn, timed in alternation so load drifts hit all alike: the
-    one timer for side-by-side figures (quantize's fallback cost, benchmarks/)."""
+    one timer for side-by-side figures (quantize's fallback cost, benchmarks/). onnxruntime
+    sessions timed this way are made with spinning=False (core/ort_session.py says why)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()

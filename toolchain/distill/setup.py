@@ -78,7 +78,8 @@ class Teacher:
     dynamic: list[str]
     tokenizer: Path | None
     task: str | None = None
-    hf: Any = None  # the loaded Hugging Face model, for derived students
+    hf: Any = None  # the loaded Hugging Face model, for derived students and pruning
+    torch: Any = None  # the loaded TorchModel (export/torch.py), for pruning
 
 
 @dataclass
@@ -119,13 +120,15 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
             )
         tm = load_torch(torch_spec(src))
         names = [d.name for d in tm.inputs]
+        io = TorchRunner(tm).io  # names the outputs (output, output_0 ...) when none are given
         return Teacher(
             TorchOutputs(tm.module, names, tm.output_names),
-            TorchRunner(tm).io,
+            io,
             names,
             [f"{d.name}:{'x'.join(map(str, d.shape))}:{d.dtype}" for d in tm.inputs],
             [f"{d.name}:{','.join(map(str, d.dynamic))}" for d in tm.inputs if d.dynamic],
             given,
+            torch=tm,
         )
     from toolchain.export.hf import HfRunner, load_hf
 
@@ -197,7 +200,7 @@ def choose_output(teacher: Teacher, data: Dataset, wanted: str | None) -> str:
     return chosen
 
 
-def _code_digest(ref: str) -> str | None:
+def code_digest(ref: str) -> str | None:
     module, _ = import_factory(ref)
     code = inspect.getsourcefile(module)
     return sha256_file(Path(code)) if code else None
@@ -229,7 +232,7 @@ def factory_student(cfg, teacher: Teacher, output: str, data: Dataset) -> Studen
             f"student '{cfg.student}' output '{output}' has shape {shape}; the teacher's "
             f"is {tuple(want.shape)}"
         )
-    desc = {"factory": cfg.student, "code": _code_digest(cfg.student)}
+    desc = {"factory": cfg.student, "code": code_digest(cfg.student)}
     return Student(student, net, desc, DEFAULT_LR_SCRATCH, [])
 
 

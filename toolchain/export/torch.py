@@ -102,14 +102,27 @@ def load_torch(spec: SourceSpec) -> TorchModel:
 
 
 def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
-    from safetensors import SafetensorError
+    """Load `weights` into the factory's module, strictly; a file that channel pruning wrote
+    says so in its metadata, and the modules it names are given the file's shapes first."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
+    from toolchain.prune.channels import read_record, rebuild_shapes
+
     try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata()
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise InvalidInput(f"{weights}: not a readable safetensors file ({e})") from None
-    result = net.load_state_dict(state, strict=False)
+    record = read_record(meta, weights)
+    if record is not None:
+        rebuild_shapes(net, state, record, weights)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches: the weights are for another shape
+        first = str(e).strip().splitlines()[-1].strip()
+        raise InvalidInput(f"{weights}: does not match '{name}' ({first})") from None
     if result.missing_keys or result.unexpected_keys:
         raise InvalidInput(
             f"{weights}: does not match '{name}' (missing {result.missing_keys[:3]}, "

@@ -67,8 +67,18 @@ def taylor_scores(model, layers: list[EncoderLayer], batches, loss_fn) -> Scores
 
     `loss_fn(feeds, labels)` runs the model and returns the scalar loss."""
     d = head_dim(model)
-    heads = [np.zeros(len(remaining_heads(model, lay.index))) for lay in layers]
-    ffn = [np.zeros(lay.ffn_size) for lay in layers]
+
+    def score(gw) -> list[np.ndarray]:
+        heads = [_per_head(lay, d, _head_values(lay, gw)) for lay in layers]
+        return heads + [_ffn_values(lay, gw) for lay in layers]
+
+    sums = accumulate_taylor(model, batches, loss_fn, score)
+    return Scores(sums[: len(layers)], sums[len(layers) :], "taylor")
+
+
+def accumulate_taylor(model, batches, loss_fn, score) -> list[np.ndarray]:
+    """`score(gw)` summed over `batches`, where gw(w) = |∂loss/∂w × w| after the batch's
+    backward pass; the model's gradients and requires_grad flags are left as they were."""
     model.eval()  # dropout off: the gradient of the model that will be pruned
     params = [p for p in model.parameters()]
     was = [p.requires_grad for p in params]
@@ -78,26 +88,28 @@ def taylor_scores(model, layers: list[EncoderLayer], batches, loss_fn) -> Scores
     def gw(w: torch.Tensor) -> torch.Tensor:
         return (w.grad * w).abs() if w.grad is not None else torch.zeros_like(w)
 
+    sums: list[np.ndarray] | None = None
     try:
         for feeds, labels in batches:
             model.zero_grad(set_to_none=True)
             loss_fn(feeds, labels).backward()
             with torch.no_grad():
-                for i, lay in enumerate(layers):
-                    heads[i] += _per_head(lay, d, _head_values(lay, gw))
-                    ffn[i] += _ffn_values(lay, gw)
+                got = score(gw)
+            sums = got if sums is None else [a + b for a, b in zip(sums, got, strict=True)]
     finally:
         model.zero_grad(set_to_none=True)
         for p, r in zip(params, was, strict=True):
             p.requires_grad_(r)
-    return Scores(heads, ffn, "taylor")
+    if sums is None:
+        raise ValueError("taylor importance needs at least one batch")
+    return sums
 
 
 def round_size(n: float, total: int, round_to: int) -> int:
     """n kept units rounded to a multiple of round_to, at least round_to, at most total."""
     if round_to <= 1:
         return max(1, min(total, round(n)))
-    return max(round_to, min(total, int(round(n / round_to)) * round_to))
+    return min(total, max(round_to, int(round(n / round_to)) * round_to))
 
 
 def _top(scores: np.ndarray, k: int) -> list[int]:
@@ -118,11 +130,19 @@ def select(
     if scope == "global":
         return (
             _global(scores.heads, heads_fraction, 1),
-            _global(scores.ffn, ffn_fraction, round_to),
+            select_units(scores.ffn, ffn_fraction, round_to, scope),
         )
     heads = [_top(s, max(1, math.ceil(len(s) * (1 - heads_fraction)))) for s in scores.heads]
-    ffn = [_top(s, round_size(len(s) * (1 - ffn_fraction), len(s), round_to)) for s in scores.ffn]
-    return heads, ffn
+    return heads, select_units(scores.ffn, ffn_fraction, round_to, scope)
+
+
+def select_units(
+    per_layer: list[np.ndarray], fraction: float, round_to: int, scope: str
+) -> list[list[int]]:
+    """Per layer (an FFN, a channel group): the units to keep, counts multiples of round_to."""
+    if scope == "global":
+        return _global(per_layer, fraction, round_to)
+    return [_top(s, round_size(len(s) * (1 - fraction), len(s), round_to)) for s in per_layer]
 
 
 def _global(per_layer: list[np.ndarray], fraction: float, unit: int) -> list[list[int]]:

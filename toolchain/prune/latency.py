@@ -28,48 +28,52 @@ class Engine:
     runner: Any
 
 
-def engine_of(hf, directory: Path, opset: int, threads: int | None) -> Engine:
-    """Export `hf` (toolchain/export/hf.py: HfModel) into `directory` and build it for ort-cpu."""
+def engine_of(candidate, directory: Path, opset: int, threads: int | None) -> Engine:
+    """Export a candidate (prune/structured.py) into `directory` and build it for ort-cpu."""
+    import onnx
+
     from targets.ort_cpu import OrtCpu
     from toolchain.core.onnx_model import io_from_onnx
-    from toolchain.export.hf import onnx_from_hf
 
     onnx_dir, engine_dir = directory / "onnx", directory / "engine"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     engine_dir.mkdir(parents=True, exist_ok=True)
-    path = onnx_from_hf(hf, onnx_dir, opset)
-    import onnx
-
+    path = candidate.export(onnx_dir, opset)
     art = ModelArtifact(
         path, Format.onnx, io=io_from_onnx(onnx.load(str(path), load_external_data=False))
     )
     target = OrtCpu()
     engine = target.build(art, BuildConfig({"threads": threads} if threads else {}), engine_dir)
-    return Engine(engine_dir, target.load(engine, threads=threads))
+    return Engine(engine_dir, target.load(engine, threads=threads, spinning=False))
 
 
-def text_feeds(io, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded token ids (in the first 1000 ids), full attention masks, zero token types."""
+def timing_feeds(io, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs at `batch` (and `seq` for a dynamic second axis): token ids in the first
+    1000 ids, full attention masks, zero token types; floats standard normal."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for t in io.inputs:
-        if "mask" in t.name:
-            feeds[t.name] = np.ones((batch, seq), dtype=np.int64)
+        dims = [batch if i == 0 else (d if isinstance(d, int) else seq or 1)
+                for i, d in enumerate(t.dims)]  # fmt: skip
+        if np.issubdtype(np.dtype(t.dtype), np.floating):
+            feeds[t.name] = rng.standard_normal(dims).astype(t.dtype)
+        elif "mask" in t.name:
+            feeds[t.name] = np.ones(dims, dtype=t.dtype)
         elif "type" in t.name:
-            feeds[t.name] = np.zeros((batch, seq), dtype=np.int64)
+            feeds[t.name] = np.zeros(dims, dtype=t.dtype)
         else:
-            feeds[t.name] = rng.integers(100, 1100, size=(batch, seq), dtype=np.int64)
+            feeds[t.name] = rng.integers(100, 1100, size=dims).astype(t.dtype)
     return feeds
 
 
 def compare(
-    engines: dict[str, Engine], batches: list[int], seq: int, rounds: int
+    engines: dict[str, Engine], batches: list[int], seq: int | None, rounds: int
 ) -> dict[str, dict[str, float]]:
     """batch → {name: median ms}, every engine timed in alternation at each batch size."""
     out = {}
     io = next(iter(engines.values())).runner.io
     for b in batches:
-        feeds = text_feeds(io, b, seq)
+        feeds = timing_feeds(io, b, seq)
         fns = {n: (lambda e=e, f=feeds: e.runner.infer(f)) for n, e in engines.items()}
         out[str(b)] = {k: round(v, 4) for k, v in interleaved(fns, rounds, warmup=3).items()}
     return out
@@ -106,17 +110,22 @@ def search_fraction(
     high: float = 0.9,
     steps: int = 6,
     log: Callable[[str], None] = lambda _m: None,
+    near: float = 0.05,
 ) -> Search:
     """The smallest pruned fraction whose measured latency ratio is at most `target`.
 
     Bisection on [low, high], assuming more pruning is not slower; first `high` itself: if
-    the most pruning allowed misses the target, nothing less will reach it."""
+    the most pruning allowed misses the target, nothing less will reach it. A point that
+    measures within `near` (relative) of the target decides which way the search goes on
+    noise, so it is measured twice more and the median of the three decides."""
     search = Search(target)
 
     def probe(f: float) -> float:
         r = measure(f)
+        if abs(r - target) <= near * target:
+            r = float(np.median([r, measure(f), measure(f)]))
         search.points.append(SearchPoint(f, r))
-        log(f"prune: {f:.1%} of heads and FFN neurons: engine latency {r:.3f}x the unpruned")
+        log(f"prune: {f:.1%} pruned: engine latency {r:.3f}x the unpruned")
         return r
 
     if probe(high) > target:

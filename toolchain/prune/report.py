@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+UNITS = {"heads": "heads", "ffn": "FFN neurons", "channels": "channels"}
+COLORS = ("#2e86c1", "#e67e22", "#27ae60")
+
 
 def plot(report: dict[str, Any], path: Path) -> Path:
     # a Figure of its own (no pyplot): no process-wide backend
@@ -15,12 +18,15 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(10 if search else 6, 3.6))
     axes = fig.subplots(1, 2 if search else 1, squeeze=False)[0]
     ax = axes[0]
-    idx = [row["layer"] for row in layers]
-    heads = [_fraction(row["heads"]) for row in layers]
-    ffn = [_fraction(row["ffn"]) for row in layers]
-    ax.bar([i - 0.2 for i in idx], heads, 0.4, label="heads kept", color="#2e86c1")
-    ax.bar([i + 0.2 for i in idx], ffn, 0.4, label="FFN neurons kept", color="#e67e22")
-    ax.set_xlabel("layer")
+    units = [k for k in UNITS if k in layers[0]]
+    width = 0.8 / len(units)
+    for j, unit in enumerate(units):
+        kept = [_fraction(row[unit]) for row in layers]
+        pos = [i - 0.4 + width * (j + 0.5) for i in range(len(layers))]
+        ax.bar(pos, kept, width, label=f"{UNITS[unit]} kept", color=COLORS[j % len(COLORS)])
+    labels = [str(row.get("layer", row.get("group"))) for row in layers]
+    ax.set_xticks(range(len(layers)), labels, fontsize=7, rotation=30 if "group" in layers[0] else 0)
+    ax.set_xlabel("layer" if "layer" in layers[0] else "channel group")
     ax.set_ylabel("fraction kept")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
@@ -31,7 +37,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         tried = search["tried"]
         ax.plot([p["fraction"] for p in tried], [p["ratio"] for p in tried], "o")
         ax.axhline(search["target_ratio"], color="#c0392b", ls="--", label="target")
-        ax.set_xlabel("fraction of heads and FFN neurons pruned")
+        ax.set_xlabel("fraction pruned")
         ax.set_ylabel(f"engine latency / unpruned (batch {search['batch']})")
         ax.legend(fontsize=7)
         ax.set_title("latency search", fontsize=9)

@@ -9,39 +9,56 @@ from typing import Any
 
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_json, sha256_path, write_json
+from toolchain.core.files import sha256_file, sha256_json, sha256_path, write_json
 from toolchain.core.stage import Inputs, StageResult, Workdir
 from toolchain.distill.setup import choose_output, load_data, load_teacher, train_config
-from toolchain.export.hf import load_hf
 from toolchain.prune.latency import Engine, compare, engine_of, search_fraction
-from toolchain.prune.structured import Plan, StructuredPruner, choose_importance
+from toolchain.prune.structured import ChannelPruner, EncoderPruner, choose_importance
 
 REPORT, PLOT = "report.json", "prune.png"
 DEFAULT_LR = 5e-5  # recovery fine-tunes a model that was trained: a fine-tuning rate
+DEFAULT_LR_CNN = 1e-3  # the same for a small CNN trained with Adam (examples/digits.py: 2e-3)
 
 
 def _check_source(src: ModelArtifact) -> None:
-    if src.format is not Format.hf:
-        raise InvalidInput(
-            f"{src.path}: structured pruning takes a Hugging Face encoder folder, got "
-            f"{src.format.value} (channel pruning of PyTorch factory models is not built yet; "
-            "put prune before export in a recipe)"
-        )
+    if src.format is Format.hf or (src.format is Format.torch and src.info.factory):
+        return
+    raise InvalidInput(
+        f"{src.path}: structured pruning takes a Hugging Face encoder folder or a PyTorch "
+        f"model from package.module:factory + safetensors, got {src.format.value}"
+        + (" (a .pt2 program cannot be resized)" if src.format is Format.torch else "")
+        + "; put prune before export in a recipe"
+    )
 
 
-def _baseline(pruner: StructuredPruner, cfg, work: Workdir) -> Engine:
-    """The unpruned model's engine, the baseline every pruned engine is timed beside."""
-    return engine_of(pruner.hf, work.scratch / "unpruned", cfg.opset, cfg.threads)
+def _pruner(src: ModelArtifact, inputs: Inputs, teacher, train, output: str, cfg, kind, log):
+    """The pruner for the source's kind; the teacher's loaded model is reused when it is the
+    unpruned model itself (no teacher given)."""
+    own = inputs.get("teacher") is None
+    if src.format is Format.hf:
+        from toolchain.export.hf import load_hf
+
+        if own:
+            return EncoderPruner(teacher.hf, train, output, cfg, kind, log, teacher.module)
+        return EncoderPruner(load_hf(src.path, src.info.task), train, output, cfg, kind, log)
+    from toolchain.export.source import torch_spec
+    from toolchain.export.torch import TorchRunner, load_torch
+
+    if own:
+        return ChannelPruner(teacher.torch, train, output, cfg, kind, log, teacher.module)
+    tm = load_torch(torch_spec(src))
+    TorchRunner(tm)  # names the outputs
+    return ChannelPruner(tm, train, output, cfg, kind, log)
 
 
-def _choose_plan(pruner: StructuredPruner, cfg, work: Workdir, base: Engine, report: dict):
+def _choose_plan(pruner, cfg, work: Workdir, base: Engine, report: dict):
     """The plan: from the fractions given, or the smallest that meets --target-latency."""
     if cfg.target_latency is None:
         return pruner.plan(*cfg.fractions())
     batch = max(cfg.latency_batches)
 
     def measure(fraction: float) -> float:
-        candidate = pruner.apply(pruner.plan(fraction, fraction))
+        candidate = pruner.apply(pruner.plan(fraction))
         eng = engine_of(candidate, work.scratch / f"try-{fraction:.4f}", cfg.opset, cfg.threads)
         ms = compare({"unpruned": base, "pruned": eng}, [batch], pruner.seq, cfg.latency_rounds)
         t = ms[str(batch)]
@@ -51,31 +68,27 @@ def _choose_plan(pruner: StructuredPruner, cfg, work: Workdir, base: Engine, rep
     report["latency_search"] = {**search.to_dict(), "batch": batch, "seq": pruner.seq}
     if search.chosen is None:
         return None
-    return pruner.plan(search.chosen, search.chosen)
+    return pruner.plan(search.chosen)
 
 
-def _recover(pruned, teacher, train, evals, output: str, cfg, work: Workdir, task,
-             plan_digest: str) -> dict:  # fmt: skip
+def _recover(candidate, teacher, train, evals, output: str, cfg, work: Workdir, task,
+             fingerprint: str, lr: float) -> dict:  # fmt: skip
     """Distil the unpruned model into the pruned one (the distill stage's trainer)."""
-    from toolchain.distill.students import HfOutputs
     from toolchain.distill.trainer import Pair, Trainer
 
-    student = HfOutputs(pruned.model, pruned.onnx_config)
-    tcfg = train_config(cfg, DEFAULT_LR, output, task)
+    tcfg = train_config(cfg, lr, output, task)
     trainer = Trainer(
-        Pair(student, teacher.module), train, evals, tcfg, checkpoints=work.scratch / "recovery",
-        fingerprint=sha256_json({"model": sha256_path(Path(pruned.path)), "plan": plan_digest}),
-        log=work.log,
+        Pair(candidate.outputs, teacher.module), train, evals, tcfg,
+        checkpoints=work.scratch / "recovery", fingerprint=fingerprint, log=work.log,
     )  # fmt: skip
     result = trainer.fit(resume=cfg.resume)
     return {"loss": tcfg.loss, "epochs": cfg.epochs, **result.to_dict()}
 
 
-def _accuracy(pruner, pruned, teacher, evals, output: str, loss: str) -> dict[str, Any]:
+def _accuracy(pruner, candidate, teacher, evals, output: str, loss: str) -> dict[str, Any]:
     """The distillation loop's eval metric (accuracy with labels) before and after pruning."""
     from toolchain.distill.parallel import outputs_of
     from toolchain.distill.steps import evaluate
-    from toolchain.distill.students import HfOutputs
 
     def outputs(module):
         return outputs_of(module, evals, output, batch_size=256)
@@ -83,25 +96,19 @@ def _accuracy(pruner, pruned, teacher, evals, output: str, loss: str) -> dict[st
     ref = outputs(teacher.module)
     unpruned = ref if pruner.wrapped is teacher.module else outputs(pruner.wrapped)
     name, before = evaluate(unpruned, ref, evals.labels, loss)
-    after = outputs(HfOutputs(pruned.model, pruned.onnx_config))
-    _, after_pruning = evaluate(after, ref, evals.labels, loss)
+    _, after_pruning = evaluate(outputs(candidate.outputs), ref, evals.labels, loss)
     return {"metric": name, "before_pruning": before, "after_pruning": after_pruning}
 
 
-def _finish(plan: Plan, pruner, pruned, base: Engine, cfg, work: Workdir, report: dict):
-    from toolchain.distill.students import save_hf_student
-    from toolchain.prune.encoder import head_counts, parameter_counts
+def _finish(plan, pruner, candidate, base: Engine, cfg, work: Workdir, report: dict) -> None:
     from toolchain.prune.report import plot
 
-    save_hf_student(pruned.model, Path(pruner.path), work.out)
-    final = engine_of(pruned, work.scratch / "pruned", cfg.opset, cfg.threads)
+    final = engine_of(candidate, work.scratch / "pruned", cfg.opset, cfg.threads)
     ms = compare({"unpruned": base, "pruned": final}, cfg.latency_batches, pruner.seq,
                  cfg.latency_rounds)  # fmt: skip
-    after = {"heads": head_counts(pruned.model), "ffn": [len(f) for f in plan.ffn]}
-    params = {"before": pruner.before["parameters"], "after": parameter_counts(pruned.model)}
     report.update(
         layers=plan.describe(pruner.before),
-        parameters=params,
+        parameters={"before": pruner.before["parameters"], "after": candidate.parameters},
         latency_ms={"seq": pruner.seq, "threads": cfg.threads, "batches": ms},
         latency_ratio={b: round(t["pruned"] / t["unpruned"], 4) for b, t in ms.items()},
     )
@@ -110,8 +117,19 @@ def _finish(plan: Plan, pruner, pruned, base: Engine, cfg, work: Workdir, report
         report["plot"] = PLOT
     except ImportError:
         report["plot"] = "not drawn: matplotlib is not installed"
-    write_json(work.out / REPORT, report)
-    return after, params
+
+
+def _artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> ModelArtifact:
+    if src.format is Format.hf:
+        info = src.info.inherit(task=task, tokenizer=str(path), structure=structure)
+        return ModelArtifact(path, Format.hf, sha256=sha256_path(path), parent=src.sha256,
+                             info=info)  # fmt: skip
+    from toolchain.distill.setup import code_digest
+
+    digest = sha256_json({"factory": src.info.factory, "weights": sha256_file(path),
+                          "code": code_digest(src.info.factory)})  # fmt: skip
+    info = src.info.inherit(outputs=tuple(candidate.tm.output_names), structure=structure)
+    return ModelArtifact(path, Format.torch, sha256=digest, parent=src.sha256, info=info)
 
 
 def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
@@ -121,15 +139,13 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
     teacher = load_teacher(inputs.get("teacher") or src, cfg)
     train, evals = load_data(cfg, teacher.io, teacher.tokenizer)
     output = choose_output(teacher, train, cfg.output)
-    loss = train_config(cfg, DEFAULT_LR, output, teacher.task).loss
+    lr = DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN
+    loss = train_config(cfg, lr, output, teacher.task).loss
     kind = choose_importance(cfg.importance, train.labels is not None, loss)
-    if inputs.get("teacher") is None:  # the teacher is the unpruned model: load it once
-        pruner = StructuredPruner(teacher.hf, train, output, cfg, kind, work.log, teacher.module)
-    else:
-        unpruned = load_hf(src.path, src.info.task)
-        pruner = StructuredPruner(unpruned, train, output, cfg, kind, work.log)
-    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind}
-    base = _baseline(pruner, cfg, work)
+    pruner = _pruner(src, inputs, teacher, train, output, cfg, kind, work.log)
+    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind,
+                              "model": pruner.format}  # fmt: skip
+    base = engine_of(pruner.unpruned, work.scratch / "unpruned", cfg.opset, cfg.threads)
     plan = _choose_plan(pruner, cfg, work, base, report)
     if plan is None:
         write_json(work.out / REPORT, report)
@@ -139,22 +155,23 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         return StageResult(None, report, passed=False, summary=(
             f"no amount of pruning reaches {cfg.target_latency}x the unpruned engine ({tried})"
         ))  # fmt: skip
-    pruned = pruner.apply(plan)
-    report["accuracy"] = _accuracy(pruner, pruned, teacher, evals, output, loss)
+    candidate = pruner.apply(plan)
+    report["accuracy"] = _accuracy(pruner, candidate, teacher, evals, output, loss)
     if cfg.epochs:
-        digest = sha256_json({"heads": plan.heads, "ffn": plan.ffn})
+        fingerprint = sha256_json({"model": src.sha256, "plan": plan.digest()})
         report["recovery"] = _recover(
-            pruned, teacher, train, evals, output, cfg, work, teacher.task, digest
+            candidate, teacher, train, evals, output, cfg, work, teacher.task, fingerprint, lr
         )
         report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
-    after, params = _finish(plan, pruner, pruned, base, cfg, work, report)
+    path = candidate.save(work.out)
+    _finish(plan, pruner, candidate, base, cfg, work, report)
     report["seconds"] = round(time.perf_counter() - start, 1)
-    _target_missed(cfg, report)  # recorded in the report before it is written
+    missed = _target_missed(cfg, report)  # recorded in the report before it is written
     write_json(work.out / REPORT, report)
-    structure = {"method": cfg.method, **after, "parameters": params["after"]["total"]}
-    info = src.info.inherit(task=teacher.task, tokenizer=str(work.out), structure=structure)
-    art = ModelArtifact(work.out, Format.hf, sha256=sha256_path(work.out), parent=src.sha256,
-                        info=info)  # fmt: skip
+    params = report["parameters"]
+    structure = {"method": cfg.method, **candidate.structure,
+                 "parameters": params["after"]["total"]}  # fmt: skip
+    art = _artifact(src, candidate, path, teacher.task, structure)
     acc, ratio = report["accuracy"], report["latency_ratio"]
     summary = (
         f"{params['after']['total']:,} of {params['before']['total']:,} parameters; engine "
@@ -162,7 +179,6 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         + f"; {acc['metric']} {acc['before_pruning']:.4f} → pruned {acc['after_pruning']:.4f}"
         + (f" → recovered {acc['after_recovery']:.4f}" if "after_recovery" in acc else "")
     )
-    missed = _target_missed(cfg, report)
     if missed:
         summary = f"{missed}; {summary}"
     return StageResult(art, report, passed=not missed, summary=summary)

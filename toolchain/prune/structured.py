@@ -1,47 +1,37 @@
-"""The structured method: score heads and FFN neurons once, then make pruned copies of the
-model at any fraction (the latency search makes several, the stage keeps one)."""
+"""The structured method: score the prunable units once, then make pruned copies of the model
+at any fraction (the latency search makes several, the stage keeps one).
+
+Two kinds of model, one interface (`Pruner.plan`, `Pruner.apply` → `Candidate`):
+- a Hugging Face encoder (`EncoderPruner`): attention heads and FFN neurons
+  (prune/encoder.py); the pruned copy is a Hugging Face folder;
+- a PyTorch model from `package.module:factory` + safetensors (`ChannelPruner`): conv
+  channels and Linear features with their dependents (prune/channels.py); the pruned copy is
+  a safetensors file that records its shapes, loaded by the same factory.
+"""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from toolchain.core.errors import InvalidInput
+from toolchain.core.files import sha256_json
 from toolchain.distill.parallel import to_tensors
-from toolchain.export.hf import HfModel
-from toolchain.prune.encoder import (
-    encoder_layers,
-    head_counts,
-    parameter_counts,
-    prune_encoder,
-    remaining_heads,
+from toolchain.prune.importance import (
+    Scores,
+    accumulate_taylor,
+    magnitude_scores,
+    select,
+    select_units,
+    taylor_scores,
 )
-from toolchain.prune.importance import Scores, magnitude_scores, select, taylor_scores
 
-
-@dataclass
-class Plan:
-    """What a pruned copy keeps: per layer, original head indices and FFN neuron indices."""
-
-    heads_fraction: float
-    ffn_fraction: float
-    heads: list[list[int]]
-    ffn: list[list[int]]
-
-    def describe(self, before: dict[str, Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "layer": i,
-                "heads": f"{len(h)}/{before['heads'][i]}",
-                "ffn": f"{len(f)}/{before['ffn'][i]}",
-                "heads_kept": h,
-            }
-            for i, (h, f) in enumerate(zip(self.heads, self.ffn, strict=True))
-        ]
+WEIGHTS = "model.safetensors"
 
 
 def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
@@ -56,13 +46,87 @@ def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
     return "taylor" if has_labels and loss == "soft" else "magnitude"
 
 
-class StructuredPruner:
+def _taylor_batches(wrapped, data, cfg) -> list[tuple[dict, torch.Tensor]]:
+    n = min(len(data), cfg.importance_samples)
+    batches = []
+    for start in range(0, n, cfg.batch_size):
+        idx = np.arange(start, min(n, start + cfg.batch_size))
+        feeds = wrapped.prepare(to_tensors(data.feeds, idx, torch.device("cpu")))
+        batches.append((feeds, torch.from_numpy(data.labels[idx])))
+    return batches
+
+
+def _task_loss(wrapped, output: str):
+    def loss(feeds, labels):
+        return torch.nn.functional.cross_entropy(wrapped(**feeds)[output], labels)
+
+    return loss
+
+
+# --- Hugging Face encoders: heads and FFN neurons --------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a pruned encoder keeps: per layer, original head indices and FFN neuron indices."""
+
+    heads_fraction: float
+    ffn_fraction: float
+    heads: list[list[int]]
+    ffn: list[list[int]]
+
+    def digest(self) -> str:
+        return sha256_json({"heads": self.heads, "ffn": self.ffn})
+
+    def describe(self, before: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "layer": i,
+                "heads": f"{len(h)}/{before['heads'][i]}",
+                "ffn": f"{len(f)}/{before['ffn'][i]}",
+                "heads_kept": h,
+            }
+            for i, (h, f) in enumerate(zip(self.heads, self.ffn, strict=True))
+        ]
+
+
+class EncoderCandidate:
+    """A pruned copy of a Hugging Face encoder."""
+
+    def __init__(self, hf, source: Path) -> None:
+        from toolchain.distill.students import HfOutputs
+        from toolchain.prune.encoder import encoder_layers, head_counts, parameter_counts
+
+        self.hf, self.source = hf, source
+        self.outputs = HfOutputs(hf.model, hf.onnx_config)
+        self.parameters = parameter_counts(hf.model)
+        self.structure = {
+            "heads": head_counts(hf.model),
+            "ffn": [lay.ffn_size for lay in encoder_layers(hf.model)],
+        }
+
+    def export(self, directory: Path, opset: int) -> Path:
+        from toolchain.export.hf import onnx_from_hf
+
+        return onnx_from_hf(self.hf, directory, opset)
+
+    def save(self, out: Path) -> Path:
+        from toolchain.distill.students import save_hf_student
+
+        save_hf_student(self.hf.model, self.source, out)
+        return out
+
+
+class EncoderPruner:
     """Heads and FFN neurons of one Hugging Face encoder, scored on the training data."""
 
-    def __init__(self, hf: HfModel, train_data, output: str, cfg, kind: str, log, wrapped=None):
+    format = "hf"
+
+    def __init__(self, hf, train_data, output: str, cfg, kind: str, log, wrapped=None):
         """`hf`: the unpruned model that pruned copies are made from (left as it is);
         `wrapped`: its HfOutputs, when the caller has one (the recovery's teacher)."""
         from toolchain.distill.students import HfOutputs
+        from toolchain.prune.encoder import encoder_layers, head_counts, parameter_counts
 
         self.hf, self.path, self.task = hf, hf.path, hf.task
         self.cfg, self.output, self.log = cfg, output, log
@@ -77,26 +141,21 @@ class StructuredPruner:
         # engines are timed at the configured sequence length, or the model's longest
         longest = getattr(self.hf.model.config, "max_position_embeddings", None) or cfg.latency_seq
         self.seq = min(cfg.latency_seq, longest)
+        self.unpruned = EncoderCandidate(hf, Path(self.path))
 
     def _scores(self, kind: str, data) -> Scores:
         if kind == "magnitude":
             return magnitude_scores(self.hf.model, self.layers)
-        cfg, device = self.cfg, torch.device("cpu")
-        n = min(len(data), cfg.importance_samples)
-        batches = []
-        for start in range(0, n, cfg.batch_size):
-            idx = np.arange(start, min(n, start + cfg.batch_size))
-            feeds = self.wrapped.prepare(to_tensors(data.feeds, idx, device))
-            batches.append((feeds, torch.from_numpy(data.labels[idx])))
+        batches = _taylor_batches(self.wrapped, data, self.cfg)
+        self.log(f"prune: Taylor importance on {min(len(data), self.cfg.importance_samples)} samples")
+        return taylor_scores(
+            self.hf.model, self.layers, batches, _task_loss(self.wrapped, self.output)
+        )
 
-        def loss(feeds, labels):
-            logits = self.wrapped(**feeds)[self.output]
-            return torch.nn.functional.cross_entropy(logits, labels)
+    def plan(self, heads_fraction: float, ffn_fraction: float | None = None) -> Plan:
+        from toolchain.prune.encoder import remaining_heads
 
-        self.log(f"prune: Taylor importance on {n} samples")
-        return taylor_scores(self.hf.model, self.layers, batches, loss)
-
-    def plan(self, heads_fraction: float, ffn_fraction: float) -> Plan:
+        ffn_fraction = heads_fraction if ffn_fraction is None else ffn_fraction
         keep_h, keep_f = select(
             self.scores, heads_fraction, ffn_fraction, self.cfg.round_to, self.cfg.scope
         )
@@ -106,8 +165,11 @@ class StructuredPruner:
             heads.append([remaining[p] for p in positions])
         return Plan(heads_fraction, ffn_fraction, heads, keep_f)
 
-    def apply(self, plan: Plan) -> HfModel:
+    def apply(self, plan: Plan) -> EncoderCandidate:
         """A pruned copy of the model (the unpruned one is left as it is)."""
+        from toolchain.export.hf import HfModel
+        from toolchain.prune.encoder import prune_encoder, remaining_heads
+
         model = copy.deepcopy(self.hf.model)
         drop = {
             i: [h for h in remaining_heads(model, i) if h not in set(kept)]
@@ -116,4 +178,124 @@ class StructuredPruner:
         prune_encoder(model, drop, dict(enumerate(plan.ffn)))
         ctor = type(self.hf.onnx_config)
         onnx_config = ctor(model.config, task=self.hf.onnx_config.task)
-        return HfModel(self.path, self.task, self.hf.library, model.eval(), onnx_config)
+        hf = HfModel(self.path, self.task, self.hf.library, model.eval(), onnx_config)
+        return EncoderCandidate(hf, Path(self.path))
+
+
+# --- PyTorch factory models: channels -------------------------------------------------------
+
+
+@dataclass
+class ChannelPlan:
+    """What a pruned model keeps: per prunable channel group, the channel indices."""
+
+    fraction: float
+    keep: list[list[int]]
+    names: list[str]
+    sizes: list[int]
+
+    def digest(self) -> str:
+        return sha256_json({"channels": self.keep, "groups": self.names})
+
+    def describe(self, before: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"group": name, "channels": f"{len(k)}/{size}"}
+            for name, k, size in zip(self.names, self.keep, self.sizes, strict=True)
+        ]
+
+
+class ChannelCandidate:
+    """A pruned copy of a PyTorch factory model (the module, its inputs and outputs)."""
+
+    def __init__(self, tm, rec: dict[str, Any], plan: ChannelPlan | None) -> None:
+        from toolchain.distill.students import TorchOutputs, parameter_count
+
+        self.tm, self.record = tm, rec
+        names = [d.name for d in tm.inputs]
+        self.outputs = TorchOutputs(tm.module, names, tm.output_names)
+        self.parameters = {"total": parameter_count(tm.module)}
+        self.structure = {
+            "channels": {n: len(k) for n, k in zip(plan.names, plan.keep, strict=True)}
+            if plan
+            else {}
+        }
+
+    def export(self, directory: Path, opset: int) -> Path:
+        from toolchain.export.torch import onnx_from_torch
+
+        return onnx_from_torch(self.tm, directory / "model.onnx", opset)
+
+    def save(self, out: Path) -> Path:
+        from safetensors.torch import save_file
+
+        from toolchain.prune.channels import metadata
+
+        state = {k: v.detach().cpu().contiguous() for k, v in self.tm.module.state_dict().items()}
+        save_file(state, str(out / WEIGHTS), metadata=metadata(self.record))
+        return out / WEIGHTS
+
+
+class ChannelPruner:
+    """The prunable channel groups of a PyTorch model, scored on the training data."""
+
+    format = "torch"
+
+    def __init__(self, tm, train_data, output: str, cfg, kind: str, log, wrapped=None):
+        from toolchain.distill.students import TorchOutputs, parameter_count
+        from toolchain.prune.channels import channel_groups
+
+        if cfg.heads is not None or cfg.ffn is not None:
+            raise InvalidInput(
+                "--heads/--ffn prune a transformer encoder; for channel pruning give "
+                "--sparsity or --target-latency"
+            )
+        self.tm, self.cfg, self.output, self.log = tm, cfg, output, log
+        names = [d.name for d in tm.inputs]
+        self.wrapped = wrapped or TorchOutputs(tm.module, names, tm.output_names)
+        example = tuple(torch.from_numpy(v) for v in tm.example(batch=2).values())
+        groups = channel_groups(tm.module, example)
+        self.groups = [g for g in groups if g.prunable]
+        if not self.groups:
+            reasons = sorted({g.blocked for g in groups if g.blocked})
+            raise InvalidInput(
+                "nothing prunable: no channel group can be removed without changing the "
+                f"model's inputs or outputs or an op the analysis does not know ({reasons[:3]})"
+            )
+        self.before = {
+            "channels": {g.name(): g.size for g in self.groups},
+            "parameters": {"total": parameter_count(tm.module)},
+        }
+        self.scores = self._scores(kind, train_data)
+        self.seq = None  # inputs have fixed shapes but the batch
+        self.unpruned = ChannelCandidate(tm, {"method": "channels", "modules": []}, None)
+
+    def _scores(self, kind: str, data) -> list[np.ndarray]:
+        from toolchain.prune.channels import group_scores
+
+        module = self.tm.module
+
+        def score(fn) -> list[np.ndarray]:
+            return [group_scores(module, g, fn) for g in self.groups]
+
+        if kind == "magnitude":
+            with torch.no_grad():
+                return score(torch.abs)
+        batches = _taylor_batches(self.wrapped, data, self.cfg)
+        self.log(f"prune: Taylor importance on {min(len(data), self.cfg.importance_samples)} samples")
+        return accumulate_taylor(module, batches, _task_loss(self.wrapped, self.output), score)
+
+    def plan(self, fraction: float, _ffn: float | None = None) -> ChannelPlan:
+        keep = select_units(self.scores, fraction, self.cfg.round_to, self.cfg.scope)
+        return ChannelPlan(
+            fraction, keep, [g.name() for g in self.groups], [g.size for g in self.groups]
+        )
+
+    def apply(self, plan: ChannelPlan) -> ChannelCandidate:
+        from dataclasses import replace
+
+        from toolchain.prune.channels import apply_groups, record
+
+        module = copy.deepcopy(self.tm.module)
+        apply_groups(module, self.groups, plan.keep)
+        tm = replace(self.tm, module=module.eval(), output_names=list(self.tm.output_names))
+        return ChannelCandidate(tm, record(self.groups, plan.keep), plan)

@@ -95,8 +95,8 @@ class AccuracyLoop:
         """Median ms per batch-1 call with and without the fallback, timed side by side."""
         feeds = {k: v[:1] for k, v in self.data.feeds.items()}
         runners = {
-            "all_int8": runner_from_onnx(first, threads=self.cfg.threads),
-            "with_fallback": runner_from_onnx(final, threads=self.cfg.threads),
+            "all_int8": runner_from_onnx(first, threads=self.cfg.threads, spinning=False),
+            "with_fallback": runner_from_onnx(final, threads=self.cfg.threads, spinning=False),
         }
         ms = interleaved(
             {k: (lambda r=r: r.infer(feeds)) for k, r in runners.items()}, LATENCY_ROUNDS
