@@ -115,7 +115,8 @@ def test_a_point_near_the_target_is_decided_by_the_median_of_three():
 
     s = search_fraction(measure, 0.6, steps=1)
     assert [p.to_dict() for p in s.points] == [
-        {"fraction": 0.9, "ratio": 0.2}, {"fraction": 0.45, "ratio": 0.63}
+        {"fraction": 0.9, "ratio": 0.2},
+        {"fraction": 0.45, "ratio": 0.63},
     ]
     assert s.chosen == 0.9  # the median (0.63) misses the target: 0.45 is not taken
 

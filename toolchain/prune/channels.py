@@ -216,11 +216,11 @@ class _Analysis:
                 self.g.get(out).producers.append(name)
                 self.values[node] = _Value(out, -1)
                 return
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and val is not None:
-            if val.factor == 1 and (val.axis == 1 or len(_shape(src) or ()) == 2):
-                self.g.get(val.group).norms.append(name)
-                self.values[node] = val
-                return
+        norm = isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and val is not None
+        if norm and val.factor == 1 and (val.axis == 1 or len(_shape(src) or ()) == 2):
+            self.g.get(val.group).norms.append(name)
+            self.values[node] = val
+            return
         if isinstance(m, PASS_MODULES) and src is not None:
             self._pass(node, src)
             return
@@ -314,7 +314,7 @@ def group_scores(module: nn.Module, grp: Group, fn) -> np.ndarray:
             s += fn(m.bias).double()
     for name in grp.norms + grp.depthwise:
         s += _rows(fn(mods[name].weight)).double()
-    for name, k in grp.consumers:
+    for name, _k in grp.consumers:
         w = fn(mods[name].weight)  # [out, in, ...]: channel c is columns c*k .. c*k+k-1
         s += w.transpose(0, 1).reshape(grp.size, -1).sum(1).double()
     return s.numpy()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toolchain.prune.encoder import EncoderLayer, head_dim, remaining_heads
+from toolchain.prune.encoder import EncoderLayer, head_dim
 
 IMPORTANCE = ("auto", "taylor", "magnitude")
 

@@ -25,7 +25,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         pos = [i - 0.4 + width * (j + 0.5) for i in range(len(layers))]
         ax.bar(pos, kept, width, label=f"{UNITS[unit]} kept", color=COLORS[j % len(COLORS)])
     labels = [str(row.get("layer", row.get("group"))) for row in layers]
-    ax.set_xticks(range(len(layers)), labels, fontsize=7, rotation=30 if "group" in layers[0] else 0)
+    rotation = 30 if "group" in layers[0] else 0
+    ax.set_xticks(range(len(layers)), labels, fontsize=7, rotation=rotation)
     ax.set_xlabel("layer" if "layer" in layers[0] else "channel group")
     ax.set_ylabel("fraction kept")
     ax.set_ylim(0, 1.05)

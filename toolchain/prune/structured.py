@@ -46,8 +46,9 @@ def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
     return "taylor" if has_labels and loss == "soft" else "magnitude"
 
 
-def _taylor_batches(wrapped, data, cfg) -> list[tuple[dict, torch.Tensor]]:
+def _taylor_batches(wrapped, data, cfg, log) -> list[tuple[dict, torch.Tensor]]:
     n = min(len(data), cfg.importance_samples)
+    log(f"prune: Taylor importance on {n} samples")
     batches = []
     for start in range(0, n, cfg.batch_size):
         idx = np.arange(start, min(n, start + cfg.batch_size))
@@ -146,8 +147,7 @@ class EncoderPruner:
     def _scores(self, kind: str, data) -> Scores:
         if kind == "magnitude":
             return magnitude_scores(self.hf.model, self.layers)
-        batches = _taylor_batches(self.wrapped, data, self.cfg)
-        self.log(f"prune: Taylor importance on {min(len(data), self.cfg.importance_samples)} samples")
+        batches = _taylor_batches(self.wrapped, data, self.cfg, self.log)
         return taylor_scores(
             self.hf.model, self.layers, batches, _task_loss(self.wrapped, self.output)
         )
@@ -280,8 +280,7 @@ class ChannelPruner:
         if kind == "magnitude":
             with torch.no_grad():
                 return score(torch.abs)
-        batches = _taylor_batches(self.wrapped, data, self.cfg)
-        self.log(f"prune: Taylor importance on {min(len(data), self.cfg.importance_samples)} samples")
+        batches = _taylor_batches(self.wrapped, data, self.cfg, self.log)
         return accumulate_taylor(module, batches, _task_loss(self.wrapped, self.output), score)
 
     def plan(self, fraction: float, _ffn: float | None = None) -> ChannelPlan:
