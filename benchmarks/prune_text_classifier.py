@@ -90,13 +90,9 @@ def accuracy(engine: Path) -> float:
 
 
 def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict[str, float]]:
-    from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.prune.latency import timing_feeds
-    from toolchain.runners import runner_for
+    from toolchain.prune.latency import timed_runner, timing_feeds
 
-    runners = {
-        k: runner_for(ModelArtifact(p, Format.engine), threads=THREADS) for k, p in engines.items()
-    }
+    runners = {k: timed_runner(p, THREADS) for k, p in engines.items()}
     out = {}
     for seq in (64, 128):
         for batch in (1, 8):

@@ -203,7 +203,7 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
 
 def _run_worker(recipe: Recipe) -> RunReport:
     """A torchrun process other than rank 0: the recipe's first stage, when it is distributed
-    (distill), in step with rank 0 (the same cache check: both skip or both run), into a
+    (distill, prune), in step with rank 0 (the same cache check: both skip or both run), into a
     directory thrown away. Later stages read what rank 0 wrote: they are rank 0's alone."""
     cfg = recipe.stages[0]
     stage = get_stage(cfg.kind)

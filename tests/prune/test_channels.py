@@ -198,3 +198,37 @@ def test_a_program_or_an_onnx_file_is_refused(cli, tiny, tmp_path, export_tiny):
             "-o", tmp_path / "p")  # fmt: skip
     assert r.code == 2 and "got onnx" in r.stderr and "put prune before export" in r.stderr
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_prune_under_torchrun_recovers_in_step(digits, tmp_path):
+    """Two processes: rank 0 chooses the plan and shares it, both train the pruned model in
+    step (DistributedDataParallel), and the weights end the same on both."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    edgesmith = Path(sys.executable).parent / "edgesmith"
+    out = tmp_path / "double"
+    args = [
+        "prune", "examples.digits:make_model", "--weights", str(digits / "model.safetensors"),
+        "-o", str(out), "--data", str(digits / "train.npz"),
+        "--eval-data", str(digits / "calib.npz"), "--sparsity", "0.5", "--epochs", "3",
+        "--latency-batches", "1", "--latency-rounds", "3",
+    ]  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "--no-python", str(edgesmith), *args],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "distributed: 2 processes (gloo)" in p.stderr
+    report = json.loads((out / "report.json").read_text())
+    rec = report["recovery"]
+    assert rec["world_size"] == 2 and rec["rank_digests"][0] == rec["rank_digests"][1]
+    assert [row["channels"] for row in report["layers"]] == ["8/16", "16/32", "32/64"]
+    assert report["accuracy"]["after_recovery"] > report["accuracy"]["after_pruning"]

@@ -42,9 +42,17 @@ def engine_of(candidate, directory: Path, opset: int, threads: int | None) -> En
     art = ModelArtifact(
         path, Format.onnx, io=io_from_onnx(onnx.load(str(path), load_external_data=False))
     )
-    target = OrtCpu()
-    engine = target.build(art, BuildConfig({"threads": threads} if threads else {}), engine_dir)
-    return Engine(engine_dir, target.load(engine, threads=threads, spinning=False))
+    OrtCpu().build(art, BuildConfig({"threads": threads} if threads else {}), engine_dir)
+    return Engine(engine_dir, timed_runner(engine_dir, threads))
+
+
+def timed_runner(engine_dir: Path, threads: int | None):
+    """An ort-cpu engine loaded to be timed beside others in this process: its options as
+    engine.json records them, intra-op spinning off (core/ort_session.py says why)."""
+    from targets.ort_cpu import OrtCpu
+
+    art = ModelArtifact(Path(engine_dir), Format.engine)
+    return OrtCpu().load(art, threads=threads, spinning=False)
 
 
 def timing_feeds(io, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:

@@ -132,7 +132,27 @@ def _artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> Mod
     return ModelArtifact(path, Format.torch, sha256=digest, parent=src.sha256, info=info)
 
 
+def _shared(plan, work: Workdir):
+    """Rank 0's plan on every torchrun process. The processes join the group only now: rank 0
+    chose the plan by timing engines, and the others, waiting to join, took no core from it."""
+    import torch.distributed as dist
+
+    from toolchain.distill.parallel import init_distributed
+
+    _, world = init_distributed()
+    if world == 1:
+        return plan
+    work.log(f"distributed: {world} processes ({dist.get_backend()})")
+    box = [plan]
+    dist.broadcast_object_list(box, src=0)  # between our own processes, not from a file
+    return box[0]
+
+
 def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
+    """Score, choose the plan (rank 0), prune and recover (every torchrun process), then
+    measure, save and report (rank 0)."""
+    from toolchain.distill.parallel import close_distributed
+
     start = time.perf_counter()
     src = inputs.model
     _check_source(src)
@@ -145,8 +165,26 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
     pruner = _pruner(src, inputs, teacher, train, output, cfg, kind, work.log)
     report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind,
                               "model": pruner.format}  # fmt: skip
-    base = engine_of(pruner.unpruned, work.scratch / "unpruned", cfg.opset, cfg.threads)
-    plan = _choose_plan(pruner, cfg, work, base, report)
+    base = plan = None
+    if work.rank == 0:
+        base = engine_of(pruner.unpruned, work.scratch / "unpruned", cfg.opset, cfg.threads)
+        plan = _choose_plan(pruner, cfg, work, base, report)
+    try:
+        plan = _shared(plan, work)
+        if plan is not None:
+            candidate = pruner.apply(plan)
+            if work.rank == 0:
+                report["accuracy"] = _accuracy(pruner, candidate, teacher, evals, output, loss)
+            if cfg.epochs:
+                fingerprint = sha256_json({"model": src.sha256, "plan": plan.digest()})
+                report["recovery"] = _recover(
+                    candidate, teacher, train, evals, output, cfg, work, teacher.task,
+                    fingerprint, lr,
+                )  # fmt: skip
+    finally:
+        close_distributed()
+    if work.rank != 0:
+        return StageResult(None)
     if plan is None:
         write_json(work.out / REPORT, report)
         tried = ", ".join(
@@ -155,33 +193,28 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         return StageResult(None, report, passed=False, summary=(
             f"no amount of pruning reaches {cfg.target_latency}x the unpruned engine ({tried})"
         ))  # fmt: skip
-    candidate = pruner.apply(plan)
-    report["accuracy"] = _accuracy(pruner, candidate, teacher, evals, output, loss)
-    if cfg.epochs:
-        fingerprint = sha256_json({"model": src.sha256, "plan": plan.digest()})
-        report["recovery"] = _recover(
-            candidate, teacher, train, evals, output, cfg, work, teacher.task, fingerprint, lr
-        )
+    if "recovery" in report:
         report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
     path = candidate.save(work.out)
     _finish(plan, pruner, candidate, base, cfg, work, report)
     report["seconds"] = round(time.perf_counter() - start, 1)
     missed = _target_missed(cfg, report)  # recorded in the report before it is written
     write_json(work.out / REPORT, report)
-    params = report["parameters"]
-    structure = {"method": cfg.method, **candidate.structure,
-                 "parameters": params["after"]["total"]}  # fmt: skip
+    structure = {"method": cfg.method, **candidate.structure}
+    structure["parameters"] = candidate.parameters["total"]
     art = _artifact(src, candidate, path, teacher.task, structure)
-    acc, ratio = report["accuracy"], report["latency_ratio"]
+    return StageResult(art, report, passed=not missed, summary=_summary(report, missed))
+
+
+def _summary(report: dict, missed: str) -> str:
+    params, acc, ratio = report["parameters"], report["accuracy"], report["latency_ratio"]
     summary = (
         f"{params['after']['total']:,} of {params['before']['total']:,} parameters; engine "
         + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items())
         + f"; {acc['metric']} {acc['before_pruning']:.4f} → pruned {acc['after_pruning']:.4f}"
         + (f" → recovered {acc['after_recovery']:.4f}" if "after_recovery" in acc else "")
     )
-    if missed:
-        summary = f"{missed}; {summary}"
-    return StageResult(art, report, passed=not missed, summary=summary)
+    return f"{missed}; {summary}" if missed else summary
 
 
 def _target_missed(cfg, report: dict) -> str:

@@ -88,6 +88,7 @@ STAGE = Stage(
     "prune",
     PruneStage,
     run,
-    help="Prune a fine-tuned encoder (heads and FFN neurons, for real), recover it by "
-    "distillation, and measure the engine before and after.",
+    help="Prune a fine-tuned model for real (an encoder's heads and FFN neurons, a CNN's "
+    "channels), recover it by distillation, and measure the engine before and after.",
+    distributed=True,
 )
