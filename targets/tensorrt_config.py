@@ -55,6 +55,7 @@ class TrtOptions:
     max_batch: int = 32
     shapes: dict[str, ShapeRange] = field(default_factory=dict)
     timing_cache: Path | None = None  # an earlier build's timing.cache to start from (read only)
+    sparse_weights: bool | None = None  # None: on when the model has 2:4 layers
 
 
 _MOM = ("min", "opt", "max")
@@ -147,6 +148,7 @@ def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOption
         raise InvalidInput(
             f"trt-gpu options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
         )
+    sparse = _bool_option(options, "sparse_weights")
     shapes = parse_shapes(options["shapes"]) if "shapes" in options else {}
     cache = None
     if "timing_cache" in options:
@@ -163,6 +165,7 @@ def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOption
         max_batch=mx,
         shapes=shapes,
         timing_cache=cache,
+        sparse_weights=sparse,
     )
 
 
@@ -297,6 +300,25 @@ def int8_setting(requested: bool | None, n_quantize: int, path: Path) -> tuple[b
             "calibrate"
         )
     return False, None
+
+
+def sparse_setting(requested: bool | None, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
+    """Whether to build with SPARSE_WEIGHTS, and what engine.json records about it: the layers
+    whose weights follow 2:4 along their reduction axis (toolchain/prune/audit.py), which are
+    the ones TensorRT may run on sparse tensor cores (Ampere and later)."""
+    from toolchain.prune.audit import weight_layers
+
+    layers = [r for r in weight_layers(model) if r["two_four"]]
+    on = bool(layers) if requested is None else requested
+    record: dict[str, Any] = {"eligible_layers": [r["name"] for r in layers]}
+    if on and not layers:
+        record["note"] = "no layer follows 2:4: TensorRT will find nothing to run sparse"
+    elif on and any(r["quantized"] for r in layers):
+        record["note"] = (
+            "int8 Q/DQ and 2:4 on the same layers: TensorRT may still pick dense kernels "
+            "(TensorRT issue 4694); the engine's layer information says which it chose"
+        )
+    return on, record
 
 
 # ---------------------------------------------------------------- compatibility (pure)

@@ -16,7 +16,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from targets.tensorrt_config import (
     parse_options,
     profile_shapes,
     shape_str,
+    sparse_setting,
 )
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput, TargetUnavailable
@@ -139,6 +140,8 @@ def engine_bytes_from_network(
         config.set_flag(trt.BuilderFlag.FP16)
     if int8:
         config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ scales come from the model: no calibrator
+    if opts.sparse_weights:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # 2:4 layers may run on sparse cores
     if ranges:
         profile = builder.create_optimization_profile()
         for name, r in ranges.items():
@@ -238,6 +241,7 @@ class TrtGpu:
       shapes        'name:MIN:OPT:MAX' ranges (shapes like 1x128) for other dynamic axes,
                     replacing that input's derived range
       timing_cache  an earlier build's timing.cache to start from (not modified)
+      sparse_weights  build with SPARSE_WEIGHTS (default: when the model has 2:4 layers)
     """
 
     name: ClassVar[str] = "trt-gpu"
@@ -253,6 +257,7 @@ class TrtGpu:
         "max_batch",
         "shapes",
         "timing_cache",
+        "sparse_weights",
     )
 
     def unavailable_reason(self) -> str | None:
@@ -282,6 +287,7 @@ class TrtGpu:
         io = io_from_onnx(proto)
         ranges = profile_shapes(io, opts)
         int8, int8_reason = int8_setting(opts.int8, count_quantize_nodes(proto), model.path)
+        sparse, sparse_record = sparse_setting(opts.sparse_weights, proto)
         why = self.unavailable_reason()
         if why:
             raise TargetUnavailable(f"trt-gpu cannot build here: {why}")
@@ -290,7 +296,9 @@ class TrtGpu:
         here = _device_facts()
         # The parser owns the weights the network points to: keep it until the build is done.
         builder, network, _parser = network_from_onnx_path(Path(model.path))
-        plan, workspace = engine_bytes_from_network(builder, network, opts, int8, ranges, out)
+        plan, workspace = engine_bytes_from_network(
+            builder, network, replace(opts, sparse_weights=sparse), int8, ranges, out
+        )
         with open(out / ENGINE_FILE, "wb") as f:
             f.write(plan)
         settings = {
@@ -301,6 +309,8 @@ class TrtGpu:
             "fp16": opts.fp16,
             "int8": int8,
             "int8_reason": int8_reason,
+            "sparse_weights": sparse,
+            "sparse": sparse_record,
             "workspace_mb": workspace,
             "profiles": {name: r.to_dict() for name, r in ranges.items()},
             "tensorrt": trt.__version__,

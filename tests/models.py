@@ -91,3 +91,24 @@ residual_cnn.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
     "inputs": {"x": {"shape": [1, 3, 8, 8], "dtype": "float32", "dynamic": [0]}},
     "outputs": ["logits"],
 }
+
+
+class OddMLP(nn.Module):
+    """No reduction axis a multiple of 4 (7 and 5 inputs): nothing 2:4 can take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def odd_mlp() -> nn.Module:
+    return OddMLP()
+
+
+odd_mlp.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
+    "inputs": {"x": {"shape": [1, 7], "dtype": "float32", "dynamic": [0]}},
+    "outputs": ["logits"],
+}

@@ -138,6 +138,11 @@ class Callback:
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
         """After rank 0 wrote the epoch's checkpoint directory `path`."""
 
+    def selectable(self, trainer: Trainer, epoch: int) -> bool:
+        """Whether the weights after `epoch` (from 1) may be the run's result (a pruning
+        schedule that has not reached its final sparsity says no)."""
+        return True
+
 
 @dataclass
 class _Progress:
@@ -356,7 +361,9 @@ class Trainer:
         means = {k: v / totals[-2] for k, v in zip(keys, totals, strict=False)}
         student_eval = self._outputs(self.student, self.eval_data)
         _, metric = evaluate(student_eval, self.teacher_eval, self.eval_data.labels, cfg.loss)
-        improved = metric >= p.best_metric  # a tie goes to the later, longer-trained epoch
+        # a tie goes to the later, longer-trained epoch
+        eligible = all(cb.selectable(self, epoch + 1) for cb in self.callbacks)
+        improved = eligible and metric >= p.best_metric
         if improved:
             p.best_epoch, p.best_metric = epoch + 1, metric
         slowest = totals[-1] / self.world  # mean over processes of the training seconds

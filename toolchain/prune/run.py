@@ -1,9 +1,11 @@
-"""The prune stage's work (prune/stage.py declares it): score, choose the amount, prune,
-recover, measure, report."""
+"""The prune stage's work (prune/stage.py declares it). structured: score, choose the amount,
+prune, recover, measure, report; the weight-sparsity methods (prune/weights.py) share the
+set-up, the recovery, the accuracy and the artifact written here."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +33,54 @@ def _check_source(src: ModelArtifact) -> None:
     )
 
 
-def _pruner(src: ModelArtifact, inputs: Inputs, teacher, train, output: str, cfg, kind, log):
-    """The pruner for the source's kind; the teacher's loaded model is reused when it is the
-    unpruned model itself (no teacher given)."""
-    own = inputs.get("teacher") is None
-    if src.format is Format.hf:
-        from toolchain.export.hf import load_hf
+@dataclass
+class Setup:
+    """What every method works from: the source, the teacher, the data and the loss."""
 
-        if own:
-            return EncoderPruner(teacher.hf, train, output, cfg, kind, log, teacher.module)
-        return EncoderPruner(load_hf(src.path, src.info.task), train, output, cfg, kind, log)
-    from toolchain.export.source import torch_spec
-    from toolchain.export.torch import TorchRunner, load_torch
+    src: ModelArtifact
+    teacher: Any  # distill/setup.py: Teacher
+    train: Any
+    evals: Any
+    output: str
+    lr: float
+    loss: str
+    own_teacher: bool  # the teacher is the unpruned model itself (no teacher given)
 
-    if own:
-        return ChannelPruner(teacher.torch, train, output, cfg, kind, log, teacher.module)
-    tm = load_torch(torch_spec(src))
-    TorchRunner(tm)  # names the outputs
-    return ChannelPruner(tm, train, output, cfg, kind, log)
+    def unpruned(self):
+        """The unpruned model, loaded (the teacher's, when it is the same model): an HfModel
+        or a TorchModel, and its outputs module."""
+        if self.own_teacher:
+            t = self.teacher
+            return (t.hf if self.src.format is Format.hf else t.torch), t.module
+        if self.src.format is Format.hf:
+            from toolchain.export.hf import load_hf
+
+            return load_hf(self.src.path, self.src.info.task), None
+        from toolchain.export.source import torch_spec
+        from toolchain.export.torch import TorchRunner, load_torch
+
+        tm = load_torch(torch_spec(self.src))
+        TorchRunner(tm)  # names the outputs
+        return tm, None
+
+
+def setup(inputs: Inputs, cfg) -> Setup:
+    src = inputs.model
+    _check_source(src)
+    teacher = load_teacher(inputs.get("teacher") or src, cfg)
+    train, evals = load_data(cfg, teacher.io, teacher.tokenizer)
+    output = choose_output(teacher, train, cfg.output)
+    lr = cfg.lr or (DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN)
+    loss = train_config(cfg, lr, output, teacher.task).loss
+    return Setup(src, teacher, train, evals, output, lr, loss, inputs.get("teacher") is None)
+
+
+def _pruner(s: Setup, cfg, kind: str, log):
+    """The structured pruner for the source's kind."""
+    model, wrapped = s.unpruned()
+    if s.src.format is Format.hf:
+        return EncoderPruner(model, s.train, s.output, cfg, kind, log, wrapped)
+    return ChannelPruner(model, s.train, s.output, cfg, kind, log, wrapped)
 
 
 def _choose_plan(pruner, cfg, work: Workdir, base: Engine, report: dict):
@@ -71,32 +103,33 @@ def _choose_plan(pruner, cfg, work: Workdir, base: Engine, report: dict):
     return pruner.plan(search.chosen)
 
 
-def _recover(candidate, teacher, train, evals, output: str, cfg, work: Workdir, task,
-             fingerprint: str, lr: float) -> dict:  # fmt: skip
+def recover(candidate, s: Setup, cfg, work: Workdir, fingerprint: str, callbacks=()) -> dict:
     """Distil the unpruned model into the pruned one (the distill stage's trainer)."""
     from toolchain.distill.trainer import Pair, Trainer
 
-    tcfg = train_config(cfg, lr, output, task)
+    tcfg = train_config(cfg, s.lr, s.output, s.teacher.task)
     trainer = Trainer(
-        Pair(candidate.outputs, teacher.module), train, evals, tcfg,
+        Pair(candidate.outputs, s.teacher.module), s.train, s.evals, tcfg,
         checkpoints=work.scratch / "recovery", fingerprint=fingerprint, log=work.log,
+        callbacks=callbacks,
     )  # fmt: skip
     result = trainer.fit(resume=cfg.resume)
     return {"loss": tcfg.loss, "epochs": cfg.epochs, **result.to_dict()}
 
 
-def _accuracy(pruner, candidate, teacher, evals, output: str, loss: str) -> dict[str, Any]:
-    """The distillation loop's eval metric (accuracy with labels) before and after pruning."""
+def accuracy(s: Setup, unpruned, pruned) -> dict[str, Any]:
+    """The distillation loop's eval metric (accuracy with labels) of the unpruned model and of
+    the pruned one before recovery (outputs modules; `unpruned` None: the teacher is it)."""
     from toolchain.distill.parallel import outputs_of
     from toolchain.distill.steps import evaluate
 
     def outputs(module):
-        return outputs_of(module, evals, output, batch_size=256)
+        return outputs_of(module, s.evals, s.output, batch_size=256)
 
-    ref = outputs(teacher.module)
-    unpruned = ref if pruner.wrapped is teacher.module else outputs(pruner.wrapped)
-    name, before = evaluate(unpruned, ref, evals.labels, loss)
-    _, after_pruning = evaluate(outputs(candidate.outputs), ref, evals.labels, loss)
+    ref = outputs(s.teacher.module)
+    base = ref if unpruned is None or unpruned is s.teacher.module else outputs(unpruned)
+    name, before = evaluate(base, ref, s.evals.labels, s.loss)
+    _, after_pruning = evaluate(outputs(pruned), ref, s.evals.labels, s.loss)
     return {"metric": name, "before_pruning": before, "after_pruning": after_pruning}
 
 
@@ -119,7 +152,7 @@ def _finish(plan, pruner, candidate, base: Engine, cfg, work: Workdir, report: d
         report["plot"] = "not drawn: matplotlib is not installed"
 
 
-def _artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> ModelArtifact:
+def artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> ModelArtifact:
     if src.format is Format.hf:
         info = src.info.inherit(task=task, tokenizer=str(path), structure=structure)
         return ModelArtifact(path, Format.hf, sha256=sha256_path(path), parent=src.sha256,
@@ -132,7 +165,7 @@ def _artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> Mod
     return ModelArtifact(path, Format.torch, sha256=digest, parent=src.sha256, info=info)
 
 
-def _shared(plan, work: Workdir):
+def shared(plan, work: Workdir):
     """Rank 0's plan on every torchrun process. The processes join the group only now: rank 0
     chose the plan by timing engines, and the others, waiting to join, took no core from it."""
     import torch.distributed as dist
@@ -154,15 +187,13 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
     from toolchain.distill.parallel import close_distributed
 
     start = time.perf_counter()
-    src = inputs.model
-    _check_source(src)
-    teacher = load_teacher(inputs.get("teacher") or src, cfg)
-    train, evals = load_data(cfg, teacher.io, teacher.tokenizer)
-    output = choose_output(teacher, train, cfg.output)
-    lr = DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN
-    loss = train_config(cfg, lr, output, teacher.task).loss
-    kind = choose_importance(cfg.importance, train.labels is not None, loss)
-    pruner = _pruner(src, inputs, teacher, train, output, cfg, kind, work.log)
+    s = setup(inputs, cfg)
+    if cfg.method != "structured":
+        from toolchain.prune.weights import prune_weights
+
+        return prune_weights(s, cfg, work, start)
+    kind = choose_importance(cfg.importance, s.train.labels is not None, s.loss)
+    pruner = _pruner(s, cfg, kind, work.log)
     report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind,
                               "model": pruner.format}  # fmt: skip
     base = plan = None
@@ -170,17 +201,14 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
         base = engine_of(pruner.unpruned, work.scratch / "unpruned", cfg.opset, cfg.threads)
         plan = _choose_plan(pruner, cfg, work, base, report)
     try:
-        plan = _shared(plan, work)
+        plan = shared(plan, work)
         if plan is not None:
             candidate = pruner.apply(plan)
             if work.rank == 0:
-                report["accuracy"] = _accuracy(pruner, candidate, teacher, evals, output, loss)
+                report["accuracy"] = accuracy(s, pruner.wrapped, candidate.outputs)
             if cfg.epochs:
-                fingerprint = sha256_json({"model": src.sha256, "plan": plan.digest()})
-                report["recovery"] = _recover(
-                    candidate, teacher, train, evals, output, cfg, work, teacher.task,
-                    fingerprint, lr,
-                )  # fmt: skip
+                fingerprint = sha256_json({"model": s.src.sha256, "plan": plan.digest()})
+                report["recovery"] = recover(candidate, s, cfg, work, fingerprint)
     finally:
         close_distributed()
     if work.rank != 0:
@@ -202,11 +230,11 @@ def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
     write_json(work.out / REPORT, report)
     structure = {"method": cfg.method, **candidate.structure}
     structure["parameters"] = candidate.parameters["total"]
-    art = _artifact(src, candidate, path, teacher.task, structure)
-    return StageResult(art, report, passed=not missed, summary=_summary(report, missed))
+    art = artifact(s.src, candidate, path, s.teacher.task, structure)
+    return StageResult(art, report, passed=not missed, summary=summary(report, missed))
 
 
-def _summary(report: dict, missed: str) -> str:
+def summary(report: dict, missed: str) -> str:
     params, acc, ratio = report["parameters"], report["accuracy"], report["latency_ratio"]
     summary = (
         f"{params['after']['total']:,} of {params['before']['total']:,} parameters; engine "

@@ -30,8 +30,13 @@ class PruneStage(Training):
     """Structured pruning with recovery (toolchain/prune)."""
 
     kind: Literal["prune"] = "prune"
-    method: Literal["structured"] = Field(default="structured", description="pruning method")
-    sparsity: float | None = Field(default=None, description="fraction of heads and FFN removed")
+    method: Literal["structured", "magnitude", "movement", "2:4"] = Field(
+        default="structured", description="pruning method"
+    )
+    sparsity: float | None = Field(
+        default=None, description="fraction removed (structured: heads, FFN neurons, channels; "
+        "magnitude and movement: weights)",
+    )  # fmt: skip
     heads: float | None = Field(default=None, description="fraction of attention heads removed")
     ffn: float | None = Field(default=None, description="fraction of FFN neurons removed")
     target_latency: float | None = Field(
@@ -57,20 +62,71 @@ class PruneStage(Training):
         default=0.05, ge=0, description="how far the final engine may re-measure over the target"
     )
     threads: int | None = Field(default=2, ge=1, description="threads of the engines timed")
+    schedule: Literal["oneshot", "cubic"] = Field(
+        default="oneshot", description="magnitude: mask once, or raise the sparsity gradually "
+        "(cubic, Zhu & Gupta); movement is always cubic",
+    )  # fmt: skip
+    schedule_start: float = Field(default=0.0, ge=0, description="epoch the schedule starts at")
+    schedule_end: float | None = Field(
+        default=None, gt=0, description="epoch the final sparsity is reached (default: 2/3 of "
+        "the epochs)",
+    )  # fmt: skip
+    mask_interval: int = Field(default=10, ge=1, description="steps between mask updates")
+    movement: Literal["hard", "soft"] = Field(
+        default="hard", description="movement: top scores per layer, or one threshold for all"
+    )
     opset: int = Field(default=18, ge=7, le=23)
     MODEL_FIELDS: ClassVar[dict[str, str | None]] = {"teacher": None}
 
     @model_validator(mode="after")
     def _one_amount(self) -> PruneStage:
-        given = [self.sparsity is not None, self.heads is not None or self.ffn is not None]
-        given.append(self.target_latency is not None)
-        if sum(given) != 1:
-            raise ValueError("give exactly one of sparsity, heads/ffn, target_latency")
         for name in ("sparsity", "heads", "ffn"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < 1:
                 raise ValueError(f"{name} {v}: the fraction pruned must be in [0, 1)")
+        if self.method == "structured":
+            given = [self.sparsity is not None, self.heads is not None or self.ffn is not None]
+            given.append(self.target_latency is not None)
+            if sum(given) != 1:
+                raise ValueError("give exactly one of sparsity, heads/ffn, target_latency")
+            return self
+        if self.heads is not None or self.ffn is not None or self.target_latency is not None:
+            raise ValueError(
+                f"method {self.method} makes weights zero: heads, ffn and target_latency "
+                "are for structured pruning (zeros do not change an ort-cpu engine's latency)"
+            )
+        if self.method == "2:4":
+            if self.sparsity not in (None, 0.5):
+                raise ValueError("method 2:4 is 50% sparse by definition: leave sparsity out")
+        elif self.sparsity is None:
+            raise ValueError(f"method {self.method} needs sparsity (the fraction of weights zero)")
+        if self.gradual and self.epochs == 0:
+            raise ValueError(f"method {self.method} with a schedule trains: epochs must be >= 1")
+        if self.gradual:
+            end = self.schedule_end_epochs()
+            if end > self.epochs:
+                raise ValueError(
+                    f"schedule_end {end} is after the last epoch ({self.epochs}): the schedule "
+                    "must end within the training"
+                )
+            if self.schedule_start >= end:
+                raise ValueError(
+                    f"schedule_start {self.schedule_start} must be before its end {end}"
+                )
         return self
+
+    @property
+    def gradual(self) -> bool:
+        return self.method == "movement" or (
+            self.method == "magnitude" and self.schedule == "cubic"
+        )
+
+    def weight_sparsity(self) -> float:
+        """The fraction of weights the weight-sparsity methods make zero."""
+        return 0.5 if self.method == "2:4" else float(self.sparsity or 0.0)
+
+    def schedule_end_epochs(self) -> float:
+        return self.schedule_end if self.schedule_end is not None else self.epochs * 2 / 3
 
     def fractions(self) -> tuple[float, float]:
         if self.sparsity is not None:

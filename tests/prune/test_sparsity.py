@@ -1,0 +1,243 @@
+"""Weight sparsity (magnitude, movement, 2:4): the zeros reach the ONNX as plain weights, 2:4
+holds along the reduction axis, movement scores follow the gradients, the audit, TensorRT's
+sparse flag, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from tests.conftest import tree_digest
+from toolchain.prune.audit import two_four, weight_layers
+
+
+def _prune(cli, digits, out, *flags):
+    return cli(
+        "prune", "examples.digits:make_model", "--weights", digits / "model.safetensors",
+        "-o", out, "--data", digits / "train.npz", "--eval-data", digits / "calib.npz",
+        "--latency-batches", "8", "--latency-rounds", "3", *flags,
+    )  # fmt: skip
+
+
+def _export(cli, pruned, out):
+    r = cli("export", pruned, "-o", out)
+    assert r.code == 0, r.stderr
+    return onnx.load(str(out / "model.onnx"))
+
+
+def test_magnitude_zeros_reach_the_onnx_as_plain_weights(cli, digits, tmp_path):
+    before = tree_digest(digits)
+    r = _prune(cli, digits, tmp_path / "p", "--method", "magnitude", "--sparsity", "0.8",
+               "--epochs", "2")  # fmt: skip
+    assert r.code == 0, r.stderr
+    model = _export(cli, tmp_path / "p", tmp_path / "onnx")
+    for row in weight_layers(model):  # every conv and Linear weight, as requested
+        n = math.prod(row["shape"])
+        assert abs(row["sparsity"] - 0.8) <= 1 / n + 1e-4, row
+    # plain initializers: no mask tensors, no Mul by a mask
+    names = {i.name for i in model.graph.initializer}
+    assert not any("mask" in n or "parametrizations" in n for n in names)
+    assert "Mul" not in {n.op_type for n in model.graph.node}
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["audit"]["weight_sparsity"] == pytest.approx(0.8, abs=0.002)
+    assert report["audit"]["bytes"]["xz"] < 0.5 * report["dense_bytes"]["xz"]
+    assert set(report["latency_ratio"]) == {"8"} and "dense" in report["targets"]["ort-cpu"]
+    assert report["accuracy"]["after_recovery"] > report["accuracy"]["after_pruning"]
+    assert tree_digest(digits) == before
+
+
+def test_two_four_holds_along_the_reduction_axis(cli, digits, tmp_path):
+    r = _prune(cli, digits, tmp_path / "p", "--method", "2:4", "--epochs", "1")
+    assert r.code == 0, r.stderr
+    model = _export(cli, tmp_path / "p", tmp_path / "onnx")
+    rows = {row["name"]: row for row in weight_layers(model)}
+    # the first conv reads 1 channel: not a multiple of 4, left dense
+    assert rows["features.0.weight"]["sparsity"] == 0 and not rows["features.0.weight"]["two_four"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name in ("features.2.weight", "head.1.weight", "head.3.weight"):
+        assert rows[name]["two_four"] and rows[name]["sparsity"] == 0.5, rows[name]
+        w, axis = inits[name], rows[name]["axis"]
+        other = 0 if axis == 1 else 1
+        assert not two_four(w, other)  # the pattern is along the right axis only
+
+
+def test_the_pattern_check():
+    w = np.array([[1, 0, 2, 0, 0, 3, 0, 4]], dtype=np.float32)
+    assert two_four(w, 1) and two_four(w.T, 0)
+    rows = np.tile(np.array([1, 1, 0, 0], np.float32), (4, 1))  # 2:4 along rows only
+    assert two_four(rows, 1) and not two_four(rows, 0)
+    assert not two_four(np.array([[1, 2, 0, 0, 1, 1, 1, 0]], np.float32), 1)
+    assert not two_four(np.zeros((2, 6), np.float32), 1)  # 6 is not a multiple of 4
+
+
+def test_movement_scores_follow_the_gradients():
+    """The score of every weight, masked or not, gains −W·∂L/∂W' after a step."""
+    from toolchain.prune.sparsity import Sparsifier, Target
+
+    class Cfg:
+        method, sparsity, scope, schedule, movement = "movement", 0.5, "layer", "cubic", "hard"
+
+        def weight_sparsity(self):
+            return 0.5
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4)
+    w0 = lin.weight.detach().clone()
+    sp = Sparsifier([Target("lin", lin)], Cfg())
+    with torch.no_grad():
+        sp.targets[0].param.mask.copy_(torch.rand(4, 8) > 0.5)
+    mask = sp.targets[0].param.mask.clone()
+    x = torch.randn(16, 8)
+    lin(x).pow(2).sum().backward()
+    sp.accumulate(world=1)
+    w_masked = (w0 * mask).requires_grad_(True)
+    g = torch.autograd.grad((x @ w_masked.T + lin.bias.detach()).pow(2).sum(), w_masked)[0]
+    torch.testing.assert_close(sp.targets[0].param.scores, -(w0 * g))
+    assert (sp.targets[0].param.scores[mask == 0] != 0).any()  # masked weights keep scoring
+    sp.update_movement(0.5)
+    kept = sp.targets[0].param.mask
+    assert kept.sum() == 16 and (-(w0 * g))[kept == 1].min() >= (-(w0 * g))[kept == 0].max()
+
+
+def test_gradual_methods_keep_only_epochs_at_the_final_sparsity(cli, digits, tmp_path):
+    r = _prune(cli, digits, tmp_path / "p", "--method", "movement", "--sparsity", "0.7",
+               "--epochs", "3", "--schedule-end", "2")  # fmt: skip
+    assert r.code == 0, r.stderr
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert report["recovery"]["best_epoch"] >= 2
+    assert all(abs(v - 0.7) < 0.01 for v in report["layer_sparsity"].values())
+    assert report["accuracy"]["after_pruning_is"] == "one-shot magnitude, no recovery"
+
+
+def test_encoder_weights_only(cli, tiny_classifier, tmp_path):
+    """A Hugging Face encoder: its attention and FFN matrices are made sparse, the token
+    embeddings and the classifier stay dense."""
+    tc = tiny_classifier
+    r = cli("prune", tc["model"], "-o", tmp_path / "p", "--data", tc["train"],
+            "--eval-data", tc["eval"], "--seq-len", "48", "--latency-rounds", "3",
+            "--method", "magnitude", "--sparsity", "0.5", "--scope", "global",
+            "--epochs", "1")  # fmt: skip
+    assert r.code == 0, r.stderr
+    model = _export(cli, tmp_path / "p", tmp_path / "onnx")
+    sparse = [row for row in weight_layers(model) if row["sparsity"] > 0.1]
+    assert len(sparse) == 12  # 2 layers x (Q, K, V, O, FFN in, FFN out)
+    total = sum(math.prod(r["shape"]) for r in sparse)
+    zeros = sum(r["sparsity"] * math.prod(r["shape"]) for r in sparse)
+    assert zeros / total == pytest.approx(0.5, abs=0.001)  # global: one threshold for all
+    emb = [i for i in model.graph.initializer if "embeddings" in i.name]
+    assert emb and all((numpy_helper.to_array(i) != 0).mean() > 0.99 for i in emb)
+
+
+def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_path, monkeypatch):
+    """Without a GPU: the build config a 2:4 model gets from trt-gpu (a fake TensorRT records
+    the flags; the real-GPU build stays in the gpu-marked tests)."""
+    import targets.tensorrt_gpu as tg
+    from targets.tensorrt_config import TrtOptions, sparse_setting
+
+    assert _prune(cli, digits, tmp_path / "p", "--method", "2:4", "--epochs", "1").code == 0
+    model = _export(cli, tmp_path / "p", tmp_path / "onnx")
+    on, record = sparse_setting(None, model)
+    assert on and record["eligible_layers"] == ["features.2.weight", "head.1.weight",
+                                                "head.3.weight"]  # fmt: skip
+    assert sparse_setting(False, model)[0] is False
+    r = cli("export", "examples.digits:make_model", "--weights", digits / "model.safetensors",
+            "-o", tmp_path / "dense")  # fmt: skip
+    assert r.code == 0, r.stderr
+    dense = onnx.load(str(tmp_path / "dense" / "model.onnx"))
+    assert sparse_setting(None, dense) == (False, {"eligible_layers": []})
+
+    class Flags:
+        FP16, INT8, SPARSE_WEIGHTS = "FP16", "INT8", "SPARSE_WEIGHTS"
+
+    class Config:
+        def __init__(self):
+            self.flags = set()
+
+        def set_flag(self, f):
+            self.flags.add(f)
+
+        def create_timing_cache(self, seed):
+            return object()
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            return True
+
+        def get_timing_cache(self):
+            return type("C", (), {"serialize": lambda self: b"cache"})()
+
+        def get_memory_pool_limit(self, pool):
+            return 0
+
+    class Builder:
+        config = Config()
+
+        def create_builder_config(self):
+            return self.config
+
+        def build_serialized_network(self, network, config):
+            return b"plan"
+
+    class Network:
+        num_inputs = 0
+
+    class Trt:
+        BuilderFlag = Flags
+        MemoryPoolType = type("M", (), {"WORKSPACE": 0})
+
+    class Logger:
+        errors: list = []
+
+    monkeypatch.setattr(tg, "_trt", lambda: Trt)
+    monkeypatch.setattr(tg, "_logger", lambda: Logger())
+    builder = Builder()
+    tg.engine_bytes_from_network(builder, Network(), TrtOptions(sparse_weights=True), False, {},
+                                 tmp_path)  # fmt: skip
+    assert builder.config.flags == {"SPARSE_WEIGHTS"}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--method", "magnitude", "--sparsity", "1.0"], "the fraction pruned must be in [0, 1)"),
+        (["--method", "magnitude", "--sparsity", "-0.1"], "the fraction pruned must be in [0, 1)"),
+        (["--method", "magnitude"], "method magnitude needs sparsity"),
+        (["--method", "2:4", "--sparsity", "0.7"], "2:4 is 50% sparse by definition"),
+        (
+            ["--method", "movement", "--sparsity", "0.5", "--epochs", "3", "--schedule-end", "4"],
+            "schedule_end 4.0 is after the last epoch (3)",
+        ),
+        (
+            ["--method", "magnitude", "--sparsity", "0.5", "--target-latency", "0.5"],
+            "heads, ffn and target_latency are for structured pruning",
+        ),
+        (["--method", "movement", "--sparsity", "0.5", "--epochs", "0"], "epochs must be >= 1"),
+    ],
+)
+def test_bad_sparsity_input_exits_2_and_writes_nothing(cli, digits, tmp_path, flags, message):
+    out = tmp_path / "p"
+    r = _prune(cli, digits, out, *flags)
+    assert r.code == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()[-1]) < 300
+    assert not out.exists()
+
+
+def test_two_four_on_a_model_with_no_eligible_layer_exits_2(cli, tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.models import odd_mlp
+
+    save_file(odd_mlp().state_dict(), str(tmp_path / "w.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((16, 7), np.float32),
+             labels=rng.integers(0, 3, 16))  # fmt: skip
+    r = cli("prune", "tests.models:odd_mlp", "--weights", tmp_path / "w.safetensors",
+            "--data", tmp_path / "d.npz", "--method", "2:4", "-o", tmp_path / "p")  # fmt: skip
+    assert r.code == 2, r.stderr
+    assert "--method 2:4: no layer is eligible" in r.stderr
+    assert not (tmp_path / "p").exists()

@@ -1,0 +1,275 @@
+"""Weight sparsity: magnitude, movement and 2:4 masks over a model's weight matrices, applied
+in the forward pass while the model recovers, then made permanent (plain weights with the
+zeros in them: no mask parameters and no Mul by a mask reach the ONNX).
+
+- magnitude: the weights of smallest |w| are zero; one-shot (the final mask before recovery)
+  or gradual, the sparsity rising on the cubic schedule of Zhu & Gupta 2017
+  (s_t = s_f · (1 − (1 − (t − t0)/(t1 − t0))³) between steps t0 and t1); a weight masked by
+  magnitude is set to zero, as in their paper.
+- movement (Sanh et al. 2020): each weight's score accumulates −W·∂L/∂W' (W' the masked
+  weight; straight through the mask, so a masked weight keeps its score and can come back)
+  while the model fine-tunes, on the same cubic schedule. hard: each layer keeps its top
+  scores; soft: one threshold over every layer's scores (the global quantile that meets the
+  scheduled sparsity), so each layer's sparsity follows its scores. Sanh's soft variant learns
+  its threshold with an L1 regulariser on sigmoid(scores); with accumulated scores that term
+  shifts every score alike, so it is left out here.
+- 2:4: of every 4 consecutive weights along the reduction axis (a Linear's in_features, a
+  conv's input channels) the 2 of smallest |w| are zero; layers whose axis is not a multiple
+  of 4 are skipped; the mask stays fixed while the model recovers.
+
+Under torchrun the score updates are averaged across the processes before they are applied,
+so every process keeps the same scores and masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from toolchain.core.errors import InvalidInput
+from toolchain.distill.trainer import Callback
+
+METHODS = ("magnitude", "movement", "2:4")
+
+
+class _Masked(torch.autograd.Function):
+    """W' = W ⊙ M; backward: ∂L/∂W = ∂L/∂W' ⊙ M, and (movement) delta −= ∂L/∂W' ⊙ W."""
+
+    @staticmethod
+    def forward(ctx, w, mask, delta):
+        ctx.save_for_backward(w, mask)
+        ctx.delta = delta
+        return w * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        w, mask = ctx.saved_tensors
+        if ctx.delta is not None:
+            ctx.delta.sub_(g * w)
+        return g * mask, None, None
+
+
+class WeightMask(nn.Module):
+    """The parametrization of one weight: its mask, and its movement scores when tracked (both
+    in the module's state, so a checkpoint resumes them)."""
+
+    def __init__(self, weight: torch.Tensor, movement: bool) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones_like(weight))
+        self.movement = movement
+        if movement:
+            self.register_buffer("scores", torch.zeros_like(weight))
+            self.register_buffer("delta", torch.zeros_like(weight), persistent=False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        delta = self.delta if self.movement and torch.is_grad_enabled() else None
+        return _Masked.apply(w, self.mask, delta)
+
+
+@dataclass
+class Target:
+    """One weight matrix that is made sparse."""
+
+    name: str  # the module's name in the model
+    module: nn.Module
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def axis(self) -> int:
+        """The reduction axis of the weight (in_features; a conv's input channels)."""
+        return 1
+
+    @property
+    def param(self) -> WeightMask:
+        return self.module.parametrizations.weight[0]
+
+
+def encoder_targets(model: nn.Module) -> list[Target]:
+    """A transformer encoder's weight matrices: Q, K, V, the attention output and the FFN's
+    two, in every layer (prune/encoder.py finds them); embeddings and the head stay dense."""
+    from toolchain.prune.encoder import encoder_layers
+
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for lay in encoder_layers(model):
+        for m in (lay.query, lay.key, lay.value, lay.output, lay.ffn_in, lay.ffn_out):
+            out.append(Target(names[id(m)], m))
+    return out
+
+
+def module_targets(model: nn.Module) -> list[Target]:
+    """A PyTorch model's Conv2d (not grouped) and Linear weights."""
+    return [
+        Target(n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    ]
+
+
+def two_four_eligible(t: Target) -> bool:
+    return t.weight.shape[t.axis] % 4 == 0
+
+
+def install(targets: list[Target], movement: bool) -> None:
+    for t in targets:
+        parametrize.register_parametrization(t.module, "weight", WeightMask(t.weight, movement))
+
+
+def make_permanent(targets: list[Target]) -> None:
+    """Bake each mask into its weight and remove the parametrization: plain weights remain."""
+    for t in targets:
+        parametrize.remove_parametrizations(t.module, "weight", leave_parametrized=True)
+
+
+def _original(t: Target) -> torch.Tensor:
+    return t.module.parametrizations.weight.original
+
+
+def cubic(step: int, start: int, end: int, final: float) -> float:
+    """Zhu & Gupta's schedule: 0 before `start`, `final` from `end`, cubic in between."""
+    if step < start:
+        return 0.0
+    if step >= end or end <= start:
+        return final
+    return final * (1 - (1 - (step - start) / (end - start)) ** 3)
+
+
+def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A 0/1 mask keeping the (1 − sparsity) highest scores (ties: exactly k kept)."""
+    n = scores.numel()
+    drop = int(round(n * sparsity))
+    mask = torch.ones(n, dtype=scores.dtype)
+    if drop > 0:
+        idx = torch.topk(scores.reshape(-1), drop, largest=False).indices
+        mask[idx] = 0
+    return mask.reshape(scores.shape)
+
+
+def masks_by_score(scores: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
+    """Per layer (top scores of each) or global (one threshold over all)."""
+    if scope == "layer":
+        return [_keep_top(s, sparsity) for s in scores]
+    flat = _keep_top(torch.cat([s.reshape(-1) for s in scores]), sparsity)
+    out, at = [], 0
+    for s in scores:
+        out.append(flat[at : at + s.numel()].reshape(s.shape))
+        at += s.numel()
+    return out
+
+
+def two_four_mask(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """Keep the 2 of largest |w| in every 4 consecutive weights along `axis`."""
+    moved = w.detach().abs().movedim(axis, -1)
+    groups = moved.reshape(-1, 4)
+    keep = torch.zeros_like(groups)
+    keep.scatter_(1, torch.topk(groups, 2, dim=1).indices, 1.0)
+    return keep.reshape(moved.shape).movedim(-1, axis)
+
+
+class Sparsifier:
+    """The masks of one model for one method: set before recovery (one-shot, 2:4) or updated
+    by the training loop (trainer callbacks: gradual magnitude, movement)."""
+
+    def __init__(self, targets: list[Target], cfg: Any) -> None:
+        self.targets, self.cfg = targets, cfg
+        self.method, self.sparsity = cfg.method, cfg.weight_sparsity()
+        self.movement = self.method == "movement"
+        if self.method == "2:4":
+            self.targets = [t for t in targets if two_four_eligible(t)]
+            if not self.targets:
+                raise InvalidInput(
+                    "--method 2:4: no layer is eligible (no weight's reduction axis is a "
+                    "multiple of 4)"
+                )
+        install(self.targets, self.movement)
+        self.current = 0.0
+
+    @property
+    def gradual(self) -> bool:
+        return self.movement or (self.method == "magnitude" and self.cfg.schedule == "cubic")
+
+    def _set(self, masks: list[torch.Tensor], zero: bool) -> None:
+        with torch.no_grad():
+            for t, m in zip(self.targets, masks, strict=True):
+                t.param.mask.copy_(m)
+                if zero:  # magnitude: a masked weight is zero (Zhu & Gupta)
+                    _original(t).mul_(m)
+
+    def start(self) -> None:
+        """The masks before recovery: the final ones (one-shot, 2:4), or none yet (gradual)."""
+        if self.method == "2:4":
+            self._set([two_four_mask(_original(t), t.axis) for t in self.targets], zero=True)
+            self.current = 0.5
+        elif not self.gradual:
+            self.update_magnitude(self.sparsity)
+
+    def update_magnitude(self, sparsity: float) -> None:
+        scores = [_original(t).detach().abs() for t in self.targets]
+        self._set(masks_by_score(scores, sparsity, self.cfg.scope), zero=True)
+        self.current = sparsity
+
+    def update_movement(self, sparsity: float) -> None:
+        scores = [t.param.scores for t in self.targets]
+        scope = "global" if self.cfg.movement == "soft" else self.cfg.scope
+        self._set(masks_by_score(scores, sparsity, scope), zero=False)
+        self.current = sparsity
+
+    def accumulate(self, world: int) -> None:
+        """Add this step's −W·∂L/∂W' into the scores (averaged across torchrun processes)."""
+        with torch.no_grad():
+            for t in self.targets:
+                p = t.param
+                if world > 1:
+                    import torch.distributed as dist
+
+                    dist.all_reduce(p.delta)
+                    p.delta.div_(world)
+                p.scores.add_(p.delta)
+                p.delta.zero_()
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {t.name: round(1 - float(t.param.mask.mean()), 4) for t in self.targets}
+
+
+class ScheduleCallback(Callback):
+    """Trainer callback: the cubic schedule from epoch `start` to epoch `end` (fractions
+    allowed), masks updated every `interval` steps and when it ends (movement keeps updating
+    them from its scores after); an epoch before the schedule ends is not eligible as the
+    result."""
+
+    def __init__(self, sparsifier: Sparsifier, start: float, end: float, interval: int) -> None:
+        self.s, self.start_epoch, self.end_epoch, self.interval = sparsifier, start, end, interval
+
+    def _bounds(self, trainer) -> tuple[int, int]:
+        per = trainer.steps_per_epoch
+        start = int(round(self.start_epoch * per))
+        return start, max(start + 1, int(round(self.end_epoch * per)))
+
+    def on_step(self, trainer, step: int) -> None:
+        if self.s.movement:
+            self.s.accumulate(trainer.world)
+        start, end = self._bounds(trainer)
+        done = step + 1  # optimizer steps taken
+        if done < start or (done > end and not self.s.movement):
+            return
+        if done == end or (done - start) % self.interval == 0:
+            target = cubic(done, start, end, self.s.sparsity)
+            if self.s.movement:
+                self.s.update_movement(target)
+            else:
+                self.s.update_magnitude(target)
+
+    def selectable(self, trainer, epoch: int) -> bool:
+        """Whether the weights after `epoch` (from 1) are at the final sparsity."""
+        return epoch * trainer.steps_per_epoch >= self._bounds(trainer)[1]
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "cubic", "start_epoch": self.start_epoch, "end_epoch": self.end_epoch,
+                "mask_interval_steps": self.interval}  # fmt: skip

@@ -1,0 +1,167 @@
+"""The prune stage for the weight-sparsity methods (magnitude, movement, 2:4; the masks are in
+prune/sparsity.py): mask, recover with the masks in the forward pass, make them permanent,
+then audit the exported ONNX and measure the ort-cpu engine beside the dense one.
+
+What the zeros buy depends on the target, and the report says which: onnxruntime's CPU
+kernels are dense, so on ort-cpu unstructured zeros and 2:4 give no speedup (measured beside
+the dense engine), and the saving that does exist is the compressed file; TensorRT can run
+2:4 layers on sparse tensor cores (Ampere and later) when the build sets SPARSE_WEIGHTS,
+which trt-gpu does for a model whose audit finds 2:4 layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+from toolchain.core.files import sha256_json, write_json
+from toolchain.core.stage import StageResult, Workdir
+from toolchain.prune.latency import compare, engine_of
+
+REPORT = "report.json"
+ORT_CPU_NOTE = (
+    "onnxruntime's CPU kernels are dense: zeros in the weights do not make the ort-cpu engine "
+    "faster (onnxruntime issue 2121); what they save is the compressed size"
+)
+TRT_NOTE = (
+    "trt-gpu builds set SPARSE_WEIGHTS for 2:4 layers; with int8 Q/DQ on the same layers "
+    "TensorRT may still pick dense kernels (TensorRT issue 4694): check the engine's layers"
+)
+
+
+def _dense_copy(s, cfg):
+    """A copy of the unpruned model to make sparse, as a candidate (prune/structured.py)."""
+    from toolchain.core.artifact import Format
+    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate
+
+    model, _ = s.unpruned()
+    if s.src.format is Format.hf:
+        from pathlib import Path
+
+        hf = replace(model, model=copy.deepcopy(model.model).eval())
+        return EncoderCandidate(hf, Path(model.path)), hf.model
+    tm = replace(model, module=copy.deepcopy(model.module).eval())
+    return ChannelCandidate(tm, {"method": cfg.method, "modules": []}, None), tm.module
+
+
+def _targets(s, module):
+    from toolchain.core.artifact import Format
+    from toolchain.prune.sparsity import encoder_targets, module_targets
+
+    return encoder_targets(module) if s.src.format is Format.hf else module_targets(module)
+
+
+def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
+    import time
+
+    import torch
+
+    from toolchain.distill.parallel import close_distributed
+    from toolchain.prune.run import accuracy, artifact, recover, shared
+    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
+
+    candidate, module = _dense_copy(s, cfg)
+    unpruned_model, unpruned_outputs = s.unpruned()
+    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "model": candidate_kind(s)}
+    if cfg.method == "movement":
+        report["movement"] = cfg.movement
+    sparsifier = Sparsifier(_targets(s, module), cfg)
+    sparsifier.start()
+    callbacks = []
+    try:
+        shared(None, work)  # joins torchrun's group: every process masks the same way
+        if sparsifier.gradual:
+            callbacks.append(ScheduleCallback(
+                sparsifier, cfg.schedule_start, cfg.schedule_end_epochs(), cfg.mask_interval
+            ))  # fmt: skip
+        if work.rank == 0:
+            if sparsifier.gradual:  # what the final magnitude mask gives with no recovery
+                preview = copy.deepcopy(candidate.outputs)
+                _preview_masks(preview, sparsifier, cfg)
+                report["accuracy"] = accuracy(s, unpruned_outputs, preview)
+                report["accuracy"]["after_pruning_is"] = "one-shot magnitude, no recovery"
+            else:
+                report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
+        if cfg.epochs:
+            fingerprint = sha256_json({"model": s.src.sha256, "method": cfg.method})
+            report["recovery"] = recover(candidate, s, cfg, work, fingerprint, callbacks)
+    finally:
+        close_distributed()
+    if work.rank != 0:
+        return StageResult(None)
+    if callbacks:
+        report["schedule"] = callbacks[0].describe()
+    report["layer_sparsity"] = sparsifier.layer_sparsity()
+    with torch.no_grad():
+        make_permanent(sparsifier.targets)
+    if "recovery" in report:
+        report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
+    path = candidate.save(work.out)
+    _measure(s, cfg, work, report, unpruned_model, candidate)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(work.out / REPORT, report)
+    a = report["audit"]
+    structure = {"method": cfg.method, "sparsity": a["weight_sparsity"],
+                 "two_four_layers": len(a["two_four_layers"])}  # fmt: skip
+    art = artifact(s.src, candidate, path, s.teacher.task, structure)
+    acc, ratio = report["accuracy"], report["latency_ratio"]
+    summary = (
+        f"{a['weight_sparsity']:.1%} of the weights zero"
+        + (f" ({len(a['two_four_layers'])} layers 2:4)" if cfg.method == "2:4" else "")
+        + f"; {acc['metric']} {acc['before_pruning']:.4f} → pruned {acc['after_pruning']:.4f}"
+        + (f" → recovered {acc['after_recovery']:.4f}" if "after_recovery" in acc else "")
+        + "; ort-cpu engine "
+        + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items())
+        + f"; xz {a['bytes']['xz'] / report['dense_bytes']['xz']:.2f}x the dense model"
+    )
+    return StageResult(art, report, summary=summary)
+
+
+def candidate_kind(s) -> str:
+    return s.src.format.value
+
+
+def _preview_masks(outputs, sparsifier, cfg) -> None:
+    """Set the final-sparsity magnitude masks on a copy (its parametrizations are copies)."""
+    import torch
+
+    from toolchain.prune.sparsity import masks_by_score
+
+    params = [m for m in outputs.modules() if hasattr(m, "parametrizations")]
+    weights = [m.parametrizations.weight for m in params]
+    scores = [w.original.detach().abs() for w in weights]
+    with torch.no_grad():
+        for w, m in zip(
+            weights, masks_by_score(scores, cfg.weight_sparsity(), cfg.scope), strict=True
+        ):
+            w[0].mask.copy_(m)
+
+
+def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
+    """Audit both ONNX exports and time both ort-cpu engines side by side."""
+    from toolchain.core.artifact import Format
+    from toolchain.prune.audit import audit
+    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate
+
+    if s.src.format is Format.hf:
+        from pathlib import Path
+
+        dense = EncoderCandidate(unpruned_model, Path(unpruned_model.path))
+        longest = getattr(unpruned_model.model.config, "max_position_embeddings", None)
+        seq = min(cfg.latency_seq, longest or cfg.latency_seq)
+    else:
+        dense = ChannelCandidate(unpruned_model, {"method": "dense", "modules": []}, None)
+        seq = None
+    base = engine_of(dense, work.scratch / "dense", cfg.opset, cfg.threads)
+    sparse = engine_of(candidate, work.scratch / "sparse", cfg.opset, cfg.threads)
+    ms = compare({"dense": base, "sparse": sparse}, cfg.latency_batches, seq, cfg.latency_rounds)
+    onnx_of = next((work.scratch / "sparse" / "onnx").glob("*.onnx"))
+    dense_onnx = next((work.scratch / "dense" / "onnx").glob("*.onnx"))
+    report["audit"] = audit(onnx_of)
+    report["dense_bytes"] = audit(dense_onnx)["bytes"]
+    report.update(
+        latency_ms={"seq": seq, "threads": cfg.threads, "batches": ms},
+        latency_ratio={b: round(t["sparse"] / t["dense"], 4) for b, t in ms.items()},
+        targets={"ort-cpu": ORT_CPU_NOTE, "trt-gpu": TRT_NOTE},
+    )
