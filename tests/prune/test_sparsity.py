@@ -116,13 +116,13 @@ def test_gradual_methods_keep_only_epochs_at_the_final_sparsity(cli, digits, tmp
 
 
 def test_encoder_weights_only(cli, tiny_classifier, tmp_path):
-    """A Hugging Face encoder: its attention and FFN matrices are made sparse, the token
-    embeddings and the classifier stay dense."""
+    """A Hugging Face encoder, soft movement: its attention and FFN matrices are made sparse
+    under one threshold for all, the token embeddings and the classifier stay dense."""
     tc = tiny_classifier
     r = cli("prune", tc["model"], "-o", tmp_path / "p", "--data", tc["train"],
             "--eval-data", tc["eval"], "--seq-len", "48", "--latency-rounds", "3",
-            "--method", "magnitude", "--sparsity", "0.5", "--scope", "global",
-            "--epochs", "1")  # fmt: skip
+            "--method", "movement", "--movement", "soft", "--sparsity", "0.5",
+            "--epochs", "2", "--schedule-end", "1", "--mask-interval", "2")  # fmt: skip
     assert r.code == 0, r.stderr
     model = _export(cli, tmp_path / "p", tmp_path / "onnx")
     sparse = [row for row in weight_layers(model) if row["sparsity"] > 0.1]

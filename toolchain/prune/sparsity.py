@@ -215,6 +215,15 @@ class Sparsifier:
         self._set(masks_by_score(scores, sparsity, self.cfg.scope), zero=True)
         self.current = sparsity
 
+    def preview(self) -> None:
+        """The final-sparsity magnitude masks, weights left as they are (clear() undoes it)."""
+        scores = [_original(t).detach().abs() for t in self.targets]
+        self._set(masks_by_score(scores, self.sparsity, self.cfg.scope), zero=False)
+
+    def clear(self) -> None:
+        self._set([torch.ones_like(t.param.mask) for t in self.targets], zero=False)
+        self.current = 0.0
+
     def update_movement(self, sparsity: float) -> None:
         scores = [t.param.scores for t in self.targets]
         scope = "global" if self.cfg.movement == "soft" else self.cfg.scope

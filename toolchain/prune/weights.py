@@ -77,10 +77,10 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
             ))  # fmt: skip
         if work.rank == 0:
             if sparsifier.gradual:  # what the final magnitude mask gives with no recovery
-                preview = copy.deepcopy(candidate.outputs)
-                _preview_masks(preview, sparsifier, cfg)
-                report["accuracy"] = accuracy(s, unpruned_outputs, preview)
+                sparsifier.preview()
+                report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
                 report["accuracy"]["after_pruning_is"] = "one-shot magnitude, no recovery"
+                sparsifier.clear()
             else:
                 report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
         if cfg.epochs:
@@ -120,22 +120,6 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
 
 def candidate_kind(s) -> str:
     return s.src.format.value
-
-
-def _preview_masks(outputs, sparsifier, cfg) -> None:
-    """Set the final-sparsity magnitude masks on a copy (its parametrizations are copies)."""
-    import torch
-
-    from toolchain.prune.sparsity import masks_by_score
-
-    params = [m for m in outputs.modules() if hasattr(m, "parametrizations")]
-    weights = [m.parametrizations.weight for m in params]
-    scores = [w.original.detach().abs() for w in weights]
-    with torch.no_grad():
-        for w, m in zip(
-            weights, masks_by_score(scores, cfg.weight_sparsity(), cfg.scope), strict=True
-        ):
-            w[0].mask.copy_(m)
 
 
 def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
