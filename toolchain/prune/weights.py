@@ -63,7 +63,7 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
 
     candidate, module = _dense_copy(s, cfg)
     unpruned_model, unpruned_outputs = s.unpruned()
-    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "model": candidate_kind(s)}
+    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "model": s.src.format.value}
     if cfg.method == "movement":
         report["movement"] = cfg.movement
     sparsifier = Sparsifier(_targets(s, module), cfg)
@@ -84,7 +84,9 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
             else:
                 report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
         if cfg.epochs:
-            fingerprint = sha256_json({"model": s.src.sha256, "method": cfg.method})
+            # a checkpoint resumes only the same masks: the whole config is in its fingerprint
+            config = cfg.model_dump(exclude={"out", "resume"})
+            fingerprint = sha256_json({"model": s.src.sha256, "config": config})
             report["recovery"] = recover(candidate, s, cfg, work, fingerprint, callbacks)
     finally:
         close_distributed()
@@ -116,10 +118,6 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
         + f"; xz {a['bytes']['xz'] / report['dense_bytes']['xz']:.2f}x the dense model"
     )
     return StageResult(art, report, summary=summary)
-
-
-def candidate_kind(s) -> str:
-    return s.src.format.value
 
 
 def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
