@@ -48,6 +48,7 @@ bench: setup build/digits/model.safetensors
 	$(BIN)/python benchmarks/quantize_minilm.py
 	$(BIN)/python benchmarks/distill_digits.py
 	$(BIN)/python benchmarks/distill_minilm.py
+	$(BIN)/python benchmarks/prune_digits.py
 
 clean:
 	rm -rf build

@@ -8,7 +8,7 @@ spinning off; unstructured zeros are not expected to change it: onnxruntime's CP
 dense), and the ONNX's size compressed with xz (the saving zeros do give on ort-cpu).
 
     .venv/bin/python benchmarks/sparsity_text_classifier.py [--sparsity 0.5 0.8 0.9 0.95]
-        [--epochs 3] [--rounds 20]
+        [--soft-sparsity ...] [--epochs 3] [--rounds 20]
 
 Needs build/text_classifier (python examples/text_classifier.py). Goals: movement >= magnitude
 at 80% and above; at 80% within 2 points of the unpruned model; 2:4 within 1 point.
@@ -42,7 +42,9 @@ def run_recipe(name: str, stages: list[dict]) -> list:
     return pipeline.run(recipe, emit=lambda m: print(f"  {name}: {m}", file=sys.stderr)).stages
 
 
-def variants(sparsities: list[float], epochs: int) -> dict[str, tuple[Path, Path]]:
+def variants(
+    sparsities: list[float], soft: list[float], epochs: int
+) -> dict[str, tuple[Path, Path]]:
     """name → (engine directory, exported ONNX), each through the pipeline (cached on reruns)."""
     data = {"data": str(TC / "train.jsonl"), "eval_data": str(TC / "calib.jsonl"), "seq_len": 64,
             "epochs": epochs, "latency_batches": [8], "latency_rounds": 3}  # fmt: skip
@@ -60,6 +62,8 @@ def variants(sparsities: list[float], epochs: int) -> dict[str, tuple[Path, Path
     }
     for s in sparsities:
         for label, m in methods.items():
+            if label == "movement soft" and s not in soft:
+                continue
             prune = {"kind": "prune", "sparsity": s, **m, **data}
             out[f"{label} {s:.0%}"] = chain(f"{m['method']}-{label.split()[-1]}-{s}", [prune])
     out["2:4"] = chain("two-four", [{"kind": "prune", "method": "2:4", **data}])
@@ -72,10 +76,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
+    ap.add_argument("--soft-sparsity", type=float, nargs="*", help="soft movement at these only")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
-    built = variants(args.sparsity, args.epochs)
+    soft = args.sparsity if args.soft_sparsity is None else args.soft_sparsity
+    built = variants(args.sparsity, soft, args.epochs)
     runners = {k: timed_runner(engine, THREADS) for k, (engine, _) in built.items()}
     acc = {k: accuracy(engine) for k, (engine, _) in built.items()}
     ms = {}
