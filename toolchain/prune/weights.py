@@ -99,6 +99,9 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
         make_permanent(sparsifier.targets)
     if "recovery" in report:
         report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
+    warning = _movement_warning(cfg, report["accuracy"])
+    if warning:
+        report["warning"] = warning
     path = candidate.save(work.out)
     _measure(s, cfg, work, report, unpruned_model, candidate)
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -116,8 +119,24 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
         + "; ort-cpu engine "
         + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items())
         + f"; xz {a['bytes']['xz'] / report['dense_bytes']['xz']:.2f}x the dense model"
+        + (f"; warning: {warning}" if warning else "")
     )
     return StageResult(art, report, summary=summary)
+
+
+def _movement_warning(cfg, acc: dict[str, Any]) -> str:
+    """Movement scores need weights that move: on a model already fine-tuned to convergence
+    the loss's gradient averages to zero, the accumulated −W·∂L/∂W is noise weighted by |W|,
+    and the lowest scores pick large weights (measured: worse than random on the digits CNN).
+    Say so when the result is below what one-shot magnitude gave with no recovery at all."""
+    recovered = acc.get("after_recovery")
+    if cfg.method != "movement" or recovered is None or recovered >= acc["after_pruning"]:
+        return ""
+    return (
+        f"movement recovered to {recovered:.4f}, below one-shot magnitude without recovery "
+        f"({acc['after_pruning']:.4f}): movement needs weights that move (pruning during the "
+        "task fine-tune); for a model already fine-tuned use --method magnitude"
+    )
 
 
 def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
