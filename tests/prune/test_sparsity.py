@@ -241,3 +241,16 @@ def test_two_four_on_a_model_with_no_eligible_layer_exits_2(cli, tmp_path):
     assert r.code == 2, r.stderr
     assert "--method 2:4: no layer is eligible" in r.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_movement_below_one_shot_magnitude_is_flagged():
+    from toolchain.prune.stage import PruneStage
+    from toolchain.prune.weights import _movement_warning
+
+    cfg = PruneStage(data="d.npz", method="movement", sparsity=0.8, epochs=3)
+    assert "below one-shot magnitude" in _movement_warning(
+        cfg, {"after_pruning": 0.21, "after_recovery": 0.10}
+    )
+    assert _movement_warning(cfg, {"after_pruning": 0.21, "after_recovery": 0.50}) == ""
+    mag = PruneStage(data="d.npz", method="magnitude", sparsity=0.8)
+    assert _movement_warning(mag, {"after_pruning": 0.21, "after_recovery": 0.10}) == ""
