@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.prune_text_classifier import TC, THREADS, accuracy, isa  # noqa: E402
+from benchmarks.prune_text_classifier import run_recipe as tc_recipe  # noqa: E402
 from toolchain.bench import interleaved  # noqa: E402
 
 OUT = Path("build/bench_sparsity")
@@ -32,14 +33,7 @@ SEQ = 128
 
 
 def run_recipe(name: str, stages: list[dict]) -> list:
-    from toolchain import pipeline
-    from toolchain.core.recipe import recipe_from_dict
-
-    recipe = recipe_from_dict(
-        {"name": name, "out": str(OUT / name), "source": {"model": str(TC / "model")},
-         "stages": stages}
-    )  # fmt: skip
-    return pipeline.run(recipe, emit=lambda m: print(f"  {name}: {m}", file=sys.stderr)).stages
+    return tc_recipe(name, stages, OUT)
 
 
 def variants(

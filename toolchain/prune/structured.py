@@ -46,6 +46,12 @@ def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
     return "taylor" if has_labels and loss == "soft" else "magnitude"
 
 
+def timing_seq(hf, cfg) -> int:
+    """Engines are timed at the configured sequence length, or the model's longest."""
+    longest = getattr(hf.model.config, "max_position_embeddings", None) or cfg.latency_seq
+    return min(cfg.latency_seq, longest)
+
+
 def _taylor_batches(wrapped, data, cfg, log) -> list[tuple[dict, torch.Tensor]]:
     n = min(len(data), cfg.importance_samples)
     log(f"prune: Taylor importance on {n} samples")
@@ -139,9 +145,7 @@ class EncoderPruner:
             "parameters": parameter_counts(self.hf.model),
         }
         self.scores = self._scores(kind, train_data)
-        # engines are timed at the configured sequence length, or the model's longest
-        longest = getattr(self.hf.model.config, "max_position_embeddings", None) or cfg.latency_seq
-        self.seq = min(cfg.latency_seq, longest)
+        self.seq = timing_seq(hf, cfg)
         self.unpruned = EncoderCandidate(hf, Path(self.path))
 
     def _scores(self, kind: str, data) -> Scores:

@@ -30,12 +30,11 @@ TRT_NOTE = (
 )
 
 
-def _dense_copy(s, cfg):
-    """A copy of the unpruned model to make sparse, as a candidate (prune/structured.py)."""
+def _dense_copy(s, cfg, model):
+    """A copy of the unpruned `model` to make sparse, as a candidate (prune/structured.py)."""
     from toolchain.core.artifact import Format
     from toolchain.prune.structured import ChannelCandidate, EncoderCandidate
 
-    model, _ = s.unpruned()
     if s.src.format is Format.hf:
         from pathlib import Path
 
@@ -61,8 +60,8 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
     from toolchain.prune.run import accuracy, artifact, recover, shared
     from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
 
-    candidate, module = _dense_copy(s, cfg)
-    unpruned_model, unpruned_outputs = s.unpruned()
+    unpruned_model, unpruned_outputs = s.unpruned()  # loaded once: copied, then timed
+    candidate, module = _dense_copy(s, cfg, unpruned_model)
     report: dict[str, Any] = {"name": "prune", "method": cfg.method, "model": s.src.format.value}
     if cfg.method == "movement":
         report["movement"] = cfg.movement
@@ -143,14 +142,13 @@ def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> 
     """Audit both ONNX exports and time both ort-cpu engines side by side."""
     from toolchain.core.artifact import Format
     from toolchain.prune.audit import audit
-    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate
+    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate, timing_seq
 
     if s.src.format is Format.hf:
         from pathlib import Path
 
         dense = EncoderCandidate(unpruned_model, Path(unpruned_model.path))
-        longest = getattr(unpruned_model.model.config, "max_position_embeddings", None)
-        seq = min(cfg.latency_seq, longest or cfg.latency_seq)
+        seq = timing_seq(unpruned_model, cfg)
     else:
         dense = ChannelCandidate(unpruned_model, {"method": "dense", "modules": []}, None)
         seq = None
