@@ -77,8 +77,10 @@ def test_the_pattern_check():
 
 
 def test_movement_scores_follow_the_gradients():
-    """The score of every weight, masked or not, gains −W·∂L/∂W' after a step."""
-    from toolchain.prune.sparsity import Sparsifier, Target
+    """Every weight's score, masked or not, takes the step torch's Adam takes on a parameter S
+    whose gradient is ∂L/∂S = W·∂L/∂W' (the authors' code trains the scores with AdamW), step
+    after step; the mask keeps the top scores."""
+    from toolchain.prune.sparsity import Sparsifier, Target, WeightMask
 
     class Cfg:
         method, sparsity, scope, schedule, movement = "movement", 0.5, "layer", "cubic", "hard"
@@ -93,16 +95,23 @@ def test_movement_scores_follow_the_gradients():
     with torch.no_grad():
         sp.targets[0].param.mask.copy_(torch.rand(4, 8) > 0.5)
     mask = sp.targets[0].param.mask.clone()
-    x = torch.randn(16, 8)
-    lin(x).pow(2).sum().backward()
-    sp.accumulate(world=1)
-    w_masked = (w0 * mask).requires_grad_(True)
-    g = torch.autograd.grad((x @ w_masked.T + lin.bias.detach()).pow(2).sum(), w_masked)[0]
-    torch.testing.assert_close(sp.targets[0].param.scores, -(w0 * g))
-    assert (sp.targets[0].param.scores[mask == 0] != 0).any()  # masked weights keep scoring
+    ref = torch.zeros(4, 8, requires_grad=True)
+    adam = torch.optim.Adam([ref], lr=WeightMask.SCORE_LR, betas=WeightMask.BETAS,
+                            eps=WeightMask.EPS)  # fmt: skip
+    for step in range(3):
+        x = torch.randn(16, 8) + step  # gradients that differ from step to step
+        lin(x).pow(2).sum().backward()
+        sp.accumulate(world=1)
+        w_masked = (w0 * mask).requires_grad_(True)
+        g = torch.autograd.grad((x @ w_masked.T + lin.bias.detach()).pow(2).sum(), w_masked)[0]
+        ref.grad = w0 * g  # ∂L/∂S through the mask, straight through
+        adam.step()
+        torch.testing.assert_close(sp.targets[0].param.scores, ref.detach())
+    scores = sp.targets[0].param.scores
+    assert (scores[mask == 0] != 0).all()  # masked weights keep scoring
     sp.update_movement(0.5)
     kept = sp.targets[0].param.mask
-    assert kept.sum() == 16 and (-(w0 * g))[kept == 1].min() >= (-(w0 * g))[kept == 0].max()
+    assert kept.sum() == 16 and scores[kept == 1].min() >= scores[kept == 0].max()
 
 
 def test_gradual_methods_keep_only_epochs_at_the_final_sparsity(cli, digits, tmp_path):

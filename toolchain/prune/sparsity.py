@@ -6,13 +6,19 @@ zeros in them: no mask parameters and no Mul by a mask reach the ONNX).
   or gradual, the sparsity rising on the cubic schedule of Zhu & Gupta 2017
   (s_t = s_f · (1 − (1 − (t − t0)/(t1 − t0))³) between steps t0 and t1); a weight masked by
   magnitude is set to zero, as in their paper.
-- movement (Sanh et al. 2020): each weight's score accumulates −W·∂L/∂W' (W' the masked
-  weight; straight through the mask, so a masked weight keeps its score and can come back)
-  while the model fine-tunes, on the same cubic schedule. hard: each layer keeps its top
+- movement (Sanh et al. 2020): each weight's score S is learned from ∂L/∂S = W·∂L/∂W' (W'
+  the masked weight; straight through the mask, so a masked weight keeps its score and can
+  come back) while the model fine-tunes, on the same cubic schedule. As in the authors' code
+  (transformers' research_projects/movement-pruning: scores trained by AdamW at 1e-2 from a
+  constant 0), S takes Adam's steps, not the raw sum of −W·∂L/∂W': Adam divides each score's
+  update by the root mean square of its own gradient, so a weight scores by how consistently it
+  moves away from zero. The raw sum is dominated by |W|·noise once the gradients are noise
+  (a model already fine-tuned), and its lowest scores then pick large weights (measured:
+  masks worse than random on the digits CNN). hard: each layer keeps its top
   scores; soft: one threshold over every layer's scores (the global quantile that meets the
-  scheduled sparsity), so each layer's sparsity follows its scores. Sanh's soft variant learns
-  its threshold with an L1 regulariser on sigmoid(scores); with accumulated scores that term
-  shifts every score alike, so it is left out here.
+  scheduled sparsity), so each layer's sparsity follows its scores. Sanh's soft variant keeps a
+  fixed threshold on sigmoid(scores) and reaches its sparsity through an L1 regulariser whose
+  weight is tuned per run; the quantile meets the requested sparsity without it.
 - 2:4: of every 4 consecutive weights along the reduction axis (a Linear's in_features, a
   conv's input channels) the 2 of smallest |w| are zero; layers whose axis is not a multiple
   of 4 are skipped; the mask stays fixed while the model recovers.
@@ -54,20 +60,38 @@ class _Masked(torch.autograd.Function):
 
 
 class WeightMask(nn.Module):
-    """The parametrization of one weight: its mask, and its movement scores when tracked (both
-    in the module's state, so a checkpoint resumes them)."""
+    """The parametrization of one weight: its mask, and when movement is tracked its scores
+    and their Adam moments (all in the module's state, so a checkpoint resumes them)."""
+
+    # the authors' mask_scores_learning_rate and AdamW's defaults; the scores start at 0, so
+    # the rate scales every score alike and no ranking depends on it
+    SCORE_LR, BETAS = 1e-2, (0.9, 0.999)
+    EPS = 1e-12  # below AdamW's 1e-8: W·∂L/∂W' of a fine-tuned model can be that small
 
     def __init__(self, weight: torch.Tensor, movement: bool) -> None:
         super().__init__()
         self.register_buffer("mask", torch.ones_like(weight))
         self.movement = movement
         if movement:
-            self.register_buffer("scores", torch.zeros_like(weight))
+            for name in ("scores", "score_avg", "score_sq"):
+                self.register_buffer(name, torch.zeros_like(weight))
+            self.register_buffer("score_steps", torch.zeros((), dtype=torch.int64))
             self.register_buffer("delta", torch.zeros_like(weight), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         delta = self.delta if self.movement and torch.is_grad_enabled() else None
         return _Masked.apply(w, self.mask, delta)
+
+    def score_step(self) -> None:
+        """One Adam step of the scores on this step's −∂L/∂S (in `delta`), then clear it."""
+        b1, b2 = self.BETAS
+        self.score_steps += 1
+        t = int(self.score_steps)
+        self.score_avg.mul_(b1).add_(self.delta, alpha=1 - b1)
+        self.score_sq.mul_(b2).addcmul_(self.delta, self.delta, value=1 - b2)
+        denom = (self.score_sq / (1 - b2**t)).sqrt_().add_(self.EPS)
+        self.scores.addcdiv_(self.score_avg, denom, value=self.SCORE_LR / (1 - b1**t))
+        self.delta.zero_()
 
 
 @dataclass
@@ -231,7 +255,8 @@ class Sparsifier:
         self.current = sparsity
 
     def accumulate(self, world: int) -> None:
-        """Add this step's −W·∂L/∂W' into the scores (averaged across torchrun processes)."""
+        """Move the scores by this step's −W·∂L/∂W' (an Adam step; the gradient averaged
+        across torchrun processes first, as DDP averages the weights' gradients)."""
         with torch.no_grad():
             for t in self.targets:
                 p = t.param
@@ -240,8 +265,7 @@ class Sparsifier:
 
                     dist.all_reduce(p.delta)
                     p.delta.div_(world)
-                p.scores.add_(p.delta)
-                p.delta.zero_()
+                p.score_step()
 
     def layer_sparsity(self) -> dict[str, float]:
         return {t.name: round(1 - float(t.param.mask.mean()), 4) for t in self.targets}
