@@ -8,6 +8,8 @@ Formats: .npz (arrays named by model input, optional `labels`), a folder of .npy
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +65,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
             raise InvalidInput(f"{path}: folder holds no .npy files and no images")
         return {f.stem: _load_npy(f) for f in files}
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
-            raise InvalidInput(
-                f"{path}: not a readable .npz without pickled objects ({e})"
-            ) from None
+        return _load_npz(path)
     if path.suffix == ".npy":
         raise InvalidInput(f"{path}: a single .npy has no input name; use a folder of <input>.npy")
     raise InvalidInput(
@@ -78,11 +74,39 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
     )
 
 
+# what a damaged archive or array file raises inside np.load and zipfile
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    # np.load would take a .npy (or a pickle) behind a .npz name: only a zip archive is one
+    if not zipfile.is_zipfile(path):
+        raise InvalidInput(f"{path}: not a .npz archive (no zip directory in the file)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for k, v in arrays.items():  # numpy hands back a member without .npy magic as bytes
+            if not isinstance(v, np.ndarray):
+                raise ValueError(f"member '{k}' is not a .npy array")
+        return arrays
+    except _UNREADABLE as e:
+        raise InvalidInput(
+            f"{path}: not a readable .npz of plain arrays ({_first_line(e)})"
+        ) from None
+
+
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InvalidInput(f"{path}: not a readable .npy without pickled objects ({e})") from None
+    except _UNREADABLE as e:
+        raise InvalidInput(
+            f"{path}: not a readable .npy of a plain array ({_first_line(e)})"
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def read_text(path: Path) -> tuple[list[str], np.ndarray | None]:
@@ -162,7 +186,21 @@ def load_dataset(
             arrays = {k: v[:limit] for k, v in arrays.items()}
     labels = arrays.pop(LABELS, None)
     check_fits(path, arrays, labels, io)
-    return Dataset({t.name: arrays[t.name] for t in io.inputs}, labels)
+    data = Dataset({t.name: arrays[t.name] for t in io.inputs}, labels)
+    check_finite(data, str(path))
+    return data
+
+
+def check_finite(data: Dataset, origin: str) -> None:
+    """NaN or Inf in float data is refused before anything runs (calibration ranges, metrics
+    and the gate would all be computed on it)."""
+    for name, a in data.feeds.items():
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = int(np.argwhere(~np.isfinite(a).reshape(len(a), -1).all(axis=1))[0][0])
+            raise InvalidInput(
+                f"{origin}: input '{name}' holds NaN or Inf (first at sample {bad}); "
+                "data must be finite"
+            )
 
 
 def check_fits(

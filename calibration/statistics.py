@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.sources import Dataset
+from calibration.sources import Dataset, check_finite
 from toolchain.core.errors import InvalidInput
 from toolchain.core.ort_session import ort_session
 
@@ -216,17 +216,6 @@ def entropy_threshold_bins(counts: np.ndarray, levels: int = 128) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Collecting: run the model with the wanted tensors added as outputs, one batch at a time.
-
-
-def check_finite(data: Dataset, origin: str) -> None:
-    """NaN or Inf in float calibration data is refused before anything runs."""
-    for name, a in data.feeds.items():
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-            bad = int(np.argwhere(~np.isfinite(a).reshape(len(a), -1).all(axis=1))[0][0])
-            raise InvalidInput(
-                f"{origin}: input '{name}' holds NaN or Inf (first at sample {bad}); "
-                "calibration data must be finite"
-            )
 
 
 def dataset_digest(data: Dataset) -> str:

@@ -11,7 +11,6 @@ from calibration.statistics import (
     Calibration,
     MethodSpec,
     TensorStats,
-    check_finite,
     dataset_digest,
     entropy_threshold_bins,
     tensor_range,
@@ -84,6 +83,8 @@ def test_nan_or_inf_activation_is_refused():
 
 
 def test_check_finite_names_the_input_and_sample():
+    from calibration.sources import check_finite
+
     x = np.zeros((5, 3), np.float32)
     x[3, 1] = np.nan
     with pytest.raises(InvalidInput, match=r"'x'.*sample 3"):

@@ -25,7 +25,6 @@ from calibration.statistics import (
     MethodSpec,
     activation_tensors,
     calibrate,
-    check_finite,
     dataset_digest,
 )
 from toolchain.core.artifact import IoSpec, ModelArtifact
@@ -43,9 +42,7 @@ def load_checked(path: str, what: str, io: IoSpec, cfg, tok: Path | None, limit=
         raise InvalidInput(
             f"{what} {p}: text data needs --tokenizer (no tokenizer beside the model)"
         )
-    data = load_dataset(p, io, tokenizer=tok, seq_len=cfg.seq_len, limit=limit, image=cfg.image)
-    check_finite(data, f"{what} {p}")
-    return data
+    return load_dataset(p, io, tokenizer=tok, seq_len=cfg.seq_len, limit=limit, image=cfg.image)
 
 
 def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:

@@ -1,0 +1,121 @@
+"""Hostile input (issue 11): damaged archives and non-finite data exit 2 with one line naming
+the file, no traceback, nothing written, the inputs unchanged."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, tree_digest
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """tests.models:tiny_mlp exported once (input x: [batch, 12] float32)."""
+    import torch
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from tests.models import tiny_mlp
+    from toolchain.cli.app import make_app
+
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    save_file(tiny_mlp().state_dict(), str(root / "tiny.safetensors"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)  # the factory resolves from the repository root
+        r = CliRunner().invoke(make_app(), [
+            "export", "tests.models:tiny_mlp", "--weights", str(root / "tiny.safetensors"),
+            "-o", str(root / "onnx"),
+        ])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    return root / "onnx"
+
+
+def _good_npz() -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, x=rng.standard_normal((8, 12)).astype(np.float32), labels=np.arange(8) % 4)
+    return buf.getvalue()
+
+
+def _zip_with(name: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(name, payload)
+    return buf.getvalue()
+
+
+class _Boom:
+    def __reduce__(self):  # would create a file if it were ever unpickled
+        return (Path("/tmp/edgesmith-hostile-ran").touch, ())
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+GOOD = _good_npz()
+NPZ_CASES = {
+    "empty": (b"", "not a .npz archive"),
+    "text": (b"x,y\n1,2\n", "not a .npz archive"),
+    "truncated": (GOOD[: len(GOOD) // 2], "not a .npz archive"),
+    "bit-flipped": (_flipped(GOOD, 80), "not a readable .npz"),
+    "a pickle": (pickle.dumps(_Boom()), "not a .npz archive"),
+    "a pickle inside": (_zip_with("x.npy", pickle.dumps(_Boom())), "not a readable .npz"),
+    "object array": (None, "not a readable .npz"),
+    "a .npy named .npz": (None, "not a .npz archive"),
+}
+
+
+def _npz_bytes(case: str) -> bytes:
+    data, _ = NPZ_CASES[case]
+    if data is not None:
+        return data
+    buf = io.BytesIO()
+    if case == "object array":
+        np.savez(buf, x=np.array([{"a": 1}] * 8, dtype=object))
+    else:
+        np.save(buf, np.zeros((8, 12), np.float32))
+    return buf.getvalue()
+
+
+def _check(r, path: Path, message: str, out: Path) -> None:
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("edgesmith:")]
+    assert r.code == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert path.name in lines[0] and message in lines[0], lines[0]
+    assert not out.exists()
+    assert not Path("/tmp/edgesmith-hostile-ran").exists()
+
+
+@pytest.mark.parametrize("case", list(NPZ_CASES))
+def test_a_damaged_npz_is_bad_input(cli, tiny_onnx, tmp_path, case):
+    data = tmp_path / "data.npz"
+    data.write_bytes(_npz_bytes(case))
+    before = tree_digest(tmp_path)
+    out = tmp_path / "report"
+    r = cli("validate", tiny_onnx, "--reference", tiny_onnx, "--data", data, "-o", out)
+    _check(r, data, NPZ_CASES[case][1], out)
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("command", ["validate", "quantize"])
+def test_non_finite_data_is_refused_before_anything_runs(cli, tiny_onnx, tmp_path, value,
+                                                         command):  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((8, 12)).astype(np.float32)
+    x[5, 3] = value
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x, labels=np.arange(8) % 4)
+    out = tmp_path / "out"
+    if command == "validate":
+        r = cli("validate", tiny_onnx, "--reference", tiny_onnx, "--data", data, "-o", out)
+    else:
+        r = cli("quantize", tiny_onnx, "--calibration", data, "-o", out)
+    _check(r, data, "holds NaN or Inf (first at sample 5)", out)
