@@ -130,7 +130,25 @@ def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
         )
 
 
+def _check_pt2(path: str) -> None:
+    """A .pt2 is refused unless it is the zip archive torch.export.save writes (an
+    `archive_format` record). Without one, torch.export.load falls back to its legacy reader and
+    logs that reader's traceback; a crafted zip of pickles is refused here, before torch."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise InvalidInput(f"{path}: not a torch.export program (not a zip archive)")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if not any(n == "archive_format" or n.endswith("/archive_format") for n in names):
+        raise InvalidInput(
+            f"{path}: not a torch.export program (no archive_format record: save it with "
+            "torch.export.save)"
+        )
+
+
 def _load_program(spec: SourceSpec) -> TorchModel:
+    _check_pt2(spec.model)
     try:
         program = torch.export.load(spec.model)
     except Exception as e:  # torch raises several types for a bad archive
