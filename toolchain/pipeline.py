@@ -26,6 +26,7 @@ from typing import Any
 from toolchain.core.artifact import (
     ModelArtifact,
     artifact_from_manifest,
+    integrity_problems,
     read_manifest,
     write_manifest,
 )
@@ -130,8 +131,12 @@ def _check_outputs(out: Path, cfg: StageConfig, inputs: list[Path], named) -> No
 
 
 def _cached(out: Path, key: str) -> dict[str, Any] | None:
+    """The manifest of a stage output made under `key`, if its files are still the ones it
+    recorded (an edited output is made again, not reused)."""
     manifest = read_manifest(out) if out.is_dir() else None
-    return manifest if manifest is not None and manifest.get("cache_key") == key else None
+    if manifest is None or manifest.get("cache_key") != key:
+        return None
+    return None if integrity_problems(out, manifest) else manifest
 
 
 def _run_stage(

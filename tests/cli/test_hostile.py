@@ -161,3 +161,90 @@ def test_a_crafted_pt2_prints_no_traceback_from_torch(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o").exists() and not Path("/tmp/edgesmith-hostile-ran").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_onnx, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from toolchain.cli.app import make_app
+
+    out = tmp_path_factory.mktemp("engine") / "engine"
+    r = CliRunner().invoke(make_app(), ["build", str(tiny_onnx), "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+def _edit_weights(engine: Path) -> str:
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(engine / "model.onnx"))
+    init = m.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+    onnx.save(m, str(engine / "model.onnx"))
+    return "model.onnx: was changed"
+
+
+def _swap_manifest(engine: Path) -> str:
+    """The manifest of another engine (the same model built with other options)."""
+    import json
+
+    m = json.loads((engine / "manifest.json").read_text())
+    m["files"] = {k: "0" * 64 for k in m["files"]}
+    (engine / "manifest.json").write_text(json.dumps(m))
+    return "was changed"
+
+
+EDITS = {
+    "edited model": _edit_weights,
+    "engine.json removed": lambda e: (e / "engine.json").unlink() or "engine.json: is missing",
+    "a file added": lambda e: (e / "extra.onnx").write_bytes(b"x") and "extra.onnx: was added",
+    "another engine's manifest": _swap_manifest,
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+@pytest.mark.parametrize("command", ["validate", "bench", "inspect", "quantize"])
+def test_an_engine_edited_after_its_manifest_is_refused(cli, tiny_onnx, tiny_engine, tmp_path,
+                                                        edit, command):  # fmt: skip
+    import shutil
+
+    engine = shutil.copytree(tiny_engine, tmp_path / "engine")
+    assert cli("inspect", engine).code == 0
+    message = EDITS[edit](engine)
+    data = tmp_path / "data.npz"
+    data.write_bytes(GOOD)
+    out = tmp_path / "out"
+    args = {
+        "validate": ("validate", engine, "--reference", tiny_onnx, "--data", data, "-o", out),
+        "bench": ("bench", engine, "-o", out),
+        "inspect": ("inspect", engine),
+        "quantize": ("quantize", engine, "--calibration", data, "-o", out),
+    }[command]
+    r = cli(*args)
+    _check(r, engine, message, out)
+    assert "since manifest.json was written" in r.stderr
+
+
+def test_inspect_gives_the_integrity_verdict(cli, tiny_engine):
+    r = cli("inspect", tiny_engine)
+    assert r.code == 0 and "files match manifest.json" in r.stdout, r.stdout
+
+
+def test_an_edited_stage_output_is_made_again_not_reused(cli, tiny, tmp_path):
+    """A recipe's cached stage whose files were edited runs again (the edit does not ship)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "r"\nout = "{tmp_path / "run"}"\n[source]\nmodel = "tests.models:tiny_mlp"\n'
+        f'weights = "{tiny / "tiny.safetensors"}"\n[[stages]]\nkind = "export"\n'
+        '[[stages]]\nkind = "build"\n'
+    )
+    assert cli("run", recipe).code == 0
+    engine = next((tmp_path / "run").glob("1-*"))
+    original = (engine / "model.onnx").read_bytes()
+    _edit_weights(engine)
+    r = cli("run", recipe)
+    assert r.code == 0, r.stderr
+    assert "[1] build: running" in r.stderr + r.stdout
+    assert (engine / "model.onnx").read_bytes() == original

@@ -211,6 +211,43 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         raise InvalidInput(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def integrity_problems(directory: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """How `directory` differs from the sha256 of every file its manifest recorded, as (file,
+    what happened to it): missing, changed or added since (empty: what the stage wrote)."""
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict):
+        return [(MANIFEST, "records no file hashes")]
+    now = file_hashes(directory)
+    problems = [(name, "is missing") for name in sorted(set(recorded) - set(now))]
+    problems += [
+        (name, "was changed") for name in sorted(set(recorded) & set(now))
+        if recorded[name] != now[name]
+    ]  # fmt: skip
+    problems += [(name, "was added") for name in sorted(set(now) - set(recorded))]
+    return problems
+
+
+def verified_artifact(directory: Path) -> ModelArtifact | None:
+    """The artifact a stage directory holds (None without a manifest naming one), refused when
+    its files are not the ones the manifest recorded: an edited engine is not the one that was
+    built and validated."""
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("artifact"):
+        return None
+    problems = integrity_problems(directory, manifest)
+    if problems:
+        (name, what), more = problems[0], len(problems) - 1
+        raise InvalidInput(
+            f"{Path(directory) / name}: {what} since {MANIFEST} was written"
+            + (f" (and {more} more)" if more else "")
+            + "; rebuild the directory or restore the file"
+        )
+    art = artifact_from_manifest(directory, manifest)
+    if not art.path.exists():
+        raise InvalidInput(f"{directory}: manifest names {art.path}, which is missing")
+    return art
+
+
 def artifact_from_manifest(directory: Path, manifest: dict[str, Any]) -> ModelArtifact:
     a = manifest["artifact"]
     return ModelArtifact(

@@ -20,8 +20,7 @@ from toolchain.core.artifact import (
     Format,
     ModelArtifact,
     ModelInfo,
-    artifact_from_manifest,
-    read_manifest,
+    verified_artifact,
 )
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json
@@ -181,11 +180,8 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
             f"{path}: unsupported model file; expected .onnx, .pt2, a Hugging Face folder, "
             "an engine directory, or package.module:factory"
         )
-    manifest = read_manifest(path)
-    if manifest is not None and "artifact" in manifest:
-        art = artifact_from_manifest(path, manifest)
-        if not art.path.exists():
-            raise InvalidInput(f"{path}: manifest names {art.path}, which is missing")
+    art = verified_artifact(path)
+    if art is not None:
         return art
     if (path / "engine.json").is_file():
         return ModelArtifact.at(path, Format.engine)
