@@ -112,3 +112,27 @@ odd_mlp.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
     "inputs": {"x": {"shape": [1, 7], "dtype": "float32", "dynamic": [0]}},
     "outputs": ["logits"],
 }
+
+
+class ScoresAndEmbedding(nn.Module):
+    """A classifier that also returns its 16-wide embedding: two [N, k] float outputs, only
+    one of which is class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = torch.tanh(self.embed(x))
+        return self.head(e), e
+
+
+def scores_and_embedding() -> nn.Module:
+    return ScoresAndEmbedding()
+
+
+scores_and_embedding.EDGESMITH_SPEC = {  # type: ignore[attr-defined]
+    "inputs": {"x": {"shape": [1, 12], "dtype": "float32", "dynamic": [0]}},
+    "outputs": ["scores", "embedding"],
+}

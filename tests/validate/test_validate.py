@@ -262,3 +262,75 @@ def test_minilm_text_against_hf_source(cli, minilm, tmp_path):
         if c["metric"] == "cosine" and c["output"] == "sentence_embedding"
     )
     assert cos["candidate"] > 0.9999 and cos["passed"]
+
+
+@pytest.fixture(scope="module")
+def two_output_onnx(tmp_path_factory):
+    """tests.models:scores_and_embedding exported: 'scores' [N, 4] and 'embedding' [N, 16]."""
+    import torch
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from tests.conftest import REPO
+    from tests.models import scores_and_embedding
+    from toolchain.cli.app import make_app
+
+    root = tmp_path_factory.mktemp("two")
+    torch.manual_seed(0)
+    save_file(scores_and_embedding().state_dict(), str(root / "w.safetensors"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        r = CliRunner().invoke(make_app(), [
+            "export", "tests.models:scores_and_embedding", "--weights",
+            str(root / "w.safetensors"), "-o", str(root / "onnx"),
+        ])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", x=rng.standard_normal((64, 12)).astype(np.float32),
+             labels=rng.integers(0, 4, 64))  # fmt: skip
+    return root
+
+
+def test_class_metrics_apply_to_the_class_scores_only(cli, two_output_onnx, tmp_path):
+    """Integer labels, logits and a 16-wide embedding: accuracy and agreement are computed on
+    the scores (width = the number of classes), never on the embedding's argmax."""
+    root = two_output_onnx
+    r = cli("validate", root / "onnx", "--reference", root / "onnx", "--data",
+            root / "data.npz", "-o", tmp_path / "rep")  # fmt: skip
+    assert r.code == 0, r.stderr
+    checks = json.loads((tmp_path / "rep" / "report.json").read_text())["checks"]
+    rows = {(c["metric"], c["output"]) for c in checks}
+    assert ("accuracy", "scores") in rows and ("agreement", "scores") in rows
+    assert not any(m in ("accuracy", "agreement") and o == "embedding" for m, o in rows)
+    assert ("cosine", "embedding") in rows  # what does fit an embedding is still reported
+
+
+def test_ambiguous_class_scores_are_not_guessed(cli, tmp_path):
+    """Two 3-wide outputs, labels 0..2: neither is assumed to be the classifier; the gate asks
+    for --output, and with it scores that one only."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.models import two_inputs
+
+    torch.manual_seed(1)
+    save_file(two_inputs().state_dict(), str(tmp_path / "w.safetensors"))
+    r = cli("export", "tests.models:two_inputs", "--weights", tmp_path / "w.safetensors",
+            "-o", tmp_path / "onnx")  # fmt: skip
+    assert r.code == 0, r.stderr
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.standard_normal((32, 6)).astype(np.float32),
+        y=rng.standard_normal((32, 4)).astype(np.float32),
+        labels=rng.integers(0, 3, 32),
+    )
+    args = ("validate", tmp_path / "onnx", "--reference", tmp_path / "onnx", "--data",
+            tmp_path / "d.npz")  # fmt: skip
+    r = cli(*args, "-o", tmp_path / "rep")
+    assert r.code == 2 and "could each be the class scores" in r.stderr and "--output" in r.stderr
+    assert not (tmp_path / "rep").exists()
+    r = cli(*args, "--output", "sum", "-o", tmp_path / "rep")
+    assert r.code == 0, r.stderr
+    checks = json.loads((tmp_path / "rep" / "report.json").read_text())["checks"]
+    assert {c["output"] for c in checks if c["metric"] == "accuracy"} == {"sum"}

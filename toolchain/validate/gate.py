@@ -10,7 +10,14 @@ from calibration.sources import Dataset
 from targets.base import Runner
 from toolchain.core.errors import InvalidInput
 from toolchain.validate.compare import Outputs, batch_limit, check_outputs, outputs_of
-from toolchain.validate.metrics import METRICS, MetricValue, check_metric_names, compute
+from toolchain.validate.metrics import (
+    CLASS_METRICS,
+    METRICS,
+    MetricValue,
+    check_metric_names,
+    class_outputs,
+    compute,
+)
 
 
 @dataclass(frozen=True)
@@ -67,17 +74,28 @@ def evaluate(
         raise InvalidInput(f"no output named '{output}'; available: {', '.join(outputs.reference)}")
     checks = []
     for metric in METRICS:
-        values = compute(metric, outputs.reference, outputs.candidate, outputs.labels)
+        values = compute(metric, outputs.reference, outputs.candidate, outputs.labels, output)
         gated = [v for v in values if metric in metrics and (output is None or v.output == output)]
         if metric in metrics and not gated:
-            shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.reference.items())
-            need = {
-                "accuracy": "labels in the data and a [N, classes] output",
-                "agreement": "a [N, classes] output",
-            }.get(metric, "a float output")
-            raise InvalidInput(f"metric '{metric}' fits no output: it needs {need} ({shapes})")
+            raise InvalidInput(_fits_no_output(metric, outputs))
         checks += [Check(v, budget[metric] if v in gated else None) for v in values]
     return GateResult(checks)
+
+
+def _fits_no_output(metric: str, outputs: Outputs) -> str:
+    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.reference.items())
+    if metric in CLASS_METRICS:
+        _, ambiguous = class_outputs(outputs.reference, outputs.labels)
+        if ambiguous:
+            return (
+                f"metric '{metric}': outputs {', '.join(ambiguous)} could each be the class "
+                f"scores ({shapes}); name the classifier's with --output"
+            )
+    need = {
+        "accuracy": "labels in the data and a [N, classes] output",
+        "agreement": "a [N, classes] output",
+    }.get(metric, "a float output")
+    return f"metric '{metric}' fits no output: it needs {need} ({shapes})"
 
 
 class Evaluator:

@@ -2,7 +2,9 @@
 
 Every metric gives (reference score, candidate score) and a `drop`: how much worse the
 candidate is, in the metric's own units (fractions, not percent). The gate compares the drop
-with the budget. A metric applies to the outputs it fits (accuracy: [N, classes] with labels).
+with the budget. A metric applies to the outputs it fits and means something on: accuracy and
+agreement to the model's class scores only (`class_outputs`), cosine and max_abs_diff to any
+float output.
 """
 
 from __future__ import annotations
@@ -29,6 +31,38 @@ class MetricValue:
 
 def _is_logits(out: np.ndarray) -> bool:
     return out.ndim == 2 and out.shape[1] >= 2 and np.issubdtype(out.dtype, np.floating)
+
+
+CLASS_METRICS = ("accuracy", "agreement")  # read an output as class scores
+LOGITS_NAME = "logits"  # what transformers and optimum name a classifier's scores
+
+
+def class_outputs(
+    reference: dict[str, np.ndarray], labels: np.ndarray | None, output: str | None = None
+) -> tuple[list[str], list[str]]:
+    """(the outputs that are the class scores, the candidates when that is ambiguous).
+
+    A [N, k] float output can be class scores or an embedding; a model with both (logits and
+    a 16-wide embedding) must not have its embedding's argmax scored against the labels. The
+    scores are: the output asked for (`output`); else the only [N, k] float output wide
+    enough for every label; else the one named 'logits'; else the only one whose width is the
+    number of classes in the data (largest label + 1). Otherwise none is guessed.
+    """
+    if output is not None:
+        return ([output] if _is_logits(reference[output]) else []), []
+    fits = [
+        n for n, v in reference.items()
+        if _is_logits(v) and (labels is None or int(labels.max()) < v.shape[1])
+    ]  # fmt: skip
+    if len(fits) <= 1:
+        return fits, []
+    if LOGITS_NAME in fits:
+        return [LOGITS_NAME], []
+    if labels is not None:
+        exact = [n for n in fits if reference[n].shape[1] == int(labels.max()) + 1]
+        if len(exact) == 1:
+            return exact, []
+    return [], fits
 
 
 def accuracy(ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None) -> Scores | None:
@@ -84,10 +118,15 @@ def compute(
     reference: dict[str, np.ndarray],
     candidate: dict[str, np.ndarray],
     labels: np.ndarray | None,
+    output: str | None = None,
 ) -> list[MetricValue]:
-    """The metric on every output it fits."""
+    """The metric on every output it fits (a class metric: on the class scores only)."""
+    names = list(reference)
+    if metric in CLASS_METRICS:
+        names = class_outputs(reference, labels, output)[0]
     out = []
-    for name, ref in reference.items():
+    for name in names:
+        ref = reference[name]
         scores = METRICS[metric](ref, candidate[name], labels)
         if scores is None:
             continue
