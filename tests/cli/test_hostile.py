@@ -248,3 +248,13 @@ def test_an_edited_stage_output_is_made_again_not_reused(cli, tiny, tmp_path):
     assert r.code == 0, r.stderr
     assert "[1] build: running" in r.stderr + r.stdout
     assert (engine / "model.onnx").read_bytes() == original
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "engine.plan", "weights.safetensors"])
+def test_an_output_named_like_a_file_is_refused(cli, tiny, tmp_path, name):
+    """Every output is a directory: `-o model.onnx` would make a directory of that name."""
+    out = tmp_path / name
+    r = cli("export", "tests.models:tiny_mlp", "--weights", tiny / "tiny.safetensors", "-o", out)
+    _check(r, out, "edgesmith writes a directory", out)
+    assert f"-o {tmp_path / Path(name).stem}" in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -71,8 +71,21 @@ def require_file(path: Path, what: str = "file") -> Path:
     return path
 
 
+# A stage writes a directory (the model, its sidecar files, manifest.json); an output named like
+# a model file would be a directory called model.onnx, which make rules and users then misread.
+FILE_SUFFIXES = (".onnx", ".ort", ".pt2", ".pt", ".pth", ".bin", ".safetensors", ".engine",
+                 ".plan", ".trt", ".npz", ".json")  # fmt: skip
+
+
 def check_output_not_input(out: Path, *inputs: Path | None) -> None:
-    """Refuse an output path that is, contains or lies inside one of the inputs."""
+    """Refuse an output path that is, contains or lies inside one of the inputs, or that is
+    named like a file (every output is a directory)."""
+    if Path(out).suffix.lower() in FILE_SUFFIXES:
+        raise InvalidInput(
+            f"output {out}: edgesmith writes a directory (the model, its files and "
+            f"manifest.json), not a {Path(out).suffix} file; name a directory, e.g. -o "
+            f"{Path(out).with_suffix('')}"
+        )
     o = Path(out).resolve()
     for i in inputs:
         if i is None:
