@@ -12,3 +12,12 @@ def five_classes() -> nn.Module:
 
 def not_a_module() -> str:
     return "a string"
+
+
+def spec_less_teacher() -> nn.Module:
+    """A teacher whose factory declares no EDGESMITH_SPEC: its inputs come from --input."""
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def spec_less_student() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 4))

@@ -185,3 +185,34 @@ def test_sigkill_mid_run_then_resume(digits_teacher, tmp_path):
     history = json.loads((out / "manifest.json").read_text())["metrics"]["history"]
     assert [h["epoch"] for h in history] == list(range(1, 151))
     assert not ckpt.exists()
+
+
+def test_a_factory_teacher_without_spec_takes_input_declarations(cli, tmp_path):
+    """A teacher factory with no EDGESMITH_SPEC: the error names --input, which distill (and
+    every command that takes a factory) accepts; the student's artifact records them, so it
+    exports with no flags."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.distill.factories import spec_less_teacher
+
+    torch.manual_seed(0)
+    save_file(spec_less_teacher().state_dict(), str(tmp_path / "t.safetensors"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((64, 12)).astype(np.float32))
+    args = ["distill", "--teacher", "tests.distill.factories:spec_less_teacher", "--weights",
+            tmp_path / "t.safetensors", "--student", "tests.distill.factories:spec_less_student",
+            "--data", tmp_path / "d.npz", "--epochs", "2"]  # fmt: skip
+    r = cli(*args, "-o", tmp_path / "a")
+    assert r.code == 2 and "--input" in r.stderr and not (tmp_path / "a").exists()
+    r = cli(*args, "--input", "x:1x12", "--dynamic", "x:0", "-o", tmp_path / "s")
+    assert r.code == 0, r.stderr
+    info = json.loads((tmp_path / "s" / "manifest.json").read_text())["artifact"]["info"]
+    assert info["inputs"] == ["x:1x12:float32"] and info["dynamic"] == ["x:0"]
+    r = cli("export", tmp_path / "s", "-o", tmp_path / "onnx")
+    assert r.code == 0, r.stderr
+    r = cli("prune", "tests.distill.factories:spec_less_teacher", "--weights",
+            tmp_path / "t.safetensors", "--input", "x:1x12", "--dynamic", "x:0", "--data",
+            tmp_path / "d.npz", "--sparsity", "0.5", "--epochs", "0", "--latency-batches", "1",
+            "--latency-rounds", "2", "-o", tmp_path / "p", "--print-recipe")  # fmt: skip
+    assert r.code == 0 and 'inputs = ["x:1x12"]' in r.stdout, r.stdout

@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal, Union
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import Task, Weights
+from toolchain.cli.options import DynamicAxes, InputDecls, Task, Weights
 from toolchain.core.errors import InvalidInput
 from toolchain.core.stage import Stage
 
-SKIP = {"kind", "out", "weights", "task"}  # the output, and the source's own flags
+SKIP = {"kind", "out", "weights", "task", "input", "dynamic"}  # the output, the source's flags
 SCALARS = (str, int, float, bool)
 
 
@@ -68,8 +68,12 @@ def derived_command(stage: Stage):
         inspect.Parameter(
             "weights", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Weights
         ),
+        inspect.Parameter("input", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=InputDecls),
+        inspect.Parameter("dynamic", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=DynamicAxes),
         inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Task),
-    ]
+    ]  # fmt: skip
     for name, f in fields.items():
         kind, repeatable = _option_type(f.annotation)
         typ = list[kind] if repeatable else kind
@@ -111,7 +115,8 @@ def derived_command(stage: Stage):
             if k in fields and v not in (None, [])
         }
         stage_cfg = {"kind": stage.kind, "out": str(kw["out"]), **values}
-        source = {"model": kw["model"], "weights": path_str(kw["weights"]), "task": kw["task"]}
+        source = {"model": kw["model"], "weights": path_str(kw["weights"]), "task": kw["task"],
+                  "inputs": kw["input"] or [], "dynamic": kw["dynamic"] or []}  # fmt: skip
         execute(one_stage(source, stage_cfg, stage.kind), kw["print_recipe"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

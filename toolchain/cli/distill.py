@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import Out, PrintRecipe, Task, Threads, Weights
+from toolchain.cli.options import (
+    DynamicAxes,
+    InputDecls,
+    Out,
+    PrintRecipe,
+    Task,
+    Threads,
+    Weights,
+)
 from toolchain.distill.stage import DistillStage
 
 D = DistillStage.default
@@ -105,6 +113,8 @@ def command(
     student_layers: _StudentLayers = None,
     keep_layer: _KeepLayer = None,
     weights: Weights = None,
+    input: InputDecls = None,
+    dynamic: DynamicAxes = None,
     task: Task = None,
     eval_data: _EvalData = None,
     tokenizer: _Tokenizer = None,
@@ -126,7 +136,13 @@ def command(
 ) -> None:
     """Distil a teacher into a smaller student (under `torchrun --nproc-per-node N`: DDP)."""
     recipe = one_stage(
-        {"model": teacher, "weights": path_str(weights), "task": task},
+        {
+            "model": teacher,
+            "weights": path_str(weights),
+            "inputs": input or [],
+            "dynamic": dynamic or [],
+            "task": task,
+        },
         {
             "kind": "distill",
             "out": str(out),

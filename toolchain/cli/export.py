@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import Out, PrintRecipe, Task, Weights
+from toolchain.cli.options import DynamicAxes, InputDecls, Out, PrintRecipe, Task, Weights
 from toolchain.export.stage import ExportStage
 
 D = ExportStage.default
@@ -17,12 +17,8 @@ def command(
     ],
     out: Out,
     weights: Weights = None,
-    input: Annotated[
-        list[str] | None, typer.Option("--input", help="NAME:DIMS[:DTYPE], e.g. x:1x1x8x8.")
-    ] = None,
-    dynamic: Annotated[
-        list[str] | None, typer.Option("--dynamic", help="NAME:AXIS[,AXIS], e.g. x:0.")
-    ] = None,
+    input: InputDecls = None,
+    dynamic: DynamicAxes = None,
     output: Annotated[
         list[str] | None, typer.Option("--output", help="Output names, in order.")
     ] = None,

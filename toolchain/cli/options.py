@@ -23,6 +23,16 @@ Threads = Annotated[
 Weights = Annotated[
     Path | None, typer.Option("--weights", help="safetensors weights for a package.module:factory.")
 ]
+# A package.module:factory source without EDGESMITH_SPEC declares its inputs with these (every
+# command that takes a factory: export, distill, prune ...).
+InputDecls = Annotated[
+    list[str] | None,
+    typer.Option("--input", help="Input of a factory model: NAME:DIMS[:DTYPE], e.g. x:1x1x8x8."),
+]
+DynamicAxes = Annotated[
+    list[str] | None,
+    typer.Option("--dynamic", help="Dynamic axes of a factory input: NAME:AXIS[,AXIS], e.g. x:0."),
+]
 Task = Annotated[
     str | None, typer.Option("--task", help="Hugging Face task (default: from config.json).")
 ]
