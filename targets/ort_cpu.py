@@ -14,7 +14,7 @@ from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
-from toolchain.core.ort_session import DISABLED_OPTIMIZERS, ort_session
+from toolchain.core.ort_session import DISABLED_OPTIMIZERS, OPT_LEVELS, ort_session
 
 __all__ = ["DISABLED_OPTIMIZERS", "OrtCpu", "runner_from_onnx", "session_from_onnx"]
 
@@ -136,11 +136,7 @@ class OrtCpu:
 
     def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
         ort = _ort()
-        unknown = set(cfg.options) - set(self.OPTIONS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown ort-cpu option(s) {sorted(unknown)}; available: {', '.join(self.OPTIONS)}"
-            )
+        self._check_options(cfg.options)
         level = cfg.options.get("opt_level", self.DEFAULT_OPT_LEVEL)
         check_onnx(model.path)
         ort_session(model.path, level=level, save_to=out / MODEL_FILE)
@@ -171,6 +167,26 @@ class OrtCpu:
             parent=model.sha256,
             meta={"target": self.name, **settings},
         )
+
+    def _check_options(self, options: dict) -> None:
+        unknown = set(options) - set(self.OPTIONS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown ort-cpu option(s) {sorted(unknown)}; available: {', '.join(self.OPTIONS)}"
+            )
+        level = options.get("opt_level", self.DEFAULT_OPT_LEVEL)
+        if level not in OPT_LEVELS:
+            raise InvalidInput(
+                f"ort-cpu option opt_level '{level}': one of {', '.join(OPT_LEVELS)}"
+            )
+        threads = options.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):  # fmt: skip
+            raise InvalidInput(f"--threads {threads}: the thread count must be a whole number >= 1")
+        if not isinstance(options.get("ort_format", False), bool):
+            raise InvalidInput(
+                f"ort-cpu option ort_format '{options['ort_format']}': true or false"
+            )
 
     def _fuse(self, path: Path) -> int:
         """Our fusions on the optimised model (fuse_int8_bias); skipped for external data."""

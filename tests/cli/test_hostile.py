@@ -258,3 +258,238 @@ def test_an_output_named_like_a_file_is_refused(cli, tiny, tmp_path, name):
     _check(r, out, "edgesmith writes a directory", out)
     assert f"-o {tmp_path / Path(name).stem}" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the suite: every kind of input edgesmith reads, each case under the same invariants ---
+# A case writes its hostile input under `inp` (a folder checked byte for byte afterwards) and
+# returns (the command's arguments, the file the message must name, what it must say).
+
+
+def _onnx_bytes(tiny_onnx: Path) -> bytes:
+    return (tiny_onnx / "model.onnx").read_bytes()
+
+
+def _external(tiny_onnx: Path, inp: Path, location: str) -> Path:
+    """The tiny model with its weights in external data at `location` (relative to it)."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    m = onnx.load(str(tiny_onnx / "model.onnx"))
+    convert_model_to_external_data(m, all_tensors_to_one_file=True, location="w.bin",
+                                   size_threshold=0)  # fmt: skip
+    onnx.save(m, str(inp / "model.onnx"))  # writes w.bin beside it
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save(m, str(inp / "model.onnx"))
+    return inp / "model.onnx"
+
+
+def _invalid_graph(inp: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Relu", ["nowhere"], ["y"])  # reads a tensor nothing makes
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    path = inp / "model.onnx"
+    onnx.save(helper.make_model(g), str(path))
+    return path
+
+
+def _onnx_case(kind: str):
+    def make(ctx, inp):
+        path = inp / "model.onnx"
+        raw = _onnx_bytes(ctx["onnx"])
+        if kind == "empty":
+            path.write_bytes(b"")
+        elif kind == "truncated":
+            path.write_bytes(raw[: len(raw) // 3])
+        elif kind == "bit-flipped":
+            path.write_bytes(bytes(b ^ 0xFF for b in raw[:32]) + raw[32:])
+        elif kind == "invalid graph":
+            _invalid_graph(inp)
+        elif kind == "external data missing":
+            _external(ctx["onnx"], inp, "w.bin")
+            (inp / "w.bin").unlink()
+        elif kind == "external data too short":
+            _external(ctx["onnx"], inp, "w.bin")
+            (inp / "w.bin").write_bytes((inp / "w.bin").read_bytes()[:10])
+        elif kind == "external data outside the folder":
+            _external(ctx["onnx"], inp, "../secret.bin")
+        elif kind == "external data through a symlink":
+            _external(ctx["onnx"], inp, "link.bin")
+            (inp / "link.bin").symlink_to("/etc/hostname")
+        return ["build", path], path, ""
+
+    return make
+
+
+def _weights_case(kind: str):
+    def make(ctx, inp):
+        import torch
+        from safetensors.torch import save_file
+
+        from tests.models import tiny_mlp
+
+        state = tiny_mlp().state_dict()
+        path = inp / ("w.safetensors" if kind != "pickle .ckpt" else "w.ckpt")
+        if kind.startswith("pickle"):
+            path.write_bytes(pickle.dumps(_Boom()))
+        elif kind == "wrong shapes":
+            state["net.0.weight"] = torch.zeros(16, 13)
+            save_file(state, str(path))
+        elif kind == "wrong dtypes":
+            save_file({k: v.to(torch.int32) for k, v in state.items()}, str(path))
+        elif kind == "a header that lies about its length":
+            save_file(state, str(path))
+            raw = path.read_bytes()
+            path.write_bytes((1 << 40).to_bytes(8, "little") + raw[8:])
+        elif kind == "a header that is not JSON":
+            path.write_bytes((16).to_bytes(8, "little") + b"{not json at all" + b"\0" * 64)
+        return ["export", "tests.models:tiny_mlp", "--weights", path], path, ""
+
+    return make
+
+
+def _data_case(kind: str):
+    def make(ctx, inp):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 12)).astype(np.float32)
+        path = inp / "data.npz"
+        labels = np.arange(8) % 4
+        extra: list = []
+        if kind == "no arrays":
+            np.savez(path)
+        elif kind == "no samples":
+            np.savez(path, x=x[:0])
+        elif kind == "mismatched counts":
+            np.savez(path, x=x, labels=labels[:5])
+        elif kind == "labels out of range":
+            np.savez(path, x=x, labels=labels + 6)
+        elif kind == "negative labels":
+            np.savez(path, x=x, labels=labels - 2)
+        elif kind == "float labels":
+            np.savez(path, x=x, labels=labels.astype(np.float32))
+        elif kind == "wrong dtype":
+            np.savez(path, x=x.astype(np.float64))
+        elif kind == "wrong rank":
+            np.savez(path, x=x[:, None, :])
+        elif kind == "wrong width":
+            np.savez(path, x=x[:, :7])
+        elif kind == "text in another encoding":
+            path = inp / "data.txt"
+            path.write_bytes("Grüße aus Köln\nnaïve café\n".encode("utf-16"))
+            extra = ["--tokenizer", ctx["minilm"]]
+        elif kind == "text of blank lines":
+            path = inp / "data.txt"
+            path.write_text("\n  \n\n")
+            extra = ["--tokenizer", ctx["minilm"]]
+        elif kind == "jsonl without text":
+            path = inp / "data.jsonl"
+            path.write_text('{"label": 1}\n')
+            extra = ["--tokenizer", ctx["minilm"]]
+        args = ["validate", ctx["onnx"], "--reference", ctx["onnx"], "--data", path, *extra]
+        return args, path, ""
+
+    return make
+
+
+def _recipe_case(kind: str):
+    def make(ctx, inp):
+        path = inp / "r.toml"
+        src = f'[source]\nmodel = "{ctx["onnx"] / "model.onnx"}"\n'
+        head = 'name = "r"\nout = "OUT"\n'
+        stage = "[[stages]]\nkind = "
+        body = {
+            "syntax": 'name = "r"\n[[stages]\nkind = "build"\n',
+            "unknown field": f'{head}{src}{stage}"build"\nspeed = 3\n',
+            "wrong type": f'{head}{src}{stage}"build"\nthreads = "two"\n',
+            "unknown stage kind": f'{head}{src}{stage}"shrink"\n',
+            "a source that does not exist": f'{head}[source]\nmodel = "no.onnx"\n{stage}"build"\n',
+            "data that does not exist": f'{head}{src}{stage}"validate"\ndata = "nope.npz"\n',
+        }[kind]  # fmt: skip
+        path.write_text(body.replace("OUT", str(ctx["out"])))
+        return ["run", path], path, ""
+
+    return make
+
+
+def _flag_case(kind: str):
+    def make(ctx, inp):
+        data = inp / "data.npz"
+        data.write_bytes(GOOD)
+        onnx_, gate = ctx["onnx"], ["validate", ctx["onnx"], "--reference", ctx["onnx"]]
+        args = {
+            "a negative budget": [*gate, "--data", data, "--max-drop", "-0.1"],
+            "a zero batch size": [*gate, "--data", data, "--batch-size", "0"],
+            "a negative batch size": [*gate, "--data", data, "--batch-size", "-4"],
+            "zero threads": ["build", onnx_, "--threads", "0"],
+            "negative threads": ["build", onnx_, "--threads", "-2"],
+            "more samples than the data": ["quantize", onnx_, "--calibration", data,
+                                           "--samples", "1000"],
+            "a zero-iteration bench": ["bench", onnx_, "--iterations", "0"],
+            "a negative sparsity": ["prune", "tests.models:tiny_mlp", "--weights",
+                                    ctx["weights"], "--data", data, "--sparsity", "-0.5"],
+        }[kind]  # fmt: skip
+        flag = {
+            "a negative budget": "max-drop",
+            "a zero batch size": "batch-size",
+            "a negative batch size": "batch-size",
+            "zero threads": "threads",
+            "negative threads": "threads",
+            "more samples than the data": "samples",
+            "a zero-iteration bench": "iterations",
+            "a negative sparsity": "sparsity",
+        }[kind]
+        return args, Path(flag), ""  # fmt: skip
+
+    return make
+
+
+SUITE = {
+    **{f"onnx: {k}": _onnx_case(k) for k in (
+        "empty", "truncated", "bit-flipped", "invalid graph", "external data missing",
+        "external data too short", "external data outside the folder",
+        "external data through a symlink",
+    )},
+    **{f"weights: {k}": _weights_case(k) for k in (
+        "pickle .safetensors", "pickle .ckpt", "wrong shapes", "wrong dtypes",
+        "a header that lies about its length", "a header that is not JSON",
+    )},
+    **{f"data: {k}": _data_case(k) for k in (
+        "no arrays", "no samples", "mismatched counts", "labels out of range",
+        "negative labels", "float labels", "wrong dtype", "wrong rank", "wrong width",
+        "text in another encoding", "text of blank lines", "jsonl without text",
+    )},
+    **{f"recipe: {k}": _recipe_case(k) for k in (
+        "syntax", "unknown field", "wrong type", "unknown stage kind",
+        "a source that does not exist", "data that does not exist",
+    )},
+    **{f"flag: {k}": _flag_case(k) for k in (
+        "a negative budget", "a zero batch size", "a negative batch size", "zero threads",
+        "negative threads", "more samples than the data", "a zero-iteration bench",
+        "a negative sparsity",
+    )},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SUITE))
+def test_hostile_input(cli, tiny_onnx, tiny, minilm, tmp_path, case):
+    """Exit 2; one line naming the file (or the flag) and no traceback; no output written;
+    every input byte-identical afterwards; nothing from the input executed."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    ctx = {"onnx": tiny_onnx, "minilm": minilm, "out": out, "weights": tiny / "tiny.safetensors"}
+    args, named, _ = SUITE[case](ctx, inp)
+    before = tree_digest(inp), tree_digest(tiny_onnx)
+    extra = [] if args[0] == "run" else ["-o", out]
+    r = cli(*args, *extra)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("edgesmith:")]
+    assert r.code == 2, (r.code, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
+    assert named.name in lines[0], lines[0]  # the file, or the flag
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert (tree_digest(inp), tree_digest(tiny_onnx)) == before
+    assert not Path("/tmp/edgesmith-hostile-ran").exists()

@@ -161,7 +161,7 @@ def test_the_digits_latency_search_records_every_point(cli, digits, tmp_path):
     "flags, message",
     [
         (["--heads", "0.5"], "--heads/--ffn prune a transformer encoder"),
-        (["--sparsity", "0.5", "--round-to", "0"], "round_to: Input should be greater"),
+        (["--sparsity", "0.5", "--round-to", "0"], "--round-to: Input should be greater"),
     ],
 )
 def test_bad_channel_flags_exit_2_and_write_nothing(cli, digits, tmp_path, flags, message):

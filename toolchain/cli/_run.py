@@ -8,13 +8,32 @@ from typing import Any
 
 import typer
 
-from toolchain.core.recipe import Recipe, recipe_from_dict
+from toolchain.core.errors import InvalidInput
+from toolchain.core.recipe import Recipe, describe_validation_error, recipe_from_dict
 
 
 def one_stage(source: dict[str, Any], stage: dict[str, Any], name: str) -> Recipe:
     clean = {k: v for k, v in source.items() if v not in (None, [], ())}
     st = {k: v for k, v in stage.items() if v is not None}
+    _check_options(st, name)
     return recipe_from_dict({"name": name, "source": clean, "stages": [st]}, f"edgesmith {name}")
+
+
+def _check_options(stage: dict[str, Any], name: str) -> None:
+    """The stage's config from a command's options, refused with the option's name."""
+    from pydantic import ValidationError
+
+    from toolchain.core.stage import stages
+
+    known = stages().get(stage.get("kind"))
+    if known is None:
+        return  # the recipe's own check names what is available
+    try:
+        known.config.model_validate(stage)
+    except ValidationError as e:
+        raise InvalidInput(
+            describe_validation_error(f"edgesmith {name}", e, as_flags=True)
+        ) from None
 
 
 def execute(recipe: Recipe, print_recipe: bool) -> None:

@@ -54,7 +54,7 @@ def command(
         options["opt_level"] = opt_level
     if ort_format:
         options["ort_format"] = True
-    if threads:
+    if threads is not None:
         options["threads"] = threads
     recipe = one_stage(
         {"model": str(model)},

@@ -56,7 +56,30 @@ def check_onnx(path: Path, full_check: bool = False) -> onnx.ModelProto:
         raise InvalidInput(f"{path}: not an ONNX model or truncated ({type(e).__name__})") from None
     if not model.graph.output:
         raise InvalidInput(f"{path}: not an ONNX model (the graph has no outputs)")
+    _check_external_extents(path, model)
     return model
+
+
+def _check_external_extents(path: Path, model: onnx.ModelProto) -> None:
+    """Every external tensor lies inside its data file. The checker vets the locations (inside
+    the model's folder, no links out) but not the sizes; a short file would fail later, inside
+    onnxruntime, as an internal error."""
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        data = Path(path).parent / info.get("location", "")
+        offset = int(info.get("offset", 0))
+        length = info.get("length")
+        if length is None:  # the tensor's own size
+            item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            length = item * int(np.prod(t.dims, dtype=np.int64))
+        size = data.stat().st_size if data.is_file() else -1
+        if size < offset + int(length):
+            raise InvalidInput(
+                f"{path}: external data of '{t.name}' needs bytes {offset}..{offset + int(length)}"
+                f" of {info.get('location')}, which has {max(size, 0)}"
+            )
 
 
 def external_data_files(model: onnx.ModelProto) -> list[str]:

@@ -6,6 +6,7 @@ so the CLI and recipes cannot drift apart (`--print-recipe` prints it).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,9 @@ from pydantic import (
 
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_path
+
+# a source named package.module:factory (export/source.py imports it)
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class Strict(BaseModel):
@@ -141,21 +145,22 @@ def _toml(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
-def describe_validation_error(origin: str, e: ValidationError) -> str:
-    """One line: the file, the field path and what was expected."""
+def describe_validation_error(origin: str, e: ValidationError, as_flags: bool = False) -> str:
+    """One line: the file, the field path and what was expected (`as_flags`: a command's
+    options, named as the user typed them: batch_size → --batch-size)."""
     err = e.errors()[0]
     # "max_drop.float" → "max_drop": the union member tried is noise to a user.
-    loc = ".".join(
-        str(p) for p in err["loc"] if p not in ("float", "int", "str", "dict[str,float]")
-    )
-    loc = loc or "(top level)"
+    parts = [str(p) for p in err["loc"] if p not in ("float", "int", "str", "dict[str,float]")]
+    if as_flags and parts:
+        parts = ["--" + parts[0].replace("_", "-"), *parts[1:]]
+    loc = ".".join(parts) or ("" if as_flags else "(top level)")
     quiet = ("missing", "extra_forbidden", "value_error")
     got = f" (got {err['input']!r})" if err["type"] not in quiet else ""
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-    return f"{origin}: {loc}: {msg}{got}{more}"
+    return f"{origin}: {loc + ': ' if loc else ''}{msg}{got}{more}"
 
 
 def recipe_from_dict(data: dict[str, Any], origin: str = "recipe") -> Recipe:
@@ -170,7 +175,25 @@ def load_recipe(path: Path) -> Recipe:
     if not path.is_file():
         raise InvalidInput(f"recipe not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"{path}: not UTF-8 text (at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"{path}: not valid TOML ({e})") from None
-    return recipe_from_dict(data, str(path))
+    recipe = recipe_from_dict(data, str(path))
+    _check_paths(recipe, path)
+    return recipe
+
+
+def _check_paths(recipe: Recipe, path: Path) -> None:
+    """The files a recipe names exist, said with the recipe and the field (before any stage
+    runs, so a typo in the last stage does not cost the first stage's work)."""
+    named = [("source.model", recipe.source.model), ("source.weights", recipe.source.weights)]
+    for i, st in enumerate(recipe.stages):
+        named += [(f"stages[{i}] ({st.kind}).{f}", getattr(st, f)) for f in st.FILE_FIELDS]
+    for field, value in named:
+        if not isinstance(value, str) or Path(value).exists():
+            continue
+        if field == "source.model" and FACTORY.match(value):
+            continue  # package.module:factory, imported by the export stage
+        raise InvalidInput(f"{path}: {field}: '{value}' does not exist")

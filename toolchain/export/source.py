@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +23,9 @@ from toolchain.core.artifact import (
 )
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json
+from toolchain.core.recipe import FACTORY
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
-FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")
 
 
@@ -95,7 +94,7 @@ def _refuse_pickle(path: Path) -> None:
 
 
 def is_factory(model: str) -> bool:
-    return bool(FACTORY_RE.match(model)) and not Path(model).exists()
+    return bool(FACTORY.match(model)) and not Path(model).exists()
 
 
 @contextlib.contextmanager

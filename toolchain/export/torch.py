@@ -118,6 +118,14 @@ def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
     record = read_record(meta, weights)
     if record is not None:
         rebuild_shapes(net, state, record, weights)
+    # load_state_dict would cast int32 into a float parameter silently: the dtypes must match
+    own = net.state_dict()
+    for key, t in state.items():
+        if key in own and t.dtype != own[key].dtype:
+            raise InvalidInput(
+                f"{weights}: '{key}' is {str(t.dtype).removeprefix('torch.')}, '{name}' has "
+                f"{str(own[key].dtype).removeprefix('torch.')} (convert the weights first)"
+            )
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # size mismatches: the weights are for another shape

@@ -17,6 +17,7 @@ class Outputs:
     reference: dict[str, np.ndarray]
     candidate: dict[str, np.ndarray]
     labels: np.ndarray | None
+    origin: str = ""  # the data's file, for messages
 
 
 def batch_limit(*runners: Runner) -> int | None:

@@ -91,11 +91,18 @@ def _fits_no_output(metric: str, outputs: Outputs) -> str:
                 f"metric '{metric}': outputs {', '.join(ambiguous)} could each be the class "
                 f"scores ({shapes}); name the classifier's with --output"
             )
+    where = f"{outputs.origin}: " if outputs.origin else ""
+    labels = outputs.labels
+    widths = [v.shape[1] for v in outputs.reference.values() if v.ndim == 2 and v.shape[1] >= 2]
+    if metric == "accuracy" and labels is not None and widths and labels.max() >= max(widths):
+        return (
+            f"{where}labels go up to {labels.max()}, but no output has that many classes ({shapes})"
+        )
     need = {
         "accuracy": "labels in the data and a [N, classes] output",
         "agreement": "a [N, classes] output",
     }.get(metric, "a float output")
-    return f"metric '{metric}' fits no output: it needs {need} ({shapes})"
+    return f"{where}metric '{metric}' fits no output: it needs {need} ({shapes})"
 
 
 class Evaluator:
@@ -123,5 +130,5 @@ class Evaluator:
     def gate(self, candidate: Runner) -> GateResult:
         check_outputs(self.reference_runner, candidate)
         got = outputs_of(candidate, self.data, self._size(candidate), "validating")
-        outputs = Outputs(self.reference, got, self.data.labels)
+        outputs = Outputs(self.reference, got, self.data.labels, self.data.origin)
         return evaluate(outputs, self.metrics, self.budgets, self.output)
