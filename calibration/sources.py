@@ -77,7 +77,15 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 # what a damaged archive or array file raises inside np.load and zipfile
-_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+_UNREADABLE = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)  # encrypted, unknown compression
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

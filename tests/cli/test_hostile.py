@@ -4,6 +4,7 @@ the file, no traceback, nothing written, the inputs unchanged."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -493,3 +494,66 @@ def test_hostile_input(cli, tiny_onnx, tiny, minilm, tmp_path, case):
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     assert (tree_digest(inp), tree_digest(tiny_onnx)) == before
     assert not Path("/tmp/edgesmith-hostile-ran").exists()
+
+
+# --- fuzzing: mutated bytes of a valid ONNX model and a valid .npz -------------------------
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    b = bytearray(data)
+    for at, xor in edits:
+        b[at % len(b)] ^= xor
+    return bytes(b[:cut] if cut is not None else b)
+
+
+def _fuzz_invariants(r, out: Path, inputs: Path, before) -> None:
+    """Either it worked (a whole output), or exit 2 with one line and nothing written; never
+    an internal error, a traceback or a changed input."""
+    assert r.code in (0, 2), (r.code, r.stderr[-1500:])
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-1500:]
+    if r.code == 0:
+        assert (out / "manifest.json").is_file()
+    else:
+        assert not out.exists()
+        assert len([ln for ln in r.stderr.splitlines() if ln.startswith("edgesmith:")]) == 1
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
+    assert tree_digest(inputs) == before
+
+
+# make test: 30 fixed examples each; EDGESMITH_FUZZ_EXAMPLES=N: N random ones
+FUZZ_EXAMPLES = int(os.environ.get("EDGESMITH_FUZZ_EXAMPLES", "30"))
+FUZZ_FIXED = "EDGESMITH_FUZZ_EXAMPLES" not in os.environ
+
+
+def _fuzz(kind: str):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), max_size=6)
+    cut = st.one_of(st.none(), st.integers(0, 4096))
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=FUZZ_FIXED,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(edits=edits, cut=cut)
+    def check(cli, tiny_onnx, tmp_path_factory, edits, cut):
+        d = tmp_path_factory.mktemp("fuzz")
+        inputs = d / "in"
+        inputs.mkdir()
+        out = d / "out"
+        if kind == "onnx":
+            src = inputs / "model.onnx"
+            src.write_bytes(_mutate(_onnx_bytes(tiny_onnx), edits, cut))
+            args = ("build", src, "-o", out)
+        else:
+            src = inputs / "data.npz"
+            src.write_bytes(_mutate(GOOD, edits, cut))
+            args = ("validate", tiny_onnx, "--reference", tiny_onnx, "--data", src, "-o", out)
+        before = tree_digest(inputs)
+        _fuzz_invariants(cli(*args), out, inputs, before)
+
+    return check
+
+
+@pytest.mark.parametrize("kind", ["onnx", "npz"])
+def test_fuzzed_bytes_never_crash_or_leave_partial_output(cli, tiny_onnx, tmp_path_factory, kind):
+    _fuzz(kind)(cli, tiny_onnx, tmp_path_factory)
