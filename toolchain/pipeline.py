@@ -17,7 +17,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -102,6 +103,27 @@ def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact],
     )
 
 
+@contextmanager
+def root_lock(root: Path, emit: Callable[[str], None]) -> Iterator[None]:
+    """Stages under one root (a recipe's out, or where -o points) run one at a time: a second
+    edgesmith on the same recipe (make -j) waits here, then finds the stage made (cached),
+    instead of two processes writing one stage directory or one cache entry. The kernel drops
+    an flock when its process dies, so a killed run leaves no stale lock."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY)  # the root directory itself is locked: no lock file
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            emit(f"waiting: another edgesmith is running a stage in {root}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def stage_dir(recipe: Recipe, index: int, cfg: StageConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path(recipe.out) / f"{index}-{cfg.kind}"
 
@@ -180,20 +202,23 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
         _check_outputs(out, cfg, inputs, named)
         key = cache_key(stage, current, named, cfg)
         start = time.perf_counter()
-        manifest = _cached(out, key)
-        if manifest is not None:
-            metrics = manifest.get("metrics", {})
-            passed = manifest.get("passed", True)
-            summary = manifest.get("summary", "")
-            if manifest.get("artifact"):
-                current = artifact_from_manifest(out, manifest)
-            emit(f"[{i}] {cfg.kind}: cached, nothing to do ({out})")
-            cached = True
-        else:
-            emit(f"[{i}] {cfg.kind}: running → {out}")
-            result, made = _run_stage(stage, cfg, Inputs(current, named), out, key, recipe, emit)
-            current = made or current
-            metrics, passed, summary, cached = result.metrics, result.passed, result.summary, False
+        with root_lock(out.parent, emit):
+            manifest = _cached(out, key)
+            if manifest is not None:
+                metrics = manifest.get("metrics", {})
+                passed = manifest.get("passed", True)
+                summary = manifest.get("summary", "")
+                if manifest.get("artifact"):
+                    current = artifact_from_manifest(out, manifest)
+                emit(f"[{i}] {cfg.kind}: cached, nothing to do ({out})")
+                cached = True
+            else:
+                emit(f"[{i}] {cfg.kind}: running → {out}")
+                inp = Inputs(current, named)
+                result, made = _run_stage(stage, cfg, inp, out, key, recipe, emit)
+                current = made or current
+                metrics, passed, summary = result.metrics, result.passed, result.summary
+                cached = False
         records.append(
             StageRecord(
                 cfg.kind, out, cached, time.perf_counter() - start, metrics, passed, summary
