@@ -5,6 +5,7 @@ Usage errors (unknown flag, missing argument) are typer's own and exit 2 as well
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import traceback
@@ -17,6 +18,9 @@ from toolchain.core.errors import CheckFailed, EdgesmithError
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in edgesmith, not in the user's input
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+INTERRUPTED_LINE = "edgesmith: interrupted; no partial output was left"
+# what the machine refuses (a full disk, a read-only or forbidden folder): exit 2, one line
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 debug = {"on": False}  # set by the root --debug option
 
 
@@ -33,8 +37,16 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
                 print(f"edgesmith: report: {e.report}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            print("edgesmith: interrupted; no partial output was left", file=sys.stderr)
+            print(INTERRUPTED_LINE, file=sys.stderr)
             raise typer.Exit(INTERRUPTED) from None
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            if debug["on"]:
+                traceback.print_exc()
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"edgesmith: error: {e.strerror}{where}; nothing was written", file=sys.stderr)
+            raise typer.Exit(2) from None
         except Exception:
             traceback.print_exc()
             print(

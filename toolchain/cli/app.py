@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from toolchain.cli import _errors, inspect, run, targets
+from toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE
 from toolchain.core.registry import load_object
 from toolchain.core.stage import Stage, stages
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
         code: object = 0
     except SystemExit as e:
         code = e.code
+    except KeyboardInterrupt:  # outside a command (its own handler says the same)
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        code = INTERRUPTED
     if code is None:
         code = 0
     elif not isinstance(code, int):

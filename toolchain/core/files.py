@@ -104,7 +104,8 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _recover(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output should be a normal directory
@@ -120,6 +121,33 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _recover(out: Path) -> None:
+    """What a killed process (kill -9: no cleanup ran) left beside `out`: its temporary
+    directory is removed, and an output it had moved aside to replace is put back if nothing
+    replaced it. Only a process that is gone is cleaned up after (the pid is in the name)."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, rest = p.name[len(out.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(p, out)  # the complete output from before the killed replace
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def write_json(path: Path, obj: Any) -> None:

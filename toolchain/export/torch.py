@@ -301,6 +301,21 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
                 **kwargs,
             )
     except Exception as e:  # the exporter raises many types; surface one line
+        cause = _caused_by(e, (KeyboardInterrupt, OSError))  # Ctrl-C, a full disk: not the model
+        if cause is not None:
+            raise cause from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInput(f"torch.onnx export failed: {msg}") from e
     return out
+
+
+def _caused_by(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` in e's chain (torch's exporter wraps what it catches)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kinds):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
