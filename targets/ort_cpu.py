@@ -177,7 +177,7 @@ class OrtCpu:
         level = options.get("opt_level", self.DEFAULT_OPT_LEVEL)
         if level not in OPT_LEVELS:
             raise InvalidInput(
-                f"ort-cpu option opt_level '{level}': one of {', '.join(OPT_LEVELS)}"
+                f"unknown opt_level '{level}'; expected one of {', '.join(OPT_LEVELS)}"
             )
         threads = options.get("threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
