@@ -125,16 +125,18 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
 
 def _movement_warning(cfg, acc: dict[str, Any]) -> str:
     """Movement scores need weights that move: on a model already fine-tuned to convergence
-    the loss's gradient averages to zero, the accumulated −W·∂L/∂W is noise weighted by |W|,
-    and the lowest scores pick large weights (measured: worse than random on the digits CNN).
-    Say so when the result is below what one-shot magnitude gave with no recovery at all."""
+    the loss's gradient is mostly noise, so the scores (Adam's steps on W·∂L/∂W') rank weights
+    little better than chance, and the masks prune what the model needs (measured on the text
+    classifier: benchmarks/sparsity_text_classifier.py). Say so when the result is below what
+    one-shot magnitude gave with no recovery at all."""
     recovered = acc.get("after_recovery")
     if cfg.method != "movement" or recovered is None or recovered >= acc["after_pruning"]:
         return ""
     return (
         f"movement recovered to {recovered:.4f}, below one-shot magnitude without recovery "
-        f"({acc['after_pruning']:.4f}): movement needs weights that move (pruning during the "
-        "task fine-tune); for a model already fine-tuned use --method magnitude"
+        f"({acc['after_pruning']:.4f}): movement needs weights that move (prune while "
+        "fine-tuning: the pretrained model as MODEL, the fine-tuned one as --teacher); for a "
+        "model already fine-tuned use --method magnitude"
     )
 
 
