@@ -7,7 +7,7 @@ import typer
 
 from toolchain.cli._run import execute
 from toolchain.cli.options import PrintRecipe
-from toolchain.core.recipe import load_recipe
+from toolchain.core.recipe import check_paths, load_recipe
 
 
 def command(
@@ -15,4 +15,7 @@ def command(
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Run a recipe's stages in order; stages whose inputs did not change are not redone."""
-    execute(load_recipe(recipe), print_recipe)
+    loaded = load_recipe(recipe)
+    if not print_recipe:
+        check_paths(loaded, recipe)
+    execute(loaded, print_recipe)

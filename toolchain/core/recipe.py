@@ -180,14 +180,13 @@ def load_recipe(path: Path) -> Recipe:
         raise InvalidInput(f"{path}: not UTF-8 text (at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"{path}: not valid TOML ({e})") from None
-    recipe = recipe_from_dict(data, str(path))
-    _check_paths(recipe, path)
-    return recipe
+    return recipe_from_dict(data, str(path))
 
 
-def _check_paths(recipe: Recipe, path: Path) -> None:
-    """The files a recipe names exist, said with the recipe and the field (before any stage
-    runs, so a typo in the last stage does not cost the first stage's work)."""
+def check_paths(recipe: Recipe, path: Path) -> None:
+    """The files a recipe names exist, said with the recipe and the field: checked by `run`
+    before any stage, so a typo in the last stage does not cost the first stage's work (not on
+    load: a recipe is valid before make has written its inputs)."""
     named = [("source.model", recipe.source.model), ("source.weights", recipe.source.weights)]
     for i, st in enumerate(recipe.stages):
         named += [(f"stages[{i}] ({st.kind}).{f}", getattr(st, f)) for f in st.FILE_FIELDS]
