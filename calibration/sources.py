@@ -207,18 +207,19 @@ def load_dataset(
     labels = arrays.pop(LABELS, None)
     check_fits(path, arrays, labels, io)
     data = Dataset({t.name: arrays[t.name] for t in io.inputs}, labels, str(path))
-    check_finite(data, str(path))
+    check_finite(data)
     return data
 
 
-def check_finite(data: Dataset, origin: str) -> None:
+def check_finite(data: Dataset) -> None:
     """NaN or Inf in float data is refused before anything runs (calibration ranges, metrics
     and the gate would all be computed on it)."""
     for name, a in data.feeds.items():
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             bad = int(np.argwhere(~np.isfinite(a).reshape(len(a), -1).all(axis=1))[0][0])
             raise InvalidInput(
-                f"{origin}: input '{name}' holds NaN or Inf (first at sample {bad}); "
+                f"{data.origin or 'data'}: input '{name}' holds NaN or Inf (first at sample "
+                f"{bad}); "
                 "data must be finite"
             )
 

@@ -305,7 +305,7 @@ def collect(
 
     if len(data) == 0:
         raise InvalidInput("calibration: the data holds no samples")
-    check_finite(data, "calibration data")
+    check_finite(data)
     chans = set(channel_tensors)
     stats = {n: TensorStats(bins=bins) for n in dict.fromkeys(list(tensors) + sorted(chans))}
     proto = onnx.load(str(model_path), load_external_data=False)

@@ -88,7 +88,7 @@ def test_check_finite_names_the_input_and_sample():
     x = np.zeros((5, 3), np.float32)
     x[3, 1] = np.nan
     with pytest.raises(InvalidInput, match=r"'x'.*sample 3"):
-        check_finite(Dataset({"x": x}), "calib.npz")
+        check_finite(Dataset({"x": x}, origin="calib.npz"))
 
 
 def test_dataset_digest_changes_with_the_samples():

@@ -263,7 +263,7 @@ def test_an_output_named_like_a_file_is_refused(cli, tiny, tmp_path, name):
 
 # --- the suite: every kind of input edgesmith reads, each case under the same invariants ---
 # A case writes its hostile input under `inp` (a folder checked byte for byte afterwards) and
-# returns (the command's arguments, the file the message must name, what it must say).
+# returns (the command's arguments, the file or flag the one-line message must name).
 
 
 def _onnx_bytes(tiny_onnx: Path) -> bytes:
@@ -322,7 +322,7 @@ def _onnx_case(kind: str):
         elif kind == "external data through a symlink":
             _external(ctx["onnx"], inp, "link.bin")
             (inp / "link.bin").symlink_to("/etc/hostname")
-        return ["build", path], path, ""
+        return ["build", path], path
 
     return make
 
@@ -349,7 +349,7 @@ def _weights_case(kind: str):
             path.write_bytes((1 << 40).to_bytes(8, "little") + raw[8:])
         elif kind == "a header that is not JSON":
             path.write_bytes((16).to_bytes(8, "little") + b"{not json at all" + b"\0" * 64)
-        return ["export", "tests.models:tiny_mlp", "--weights", path], path, ""
+        return ["export", "tests.models:tiny_mlp", "--weights", path], path
 
     return make
 
@@ -392,7 +392,7 @@ def _data_case(kind: str):
             path.write_text('{"label": 1}\n')
             extra = ["--tokenizer", ctx["minilm"]]
         args = ["validate", ctx["onnx"], "--reference", ctx["onnx"], "--data", path, *extra]
-        return args, path, ""
+        return args, path
 
     return make
 
@@ -412,7 +412,7 @@ def _recipe_case(kind: str):
             "data that does not exist": f'{head}{src}{stage}"validate"\ndata = "nope.npz"\n',
         }[kind]  # fmt: skip
         path.write_text(body.replace("OUT", str(ctx["out"])))
-        return ["run", path], path, ""
+        return ["run", path], path
 
     return make
 
@@ -444,7 +444,7 @@ def _flag_case(kind: str):
             "a zero-iteration bench": "iterations",
             "a negative sparsity": "sparsity",
         }[kind]
-        return args, Path(flag), ""  # fmt: skip
+        return args, Path(flag)  # fmt: skip
 
     return make
 
@@ -483,7 +483,7 @@ def test_hostile_input(cli, tiny_onnx, tiny, minilm, tmp_path, case):
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     ctx = {"onnx": tiny_onnx, "minilm": minilm, "out": out, "weights": tiny / "tiny.safetensors"}
-    args, named, _ = SUITE[case](ctx, inp)
+    args, named = SUITE[case](ctx, inp)
     before = tree_digest(inp), tree_digest(tiny_onnx)
     extra = [] if args[0] == "run" else ["-o", out]
     r = cli(*args, *extra)

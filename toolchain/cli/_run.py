@@ -15,21 +15,22 @@ from toolchain.core.recipe import Recipe, describe_validation_error, recipe_from
 def one_stage(source: dict[str, Any], stage: dict[str, Any], name: str) -> Recipe:
     clean = {k: v for k, v in source.items() if v not in (None, [], ())}
     st = {k: v for k, v in stage.items() if v is not None}
-    _check_options(st, name)
-    return recipe_from_dict({"name": name, "source": clean, "stages": [st]}, f"edgesmith {name}")
+    cfg = _stage_config(st, name)
+    return recipe_from_dict({"name": name, "source": clean, "stages": [cfg]}, f"edgesmith {name}")
 
 
-def _check_options(stage: dict[str, Any], name: str) -> None:
-    """The stage's config from a command's options, refused with the option's name."""
+def _stage_config(stage: dict[str, Any], name: str) -> Any:
+    """The stage's config from a command's options (validated once, here), refused with the
+    option's name: --batch-size, not stages[0].batch_size."""
     from pydantic import ValidationError
 
     from toolchain.core.stage import stages
 
     known = stages().get(stage.get("kind"))
     if known is None:
-        return  # the recipe's own check names what is available
+        return stage  # the recipe's own check names what is available
     try:
-        known.config.model_validate(stage)
+        return known.config.model_validate(stage)
     except ValidationError as e:
         raise InvalidInput(
             describe_validation_error(f"edgesmith {name}", e, as_flags=True)

@@ -12,9 +12,8 @@ zeros in them: no mask parameters and no Mul by a mask reach the ONNX).
   (transformers' research_projects/movement-pruning: scores trained by AdamW at 1e-2 from a
   constant 0), S takes Adam's steps, not the raw sum of −W·∂L/∂W': Adam divides each score's
   update by the root mean square of its own gradient, so a weight scores by how consistently it
-  moves away from zero. The raw sum is dominated by |W|·noise once the gradients are noise
-  (a model already fine-tuned), and its lowest scores then pick large weights (measured:
-  masks worse than random on the digits CNN). hard: each layer keeps its top
+  moves away from zero, on one scale for every weight and layer (what soft's single threshold
+  compares). hard: each layer keeps its top
   scores; soft: one threshold over every layer's scores (the global quantile that meets the
   scheduled sparsity), so each layer's sparsity follows its scores. Sanh's soft variant keeps a
   fixed threshold on sigmoid(scores) and reaches its sparsity through an L1 regulariser whose
