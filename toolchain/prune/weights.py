@@ -126,9 +126,9 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
 def _movement_warning(cfg, acc: dict[str, Any]) -> str:
     """Movement scores need weights that move: on a model already fine-tuned to convergence
     the loss's gradient is mostly noise, so the scores (Adam's steps on W·∂L/∂W') rank weights
-    little better than chance, and the masks prune what the model needs (measured on the text
-    classifier: benchmarks/sparsity_text_classifier.py). Say so when the result is below what
-    one-shot magnitude gave with no recovery at all."""
+    no better than chance within a short recovery, and the masks prune what the model needs
+    (measured on the text classifier: benchmarks/movement_masks.py). Say so when the result is
+    below what one-shot magnitude gave with no recovery at all."""
     recovered = acc.get("after_recovery")
     if cfg.method != "movement" or recovered is None or recovered >= acc["after_pruning"]:
         return ""
