@@ -1,261 +1,36 @@
-"""The trt-gpu target's plain logic, on any machine: build options, optimisation profiles,
-whether int8 is on, what an engine is tied to, feed checks and parser messages.
+"""The trt-gpu target's plain logic, on any machine: whether int8 and sparsity are on, which
+layers stay fp32, what an engine is tied to, I/O types, feed checks and parser messages.
 
 No TensorRT or CUDA here (targets/tensorrt_gpu.py calls those): all of it runs, and is
-tested, where neither is installed.
+tested, where neither is installed. Options and profiles: targets/tensorrt_options.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from targets.tensorrt_options import Profile, shape_str
 from toolchain.core.artifact import IoSpec
 from toolchain.core.errors import InvalidInput
 
-# ---------------------------------------------------------------- options (pure)
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """The min, opt and max shape of one input in an optimization profile.
-
-    TensorRT tunes kernels for `opt` and accepts any shape between `min` and `max`, per axis.
-    """
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Sequence[int]]) -> ShapeRange:
-        return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
-
-    def describe(self) -> str:
-        return f"{shape_str(self.min)} to {shape_str(self.max)} (opt {shape_str(self.opt)})"
-
-
-@dataclass(frozen=True)
-class TrtOptions:
-    """Validated build options of `trt-gpu` (see TrtGpu for their meaning)."""
-
-    fp16: bool = False
-    int8: bool | None = None  # None: decided by the model (on when it has QuantizeLinear nodes)
-    workspace_mb: int | None = None  # None: TensorRT's default (the device's global memory)
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 32
-    shapes: dict[str, ShapeRange] = field(default_factory=dict)
-    timing_cache: Path | None = None  # an earlier build's timing.cache to start from (read only)
-    sparse_weights: bool | None = None  # None: on when the model has 2:4 layers
-
-
-_MOM = ("min", "opt", "max")
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape) if shape else "scalar"
-
-
-def _bool_option(options: Mapping[str, Any], key: str) -> bool | None:
-    if key not in options:
-        return None
-    v = options[key]
-    if not isinstance(v, bool):
-        raise InvalidInput(f"trt-gpu option {key}: expected true or false, got {v!r}")
-    return v
-
-
-def _positive_int_option(options: Mapping[str, Any], key: str) -> int | None:
-    if key not in options:
-        return None
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InvalidInput(f"trt-gpu option {key}: expected a positive integer, got {v!r}")
-    return v
-
-
-def parse_shape(text: str, what: str) -> tuple[int, ...]:
-    """'1x3x224x224' -> (1, 3, 224, 224); every dimension a positive integer."""
-    try:
-        dims = tuple(int(p) for p in text.strip().split("x"))
-    except ValueError:
-        dims = ()
-    if not dims or any(d < 1 for d in dims):
-        raise InvalidInput(
-            f"trt-gpu option shapes: {what}: '{text}' is not a shape like 1x3x224x224"
-        )
-    return dims
-
-
-def parse_shapes(value: str | Sequence[str]) -> dict[str, ShapeRange]:
-    """The `shapes` option: entries 'name:MIN:OPT:MAX', each shape written like 1x3x224x224.
-
-    A string holds comma-separated entries (trtexec's --minShapes style); a list holds one
-    entry per item. The name is everything before the last three colons, so ONNX names that
-    contain colons ('input:0') work.
-    """
-    if isinstance(value, str):
-        entries = [e for e in value.split(",") if e.strip()]
-    elif isinstance(value, Sequence) and all(isinstance(e, str) for e in value):
-        entries = list(value)
-    else:
-        raise InvalidInput(
-            f"trt-gpu option shapes: expected 'name:MIN:OPT:MAX' strings, got {value!r}"
-        )
-    out: dict[str, ShapeRange] = {}
-    for entry in entries:
-        parts = entry.strip().rsplit(":", 3)
-        if len(parts) != 4 or not parts[0]:
-            raise InvalidInput(
-                f"trt-gpu option shapes: '{entry}' is not 'name:MIN:OPT:MAX' "
-                "(e.g. 'x:1x3x224x224:8x3x224x224:32x3x224x224')"
-            )
-        name = parts[0]
-        if name in out:
-            raise InvalidInput(f"trt-gpu option shapes: input '{name}' is given twice")
-        shapes = (parse_shape(p, f"'{name}' {k}") for p, k in zip(parts[1:], _MOM, strict=True))
-        out[name] = ShapeRange(*shapes)
-    return out
-
-
-def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOptions:
-    """Check BuildConfig.options without TensorRT: unknown keys, types, ranges, batch order."""
-    known = tuple(known)
-    unknown = set(options) - set(known)
-    if unknown:
-        raise InvalidInput(
-            f"unknown trt-gpu option(s) {sorted(unknown)}; available: {', '.join(known)}"
-        )
-    d = TrtOptions()
-    fp16 = _bool_option(options, "fp16")
-    int8 = _bool_option(options, "int8")
-    workspace = _positive_int_option(options, "workspace_mb")
-    given = {k: _positive_int_option(options, k) for k in ("min_batch", "opt_batch", "max_batch")}
-    # Unset batch bounds follow the ones that are set, so max_batch=4 alone is a valid request.
-    mn = given["min_batch"] or d.min_batch
-    mx = given["max_batch"] or max(d.max_batch, mn)
-    opt = given["opt_batch"] or min(max(d.opt_batch, mn), mx)
-    if not mn <= opt <= mx:
-        raise InvalidInput(
-            f"trt-gpu options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
-        )
-    sparse = _bool_option(options, "sparse_weights")
-    shapes = parse_shapes(options["shapes"]) if "shapes" in options else {}
-    cache = None
-    if "timing_cache" in options:
-        v = options["timing_cache"]
-        if not isinstance(v, str | Path) or not Path(v).is_file():
-            raise InvalidInput(f"trt-gpu option timing_cache: no such file: {v}")
-        cache = Path(v)
-    return TrtOptions(
-        fp16=bool(fp16),
-        int8=int8,
-        workspace_mb=workspace,
-        min_batch=mn,
-        opt_batch=opt,
-        max_batch=mx,
-        shapes=shapes,
-        timing_cache=cache,
-        sparse_weights=sparse,
-    )
-
-
-# ---------------------------------------------------------------- profiles (pure)
-
-
-def profile_shapes(io: IoSpec, opts: TrtOptions) -> dict[str, ShapeRange]:
-    """One shape range per input that has dynamic dimensions, for one optimization profile.
-
-    A dynamic first axis is the batch: its range is min_batch..max_batch (opt at opt_batch),
-    and so is any axis with the same symbolic name. Other dynamic axes (a sequence length,
-    an image size) have no default and must be given with `shapes`, which replaces the
-    derived range of that input. Axes sharing a symbolic name must get the same range.
-    """
-    names = io.input_names
-    unknown = [n for n in opts.shapes if n not in names]
-    if unknown:
-        raise InvalidInput(
-            f"trt-gpu option shapes: no input named {', '.join(map(repr, unknown))}; "
-            f"the model's inputs: {', '.join(t.describe() for t in io.inputs)}"
-        )
-    batch = (opts.min_batch, opts.opt_batch, opts.max_batch)
-    batch_names = {t.dims[0] for t in io.inputs if t.rank and isinstance(t.dims[0], str)}
-    out: dict[str, ShapeRange] = {}
-    for t in io.inputs:
-        static = all(isinstance(d, int) for d in t.dims)
-        if t.name in opts.shapes:
-            r = _checked_override(t.name, t.dims, opts.shapes[t.name])
-            if not static:  # a static input needs no range; the override only had to agree
-                out[t.name] = r
-            continue
-        if static:
-            continue
-        per_axis = []
-        for axis, d in enumerate(t.dims):
-            if isinstance(d, int):
-                per_axis.append((d, d, d))
-            elif d in batch_names:
-                per_axis.append(batch)
-            else:
-                raise InvalidInput(
-                    f"input '{t.name}' ({t.describe()}) has dynamic axis {axis} '{d}' besides "
-                    f"the batch; give its range with the trt-gpu option shapes = "
-                    f"['{t.name}:MIN:OPT:MAX'], shapes written like 1x128"
-                )
-        out[t.name] = ShapeRange(*(tuple(a[i] for a in per_axis) for i in range(3)))
-    _check_shared_dims(io, out)
-    return out
-
-
-def _checked_override(name: str, dims: tuple, r: ShapeRange) -> ShapeRange:
-    for k, shape in zip(_MOM, (r.min, r.opt, r.max), strict=True):
-        if len(shape) != len(dims):
-            raise InvalidInput(
-                f"trt-gpu option shapes: '{name}' {k} {shape_str(shape)} has rank {len(shape)}; "
-                f"the input has rank {len(dims)} ({', '.join(map(str, dims))})"
-            )
-        for axis, (d, s) in enumerate(zip(dims, shape, strict=True)):
-            if isinstance(d, int) and d != s:
-                raise InvalidInput(
-                    f"trt-gpu option shapes: '{name}' {k} {shape_str(shape)} sets axis {axis} "
-                    f"to {s}; the model fixes it at {d}"
-                )
-    if not all(a <= b <= c for a, b, c in zip(r.min, r.opt, r.max, strict=True)):
-        raise InvalidInput(
-            f"trt-gpu option shapes: '{name}' needs min <= opt <= max on every axis, got "
-            f"{shape_str(r.min)}, {shape_str(r.opt)}, {shape_str(r.max)}"
-        )
-    return r
-
-
-def _check_shared_dims(io: IoSpec, ranges: Mapping[str, ShapeRange]) -> None:
-    """Inputs that share a symbolic axis ('sequence') must be given the same range for it."""
-    seen: dict[str, tuple[str, tuple[int, int, int]]] = {}
-    for t in io.inputs:
-        if t.name not in ranges:
-            continue
-        r = ranges[t.name]
-        for axis, d in enumerate(t.dims):
-            if not isinstance(d, str):
-                continue
-            span = (r.min[axis], r.opt[axis], r.max[axis])
-            if d in seen and seen[d][1] != span:
-                other, o = seen[d]
-                raise InvalidInput(
-                    f"trt-gpu option shapes: axis '{d}' is {o[0]}:{o[1]}:{o[2]} for '{other}' "
-                    f"but {span[0]}:{span[1]}:{span[2]} for '{t.name}'; they must match"
-                )
-            seen.setdefault(d, (t.name, span))
-
+# Engine I/O types the runner exchanges with numpy, by trt.DataType member name. BF16 travels
+# as ml_dtypes' bfloat16 (numpy has none); onnx reads bfloat16 tensors with the same type.
+NUMPY_FROM_TRT: dict[str, str] = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT8": "int8",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+}
 
 # ---------------------------------------------------------------- quantization (pure)
 
@@ -278,24 +53,48 @@ def count_quantize_nodes(model: onnx.ModelProto) -> int:
     return sum(n.op_type == "QuantizeLinear" for n in _nodes(model))
 
 
-def int8_setting(requested: bool | None, n_quantize: int, path: Path) -> tuple[bool, str | None]:
-    """Whether to build with INT8, and why (recorded in engine.json).
+def quantized_types(model: onnx.ModelProto) -> dict[str, int]:
+    """QuantizeLinear nodes of the main graph by the type they quantize to (their zero point's
+    type; uint8 without one, as ONNX defines), so fp8 Q/DQ is not counted as int8."""
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].type == 4:  # TENSOR
+            inits[n.output[0]] = n.attribute[0].t.data_type
+    out: dict[str, int] = {}
+    for n in _nodes(model):
+        if n.op_type != "QuantizeLinear":
+            continue
+        attr = {a.name: a.i for a in n.attribute}.get("output_dtype", 0)
+        zp = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        code = attr or (inits.get(zp, 0) if zp else onnx.TensorProto.UINT8)
+        name = onnx.helper.tensor_dtype_to_np_dtype(code).name if code else "unknown"
+        out[name] = out.get(name, 0) + 1
+    return out
 
-    TensorRT builds a QDQ model only with INT8 enabled, so it is switched on for one and
-    cannot be switched off. INT8 without Q/DQ nodes would need a calibrator, which this
-    target does not provide (implicit quantization is deprecated since TensorRT 10.1).
+
+def int8_setting(
+    requested: bool | None, types: Mapping[str, int], path: Path
+) -> tuple[bool, str | None]:
+    """Whether the engine has int8 layers, and why (recorded in engine.json).
+
+    Int8 comes only from the model's Q/DQ nodes (explicit quantization): TensorRT 10 builds a
+    QDQ model strongly typed with no precision flag, and this target has no calibrator
+    (implicit quantization is deprecated since TensorRT 10.1 and gone in 11). So int8 cannot
+    be switched off for a model with int8 Q/DQ, nor on for one without.
     """
-    if n_quantize:
+    n_int8 = types.get("int8", 0) + types.get("uint8", 0)
+    listed = ", ".join(f"{k}: {v}" for k, v in sorted(types.items()))
+    if n_int8:
         if requested is False:
             raise InvalidInput(
-                f"{path}: the model has {n_quantize} QuantizeLinear node(s), which TensorRT "
-                "builds only with int8 enabled; remove int8 = false"
+                f"{path}: the model has {n_int8} int8 QuantizeLinear node(s), which TensorRT "
+                "builds only as int8; remove int8 = false"
             )
         how = "requested" if requested else "enabled automatically"
-        return True, f"{how}: the model has {n_quantize} QuantizeLinear node(s) (explicit QDQ)"
+        return True, f"{how}: the model has {n_int8} int8 QuantizeLinear node(s) ({listed})"
     if requested:
         raise InvalidInput(
-            f"{path}: int8 = true needs a quantized (QDQ) model and this one has no "
+            f"{path}: int8 = true needs a quantized (QDQ) model and this one has no int8 "
             "QuantizeLinear nodes; quantize it first (edgesmith quantize), trt-gpu does not "
             "calibrate"
         )
@@ -321,6 +120,59 @@ def sparse_setting(requested: bool | None, model: onnx.ModelProto) -> tuple[bool
     return on, record
 
 
+# ---------------------------------------------------------------- precision (pure)
+
+
+def fp32_layer_lists(model: onnx.ModelProto, wanted: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The fp32_layers option split into node names and op types, each checked against the
+    model: a name that is neither is a typo that would silently leave the layer in fp16."""
+    names = {n.name for n in model.graph.node}
+    ops = {n.op_type for n in model.graph.node}
+    unknown = [w for w in wanted if w not in names and w not in ops]
+    if unknown:
+        raise InvalidInput(
+            f"trt-gpu option fp32_layers: {', '.join(map(repr, unknown))} is neither a node "
+            f"name nor an op type of the model (op types here: {', '.join(sorted(ops))})"
+        )
+    return [w for w in wanted if w in names], [w for w in wanted if w not in names]
+
+
+def io_type_problems(io: IoSpec, network_types: Mapping[str, str]) -> list[str]:
+    """Where the network TensorRT parsed takes or gives another type than the model's I/O
+    (the parser maps DOUBLE to FLOAT, for one): such an engine could never be fed as the
+    model is. `network_types` maps each network I/O tensor to its trt.DataType name."""
+    problems = []
+    for t in (*io.inputs, *io.outputs):
+        got = network_types.get(t.name)
+        if got is None:
+            problems.append(f"'{t.name}' is not an I/O tensor of the parsed network")
+            continue
+        as_numpy = NUMPY_FROM_TRT.get(got)
+        if as_numpy is None:
+            problems.append(f"'{t.name}' is {got} in TensorRT, which numpy cannot exchange")
+        elif as_numpy != t.dtype:
+            problems.append(
+                f"'{t.name}' is {t.dtype} in the model but {as_numpy} in TensorRT "
+                f"(export it with {as_numpy} I/O)"
+            )
+    return problems
+
+
+def layer_precisions(info: Mapping[str, Any]) -> dict[str, int]:
+    """Layers by the type of their first output, from the engine inspector's JSON (detailed
+    verbosity: each layer's "Outputs" carry a "Format/Datatype" such as "Int8 NC/32HW32")."""
+    counts: dict[str, int] = {}
+    for layer in info.get("Layers", []):
+        if not isinstance(layer, Mapping):
+            counts["unnamed"] = counts.get("unnamed", 0) + 1
+            continue
+        outs = layer.get("Outputs") or [{}]
+        fmt = str(outs[0].get("Format/Datatype", "unknown")) if isinstance(outs[0], Mapping) else ""
+        kind = fmt.split()[0].lower() if fmt.strip() else "unknown"
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 # ---------------------------------------------------------------- compatibility (pure)
 
 
@@ -336,27 +188,51 @@ class DeviceFacts:
         return f"{self.gpu} (compute {self.compute_capability}) with TensorRT {self.tensorrt}"
 
 
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in str(text).split("."):
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def compatibility_problems(recorded: Mapping[str, Any], here: DeviceFacts) -> list[str]:
-    """How the machine that built an engine (engine.json) differs from this one; [] if not."""
+    """Why TensorRT would refuse this engine here; [] if it would not.
+
+    What TensorRT checks (its "Engine Compatibility" notes): the TensorRT version (exactly,
+    or with version compatibility the same major at this version or later) and the compute
+    capability (exactly, or with hardware compatibility "ampere+" any GPU of compute 8.0 or
+    later). The GPU's name is recorded but not checked: an A10 engine runs on an A40.
+    """
     problems = []
-    for key, label in (
-        ("tensorrt", "TensorRT"),
-        ("gpu", "GPU"),
-        ("compute_capability", "compute capability"),
-    ):
-        built = recorded.get(key)
-        now = getattr(here, key)
-        if built is None:
-            problems.append(f"engine.json does not record the {label}")
-        elif str(built) != now:
-            problems.append(f"{label} {built} at build, {now} here")
+    built, now = recorded.get("tensorrt"), here.tensorrt
+    if built is None:
+        problems.append("engine.json does not record the TensorRT version")
+    elif recorded.get("version_compatible"):
+        b, h = _version(built), _version(now)
+        if b[:1] != h[:1] or h < b:
+            problems.append(
+                f"TensorRT {built} at build, {now} here (a version-compatible engine runs on "
+                f"{built} or a later {b[0]}.x)"
+            )
+    elif str(built) != now:
+        problems.append(f"TensorRT {built} at build, {now} here")
+    cc = recorded.get("compute_capability")
+    if cc is None:
+        problems.append("engine.json does not record the compute capability")
+    elif recorded.get("hardware_compatibility") == "ampere+":
+        if _version(now_cc := here.compute_capability) < (8, 0):
+            problems.append(
+                f"an ampere+ engine needs compute capability 8.0 or later, {now_cc} here"
+            )
+    elif str(cc) != here.compute_capability:
+        problems.append(f"compute capability {cc} at build, {here.compute_capability} here")
     return problems
 
 
-def check_feeds(
-    io: IoSpec, ranges: Mapping[str, ShapeRange], feeds: Mapping[str, np.ndarray]
-) -> None:
-    """Feeds must name every input once, with its dtype, rank, fixed dims and profile range."""
+def check_feeds(io: IoSpec, profiles: Sequence[Profile], feeds: Mapping[str, np.ndarray]) -> int:
+    """Feeds must name every input once, with its dtype, rank, fixed dims and a profile that
+    holds their shapes. Returns that profile's index (the first that fits; 0 if none needed)."""
     missing = [n for n in io.input_names if n not in feeds]
     extra = [n for n in feeds if n not in io.input_names]
     if missing or extra:
@@ -366,6 +242,7 @@ def check_feeds(
             f"feeds: {'; '.join(parts)}; the engine takes "
             f"{', '.join(t.describe() for t in io.inputs)}"
         )
+    shapes = {}
     for t in io.inputs:
         a = feeds[t.name]
         dtype, shape = np.asarray(a).dtype.name, tuple(np.shape(a))
@@ -377,12 +254,18 @@ def check_feeds(
             raise InvalidInput(
                 f"input '{t.name}' has shape {shape_str(shape)}; the engine takes {t.describe()}"
             )
-        r = ranges.get(t.name)
-        if r and not all(lo <= s <= hi for lo, s, hi in zip(r.min, shape, r.max, strict=True)):
-            raise InvalidInput(
-                f"input '{t.name}' has shape {shape_str(shape)}; this engine accepts "
-                f"{r.describe()}; rebuild with a wider max_batch or shapes"
-            )
+        shapes[t.name] = shape
+    if not profiles:
+        return 0
+    for i, p in enumerate(profiles):
+        if all(r.holds(shapes[n]) for n, r in p.items()):
+            return i
+    name = next(n for n, r in profiles[0].items() if not r.holds(shapes[n]))
+    accepts = " or ".join(p[name].describe() for p in profiles if name in p)
+    raise InvalidInput(
+        f"input '{name}' has shape {shape_str(shapes[name])}; this engine accepts {accepts} "
+        "(with the other inputs in the same profile); rebuild with a wider max_batch or shapes"
+    )
 
 
 def describe_parser_errors(path: Path, errors: Sequence[Any]) -> str:

@@ -1,118 +1,77 @@
 """TensorRT on an NVIDIA GPU: an ONNX model parsed and built into a serialized engine (a plan).
 
-An engine is specific to the GPU model and the TensorRT version that built it (TensorRT's
-"Engine Compatibility" notes: without version or hardware compatibility modes, a plan runs
-only on the TensorRT version and GPU architecture it was built with). engine.json records
-both and `TrtGpu.load` refuses a mismatch with a message that says to rebuild.
+Written against the TensorRT 10 Python API, strongly typed: every tensor's precision comes
+from the model (TensorRT 10.12 deprecated the weak-typing flags FP16/INT8, 11 removes them).
+Int8 comes from Q/DQ nodes (explicit quantization); fp16 is an fp16 copy of the model made
+here (fp32 I/O, `fp32_layers` kept fp32), the AutoCast step TensorRT's migration guide names.
+A TensorRT without strong typing gets the old weakly typed build with the precision flags.
 
-Written against the TensorRT 10 Python API. `tensorrt` and `torch` are imported inside the
-functions that need them; the option, profile, quantization and compatibility logic are
-plain functions in targets/tensorrt_config.py that run (and are tested) without either.
+An engine is tied to the TensorRT version and compute capability that built it, unless built
+with version or hardware compatibility (targets/tensorrt_config.py: compatibility_problems);
+engine.json records both and `load` refuses a mismatch with a message that says to rebuild.
+Beside the plan: the timing cache, the engine inspector's layer information (layers.json:
+which layers run in int8, fp16, sparse) and the equivalent trtexec command (engine.json).
+
+`tensorrt` and `torch` are imported inside the functions that need them; options, profiles,
+quantization and compatibility are plain functions that run (and are tested) without either.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
+import onnx
 
 from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
 from targets.tensorrt_config import (
-    DeviceFacts,
-    ShapeRange,
-    TrtOptions,
-    check_feeds,
-    compatibility_problems,
-    count_quantize_nodes,
-    describe_parser_errors,
+    fp32_layer_lists,
     int8_setting,
-    parse_options,
-    profile_shapes,
-    shape_str,
+    io_type_problems,
+    layer_precisions,
+    quantized_types,
     sparse_setting,
 )
+from targets.tensorrt_options import (
+    HARDWARE_COMPATIBILITY,
+    Profile,
+    TrtOptions,
+    parse_options,
+    profile_shapes,
+    profiles_from_json,
+    profiles_to_json,
+    trtexec_command,
+)
+from targets.tensorrt_runner import TrtRunner, device, runner_from_plan, trt_logger, trt_module
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput, TargetUnavailable
+from toolchain.core.files import dir_lock
 from toolchain.core.onnx_model import check_onnx, io_from_onnx
 
 ENGINE_FILE = "engine.plan"
 TIMING_CACHE_FILE = "timing.cache"
-SUPPORTED_TRT_MAJOR = 10  # TensorRT 11 removes BuilderFlag.FP16/INT8, which this target uses
-
-# Engine I/O types this runner can exchange with numpy, by trt.DataType member name.
-NUMPY_FROM_TRT: dict[str, str] = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "INT32": "int32",
-    "INT64": "int64",
-    "BOOL": "bool",
-}
-
-_pylog = logging.getLogger("edgesmith.trt")
+LAYERS_FILE = "layers.json"
+SUPPORTED_TRT_MAJOR = 10
 
 
-# ---------------------------------------------------------------- TensorRT and CUDA
+def strongly_typed(trt) -> bool:
+    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
-def _trt():
-    import tensorrt as trt
-
-    return trt
-
-
-@functools.cache
-def _logger():
-    """The process's one TensorRT logger (TensorRT keeps the first logger it is given).
-
-    It forwards warnings to Python logging and keeps the latest errors, so that a failed
-    parse, build or run can say why in one line.
-    """
-    trt = _trt()
-    sev = trt.ILogger.Severity
-
-    class _Log(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:
-            if severity in (sev.INTERNAL_ERROR, sev.ERROR):
-                self.errors.append(" ".join(str(msg).split()))
-                _pylog.error("%s", msg)
-            elif severity == sev.WARNING:
-                _pylog.warning("%s", msg)
-            else:
-                _pylog.debug("%s", msg)
-
-        def last_error(self, default: str) -> str:
-            return self.errors[-1] if self.errors else default
-
-    return _Log()
-
-
-def _device_facts() -> DeviceFacts:
-    import torch
-
-    idx = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(idx)
-    return DeviceFacts(_trt().__version__, torch.cuda.get_device_name(idx), f"{major}.{minor}")
-
-
-def network_from_onnx_path(path: Path):
+def network_from_onnx_path(path: Path, typed: bool):
     """Builder, network and parser for an ONNX file, parsed by path so external data loads."""
-    trt = _trt()
-    logger = _logger()
+    from targets.tensorrt_config import describe_parser_errors
+
+    trt = trt_module()
+    logger = trt_logger()  # initialises the plugin library before the parser needs it
     logger.errors.clear()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(path))
     if not ok or parser.num_errors:
@@ -121,133 +80,146 @@ def network_from_onnx_path(path: Path):
     return builder, network, parser
 
 
-def engine_bytes_from_network(
-    builder, network, opts: TrtOptions, int8: bool, ranges: Mapping[str, ShapeRange], out: Path
-):
-    """Build the serialized engine; the builder's timing cache is written to out."""
-    trt = _trt()
-    logger = _logger()
+def check_network(network, io: IoSpec, profiles: Sequence[Profile], path: Path) -> None:
+    """Before building: inputs TensorRT can take, a range for each dynamic one, and I/O types
+    the engine will have that match the model's (else it would build and never load)."""
+    types = {}
     for i in range(network.num_inputs):
         t = network.get_input(i)
+        types[t.name] = t.dtype.name
         if t.is_shape_tensor:
             raise InvalidInput(f"input '{t.name}' is a shape tensor; trt-gpu does not support it")
-        if any(d < 0 for d in t.shape) and t.name not in ranges:
+        if any(d < 0 for d in t.shape) and not all(t.name in p for p in profiles or [{}]):
             raise InvalidInput(f"input '{t.name}' is dynamic in TensorRT but has no shape range")
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        types[t.name] = t.dtype.name
+    problems = io_type_problems(io, types)
+    if problems:
+        raise InvalidInput(f"{path}: TensorRT cannot run this model as it is: {problems[0]}")
+
+
+def builder_config(builder, opts: TrtOptions, profiles, *, typed: bool, int8: bool, sparse: bool):
+    """The IBuilderConfig for these options; TF32 is off unless asked, so fp32 is fp32."""
+    trt = trt_module()
     config = builder.create_builder_config()
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
-    if opts.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ scales come from the model: no calibrator
-    if opts.sparse_weights:
+    (config.set_flag if opts.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
+    if not typed:  # a TensorRT without strong typing: precision by flags
+        if opts.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if int8:
+            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ scales come from the model
+    if sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # 2:4 layers may run on sparse cores
-    if ranges:
+    if opts.optimization_level is not None:
+        config.builder_optimization_level = opts.optimization_level
+    member = HARDWARE_COMPATIBILITY[opts.hardware_compatibility][0]
+    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, member)
+    if opts.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info names precisions
+    for p in profiles:
         profile = builder.create_optimization_profile()
-        for name, r in ranges.items():
+        for name, r in p.items():
             try:
                 profile.set_shape(name, r.min, r.opt, r.max)
-            except RuntimeError as e:
+            except (RuntimeError, TypeError) as e:
                 raise InvalidInput(f"shape range for '{name}' rejected by TensorRT: {e}") from None
         if config.add_optimization_profile(profile) < 0:
-            raise InvalidInput(f"optimization profile rejected: {logger.last_error('invalid')}")
-    seed = opts.timing_cache.read_bytes() if opts.timing_cache else b""
+            why = trt_logger().last_error("invalid")
+            raise InvalidInput(f"optimization profile rejected: {why}")
+    return config
+
+
+def attach_timing_cache(config, opts: TrtOptions) -> bool:
+    """Seed the build's timing cache from `timing_cache` or the shared one; True if seeded."""
+    path = opts.shared_timing_cache or opts.timing_cache
+    seed = b""
+    if path is not None and path.is_file():
+        with dir_lock(path.parent):  # not half-way through another build's merge
+            seed = path.read_bytes()
     cache = config.create_timing_cache(seed)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         raise InvalidInput(
-            f"timing cache {opts.timing_cache} was made on another GPU or TensorRT version; "
-            "drop the timing_cache option"
+            f"timing cache {path} was made on another GPU or TensorRT version; "
+            "name another file or drop the option"
         )
-    logger.errors.clear()
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise InvalidInput(f"TensorRT could not build the engine: {logger.last_error('no reason')}")
-    with open(out / TIMING_CACHE_FILE, "wb") as f:
-        f.write(config.get_timing_cache().serialize())
-    workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20
-    return plan, workspace
+    return bool(seed)
 
 
-@dataclass
-class TrtRunner:
-    """Runs a deserialized engine: numpy in, torch CUDA buffers on the GPU, numpy out.
+def merge_shared_timing_cache(config, path: Path) -> None:
+    """Merge this build's timing cache into the shared file, under a lock on its directory,
+    so builds running at once each add their entries (the file is replaced, never torn)."""
+    with dir_lock(path.parent):
+        current = path.read_bytes() if path.is_file() else b""
+        merged = config.create_timing_cache(current)
+        if merged is None or not merged.combine(config.get_timing_cache(), False):
+            raise InvalidInput(f"shared timing cache {path}: made on another GPU or TensorRT")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(bytes(merged.serialize()))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    One execution context and one CUDA stream; not safe to call from several threads at once.
-    """
 
-    io: IoSpec
-    ranges: dict[str, ShapeRange]
-    engine: Any
-    context: Any
-    stream: Any  # torch.cuda.Stream
-    device: Any  # torch.device
-    output_dtypes: dict[str, Any]  # torch dtypes by output name
-    runtime: Any = None  # kept alive as long as the engine
+def layer_information(plan: bytes, host_code: bool) -> dict[str, Any]:
+    """The engine inspector's JSON for the whole engine (what each layer became)."""
+    trt = trt_module()
+    runtime = trt.Runtime(trt_logger())
+    runtime.engine_host_code_allowed = host_code
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise InvalidInput(f"the built plan does not load: {trt_logger().last_error('no reason')}")
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    return json.loads(info)
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
 
-        check_feeds(self.io, self.ranges, feeds)
-        logger = _logger()
-        logger.errors.clear()
-        ctx = self.context
-        inputs = []  # device copies must outlive the run
-        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            for t in self.io.inputs:
-                a = np.ascontiguousarray(feeds[t.name])
-                if not ctx.set_input_shape(t.name, a.shape):
-                    raise InvalidInput(
-                        f"input '{t.name}' shape {shape_str(a.shape)} rejected by the engine: "
-                        f"{logger.last_error('outside its profile')}"
-                    )
-                host = torch.from_numpy(a if a.flags.writeable else a.copy())
-                dev = host.to(self.device)  # enqueued on self.stream
-                inputs.append(dev)
-                ctx.set_tensor_address(t.name, dev.data_ptr())
-            unset = ctx.infer_shapes()
-            if unset:
-                raise InvalidInput(f"engine inputs without a shape: {list(unset)}")
-            outputs = {}
-            for name, dtype in self.output_dtypes.items():
-                shape = tuple(ctx.get_tensor_shape(name))
-                if any(d < 0 for d in shape):
-                    raise InvalidInput(
-                        f"output '{name}' has a data-dependent shape {shape}; trt-gpu runs "
-                        "only models whose output shapes follow from the input shapes"
-                    )
-                outputs[name] = torch.empty(shape, dtype=dtype, device=self.device)
-                ctx.set_tensor_address(name, outputs[name].data_ptr())
-            if not ctx.execute_async_v3(self.stream.cuda_stream):
-                raise InvalidInput(
-                    f"TensorRT execution failed: {logger.last_error('see the log above')}"
-                )
-            # .cpu() copies on self.stream (the current stream) and waits for it.
-            result = {name: t.cpu().numpy() for name, t in outputs.items()}
-        self.stream.synchronize()
-        return result
+def fp16_model(model: onnx.ModelProto, nodes: list[str], ops: list[str], tmp: Path) -> Path:
+    """An fp16 copy of the model for a strongly typed build: fp32 inputs and outputs, the
+    named nodes and op types (and Q/DQ, whose scales stay fp32) kept in fp32, Casts between."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    blocked = sorted({*DEFAULT_OP_BLOCK_LIST, *ops, "QuantizeLinear", "DequantizeLinear"})
+    half = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=blocked, node_block_list=nodes
+    )
+    path = tmp / "model.fp16.onnx"
+    onnx.save(half, str(path), save_as_external_data=half.ByteSize() > (1 << 30))
+    return path
 
 
 class TrtGpu:
     """Target `trt-gpu`: TensorRT 10 on the CUDA device torch sees as current.
 
     Options (BuildConfig.options):
-      fp16          allow FP16 kernels (bool, default false)
-      int8          allow INT8 kernels (bool); on by itself for a QDQ model, which needs it,
-                    and refused for a model without QuantizeLinear nodes (no calibration)
+      fp16          build an fp16 engine (bool, default false): an fp16 copy of the model
+      fp32_layers   node names or op types kept in fp32 in an fp16 build (its fallback list)
+      tf32          let fp32 layers use TF32 on Ampere and later (bool, default false)
+      int8          int8 layers (bool); on by itself for a model with int8 Q/DQ, which needs
+                    it, and refused for a model without (trt-gpu does not calibrate)
       workspace_mb  the builder's workspace limit in MiB (default: TensorRT's, all memory)
       min_batch, opt_batch, max_batch
                     the range of a dynamic first axis (defaults below); opt is what the
                     kernels are tuned for
-      shapes        'name:MIN:OPT:MAX' ranges (shapes like 1x128) for other dynamic axes,
-                    replacing that input's derived range
-      timing_cache  an earlier build's timing.cache to start from (not modified)
+      shapes        'name:MIN:OPT:MAX' ranges (shapes like 1x128) for other dynamic axes
+      profiles      several optimization profiles: a list of tables with the four keys
+                    above; each run takes the first profile that holds its shapes
+      optimization_level  the builder's optimization level, 0-5 (TensorRT's default 3)
+      hardware_compatibility  none | ampere+ | same_compute_capability
+      version_compatible  run on this or a later TensorRT 10.x (bool)
+      timing_cache  an earlier build's timing.cache to start from (read, not modified)
+      shared_timing_cache  a timing cache file shared by builds: read, then this build's
+                    entries merged in under a lock (created if missing)
       sparse_weights  build with SPARSE_WEIGHTS (default: when the model has 2:4 layers)
     """
 
     name: ClassVar[str] = "trt-gpu"
-    DEFAULT_MIN_BATCH: ClassVar[int] = TrtOptions.min_batch
-    DEFAULT_OPT_BATCH: ClassVar[int] = TrtOptions.opt_batch
-    DEFAULT_MAX_BATCH: ClassVar[int] = TrtOptions.max_batch
+    DEFAULT_MIN_BATCH: ClassVar[int] = 1
+    DEFAULT_OPT_BATCH: ClassVar[int] = 1
+    DEFAULT_MAX_BATCH: ClassVar[int] = 32
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "fp16",
         "int8",
@@ -256,70 +228,120 @@ class TrtGpu:
         "opt_batch",
         "max_batch",
         "shapes",
+        "profiles",
+        "tf32",
+        "fp32_layers",
+        "optimization_level",
+        "hardware_compatibility",
+        "version_compatible",
         "timing_cache",
+        "shared_timing_cache",
         "sparse_weights",
     )
 
     def unavailable_reason(self) -> str | None:
         try:
-            trt = _trt()
+            trt = trt_module()
         except ModuleNotFoundError:
-            return "tensorrt is not installed (pip install tensorrt)"
+            return "tensorrt is not installed (pip install 'edgesmith[gpu]')"
         except (ImportError, OSError) as e:
             return f"tensorrt failed to import ({str(e).strip().splitlines()[0]})"
         version = str(getattr(trt, "__version__", "unknown"))
         if version.split(".")[0] != str(SUPPORTED_TRT_MAJOR):
             return f"tensorrt {version} is not supported (trt-gpu needs TensorRT 10.x)"
-        import torch
-
-        if not torch.cuda.is_available():
-            if torch.version.cuda is None:
-                return f"no CUDA device (torch {torch.__version__} is a CPU-only build)"
-            return "no CUDA device"
-        return None
+        return device().unavailable_reason()
 
     def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
         out = Path(out)
         # Everything that can be checked without TensorRT is checked first, so bad options
         # and models give InvalidInput on any machine.
         opts = parse_options(cfg.options, self.OPTIONS)
+        if opts.timing_cache and opts.shared_timing_cache:
+            raise InvalidInput(
+                "trt-gpu options: give timing_cache or shared_timing_cache, not both"
+            )
         proto = check_onnx(model.path)
         io = io_from_onnx(proto)
-        ranges = profile_shapes(io, opts)
-        int8, int8_reason = int8_setting(opts.int8, count_quantize_nodes(proto), model.path)
+        profiles = profile_shapes(io, opts)
+        types = quantized_types(proto)
+        int8, int8_reason = int8_setting(opts.int8, types, model.path)
         sparse, sparse_record = sparse_setting(opts.sparse_weights, proto)
+        fp32_nodes, fp32_ops = fp32_layer_lists(proto, opts.fp32_layers)
         why = self.unavailable_reason()
         if why:
             raise TargetUnavailable(f"trt-gpu cannot build here: {why}")
 
-        trt = _trt()
-        here = _device_facts()
-        # The parser owns the weights the network points to: keep it until the build is done.
-        builder, network, _parser = network_from_onnx_path(Path(model.path))
-        plan, workspace = engine_bytes_from_network(
-            builder, network, replace(opts, sparse_weights=sparse), int8, ranges, out
-        )
-        with open(out / ENGINE_FILE, "wb") as f:
-            f.write(plan)
+        trt = trt_module()
+        typed = strongly_typed(trt)
+        if opts.fp32_layers and not typed:
+            raise InvalidInput("trt-gpu option fp32_layers needs TensorRT with strong typing")
+        here = device().facts(trt.__version__)
+        with tempfile.TemporaryDirectory(prefix="edgesmith-trt-") as tmp:
+            source = Path(model.path)
+            if opts.fp16 and typed:
+                full = onnx.load(str(source))  # with its external data
+                source = fp16_model(full, fp32_nodes, fp32_ops, Path(tmp))
+            # The parser owns the weights the network points to: keep it until the build ends.
+            builder, network, _parser = network_from_onnx_path(source, typed)
+            check_network(network, io, profiles, Path(model.path))
+            config = builder_config(builder, opts, profiles, typed=typed, int8=int8, sparse=sparse)
+            seeded = attach_timing_cache(config, opts)
+            trt_logger().errors.clear()
+            plan = builder.build_serialized_network(network, config)
+            if plan is None:
+                why = trt_logger().last_error("no reason")
+                raise InvalidInput(f"TensorRT could not build the engine: {why}")
+            plan = bytes(plan)
+        (out / ENGINE_FILE).write_bytes(plan)
+        (out / TIMING_CACHE_FILE).write_bytes(bytes(config.get_timing_cache().serialize()))
+        if opts.shared_timing_cache:
+            merge_shared_timing_cache(config, opts.shared_timing_cache)
+        layers = layer_information(plan, host_code=opts.version_compatible)
+        (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
+        workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20
+        files = {"engine": ENGINE_FILE, "layers": LAYERS_FILE}
         settings = {
             "target": self.name,
             "engine": ENGINE_FILE,
             "timing_cache": TIMING_CACHE_FILE,
-            "timing_cache_seeded": opts.timing_cache is not None,
+            "timing_cache_seeded": seeded,
+            "shared_timing_cache": str(opts.shared_timing_cache or "") or None,
+            "layers": LAYERS_FILE,
+            "layer_precisions": layer_precisions(layers),
+            "typing": "strong" if typed else "weak",
             "fp16": opts.fp16,
+            "fp32_layers": {"nodes": fp32_nodes, "op_types": fp32_ops},
+            "tf32": opts.tf32,
             "int8": int8,
             "int8_reason": int8_reason,
+            "quantized_types": types,
             "sparse_weights": sparse,
             "sparse": sparse_record,
             "workspace_mb": workspace,
-            "profiles": {name: r.to_dict() for name, r in ranges.items()},
+            "optimization_level": opts.optimization_level,
+            "hardware_compatibility": opts.hardware_compatibility,
+            "version_compatible": opts.version_compatible,
+            "profiles": profiles_to_json(profiles),
             "tensorrt": trt.__version__,
             "gpu": here.gpu,
             "compute_capability": here.compute_capability,
-            "files": [ENGINE_FILE, TIMING_CACHE_FILE],
+            "trtexec": trtexec_command(
+                str(model.path),
+                opts,
+                profiles,
+                strongly_typed=typed,
+                int8_flag=int8,
+                sparse=sparse,
+                files=files,
+            ),  # fmt: skip
+            "files": [ENGINE_FILE, TIMING_CACHE_FILE, LAYERS_FILE],
         }
-        config = {**settings, "io": io.to_dict()}
-        (out / ENGINE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if opts.fp16 and typed:
+            settings["trtexec_note"] = (
+                "the model TensorRT parsed was this target's fp16 copy of --onnx (fp32 I/O, "
+                "fp32_layers kept fp32), which is not kept"
+            )
+        (out / ENGINE_CONFIG).write_text(json.dumps({**settings, "io": io.to_dict()}, indent=2))
         if int8:
             precision = Precision.mixed if opts.fp16 else Precision.int8
         else:
@@ -335,6 +357,8 @@ class TrtGpu:
 
     def load(self, engine: ModelArtifact, threads: int | None = None) -> TrtRunner:
         """A runner for an engine directory. `threads` does not apply to a GPU and is ignored."""
+        from targets.tensorrt_config import compatibility_problems
+
         directory = Path(engine.path)
         cfg = read_engine_config(directory)
         if cfg.get("target") != self.name:
@@ -344,59 +368,20 @@ class TrtGpu:
         why = self.unavailable_reason()
         if why:
             raise TargetUnavailable(f"trt-gpu cannot run {directory} here: {why}")
-        here = _device_facts()
+        here = device().facts(trt_module().__version__)
         problems = compatibility_problems(cfg, here)
         if problems:
             raise InvalidInput(
                 f"{directory}: this engine does not fit this machine ({'; '.join(problems)}); "
-                f"TensorRT engines run only where they were built: rebuild it here"
+                f"rebuild it here, or build with version_compatible / hardware_compatibility"
             )
-        return self._runner(directory, cfg)
-
-    def _runner(self, directory: Path, cfg: Mapping[str, Any]) -> TrtRunner:
-        import torch
-
         missing = [k for k in ("engine", "io") if k not in cfg]
         if missing:
             raise InvalidInput(f"{directory / ENGINE_CONFIG}: no {', '.join(missing)}; rebuild it")
-        io = IoSpec.from_dict(cfg["io"])
-
-        trt = _trt()
-        logger = _logger()
-        logger.errors.clear()
-        runtime = trt.Runtime(logger)
-        eng = runtime.deserialize_cuda_engine((directory / cfg["engine"]).read_bytes())
-        if eng is None:
-            raise InvalidInput(
-                f"{directory / cfg['engine']}: TensorRT could not load it: "
-                f"{logger.last_error('not a plan for this TensorRT')}"
-            )
-        context = eng.create_execution_context()
-        if context is None:
-            raise InvalidInput(
-                f"{directory}: no execution context: {logger.last_error('out of GPU memory?')}"
-            )
-        tensors = {}
-        for i in range(eng.num_io_tensors):
-            name = eng.get_tensor_name(i)
-            is_input = eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            tensors[name] = (is_input, eng.get_tensor_dtype(name).name)
-        expected = {t.name: (True, t.dtype) for t in io.inputs}
-        expected |= {t.name: (False, t.dtype) for t in io.outputs}
-        actual = {n: (inp, NUMPY_FROM_TRT.get(dt, dt)) for n, (inp, dt) in tensors.items()}
-        if actual != expected:
-            raise InvalidInput(
-                f"{directory}: {cfg['engine']} does not match {ENGINE_CONFIG} "
-                f"(engine I/O {actual}, recorded {expected}); rebuild it"
-            )
-        device = torch.device("cuda", torch.cuda.current_device())
-        return TrtRunner(
-            io=io,
-            ranges={n: ShapeRange.from_dict(r) for n, r in cfg.get("profiles", {}).items()},
-            engine=eng,
-            context=context,
-            stream=torch.cuda.Stream(device=device),
-            device=device,
-            output_dtypes={t.name: getattr(torch, t.dtype) for t in io.outputs},
-            runtime=runtime,
+        return runner_from_plan(
+            (directory / cfg["engine"]).read_bytes(),
+            IoSpec.from_dict(cfg["io"]),
+            profiles_from_json(cfg.get("profiles")),
+            host_code=bool(cfg.get("version_compatible")),
+            where=str(directory / cfg["engine"]),
         )

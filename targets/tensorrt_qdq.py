@@ -38,11 +38,8 @@ TRT_PRESET = {
 }
 
 
-TRT_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
-def _weight_axis(node: onnx.NodeProto) -> int:
-    """The output-channel axis of a weighted node's weight (input 1)."""
+def _weight_axis(node: onnx.NodeProto, rank: int) -> int:
+    """The output-channel axis of a weighted node's weight (input 1) of this rank."""
     if node.op_type == "Conv":
         return 0
     if node.op_type == "ConvTranspose":
@@ -50,7 +47,14 @@ def _weight_axis(node: onnx.NodeProto) -> int:
     if node.op_type == "Gemm":
         trans = {a.name: a.i for a in node.attribute}.get("transB", 0)
         return 0 if trans else 1
-    return 1  # MatMul B [K, N]
+    return rank - 1  # MatMul B [..., K, N]: N is last whatever the rank
+
+
+def _fuses_into_add(add: onnx.NodeProto, dq_out: str, producers) -> bool:
+    """A DQ on a residual Add's input is what TensorRT's guide asks for when the Add's other
+    input comes from a Conv (or another weighted layer): the Add then fuses into it."""
+    others = [i for i in add.input if i != dq_out]
+    return any((p := producers.get(i)) is not None and p.op_type in TRT_WEIGHTED for i in others)
 
 
 def tensorrt_violations(model: onnx.ModelProto) -> list[str]:
@@ -58,9 +62,11 @@ def tensorrt_violations(model: onnx.ModelProto) -> list[str]:
 
     Rules (TensorRT developer guide, "Explicit Quantization"): int8 Q/DQ in the default ONNX
     domain with zero points 0 (symmetric); per-tensor scales on activations; per-channel
-    scales only on weights, along the output channel; weights as Q→DQ pairs on float weights;
-    Q/DQ only on the inputs of weighted layers (Conv, ConvTranspose, MatMul, Gemm), each Q
-    feeding DQs only; biases left in float for TensorRT to fuse.
+    scales only on weights, along the output channel (the last axis of a MatMul weight of any
+    rank); weights as Q→DQ pairs on float weights or a DQ on int8 weights; Q/DQ on the inputs
+    of weighted layers (Conv, ConvTranspose, MatMul, Gemm) and on a residual Add's input when
+    its other input comes from one (the guide's residual rule: the Add fuses into the Conv);
+    each Q feeding DQs only; biases left in float for TensorRT to fuse.
     """
     index = GraphIndex(model)
     inits = {name: index.array(name) for name in index.initializers}
@@ -89,23 +95,32 @@ def tensorrt_violations(model: onnx.ModelProto) -> list[str]:
         q = producers.get(n.input[0])
         source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else n.input[0]
         is_weight = source in inits
-        if is_weight and (q is None or q.op_type != "QuantizeLinear"):
-            bad.append(f"{n.name}: weight without a Q→DQ pair on the float weight")
+        quantized_weight = is_weight and q is None and inits[source].dtype == np.int8
+        if is_weight and not quantized_weight and (q is None or q.op_type != "QuantizeLinear"):
+            bad.append(f"{n.name}: weight without a Q→DQ pair or int8 values")
         for c in consumers.get(n.output[0], []):
+            if (
+                c.op_type == "Add"
+                and not per_channel
+                and _fuses_into_add(c, n.output[0], producers)
+            ):
+                continue
             if c.op_type not in TRT_WEIGHTED:
                 bad.append(
-                    f"{n.name}: DQ feeds {c.op_type} '{c.name}'; "
-                    "Q/DQ belong on weighted layers' inputs"
+                    f"{n.name}: DQ feeds {c.op_type} '{c.name}'; Q/DQ belong on weighted "
+                    "layers' inputs and on residual Adds after them"
                 )
                 continue
             if per_channel:
                 axis = {a.name: a.i for a in n.attribute}.get("axis", 1)
+                rank = inits[source].ndim if is_weight else 0
+                axis = axis + rank if axis < 0 else axis
                 if not is_weight or list(c.input).index(n.output[0]) != 1:
                     bad.append(f"{n.name}: per-channel scale on an activation")
-                elif axis != _weight_axis(c):
+                elif axis != _weight_axis(c, rank):
                     bad.append(
                         f"{n.name}: per-channel axis {axis}, {c.op_type} '{c.name}' has output "
-                        f"channels on axis {_weight_axis(c)}"
+                        f"channels on axis {_weight_axis(c, rank)}"
                     )
     return bad
 

@@ -13,12 +13,12 @@ distributed stages (distill) in step with rank 0, into directories that are thro
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +32,7 @@ from toolchain.core.artifact import (
     write_manifest,
 )
 from toolchain.core.errors import GateFailed, InvalidInput
-from toolchain.core.files import atomic_dir, check_output_not_input, sha256_json
+from toolchain.core.files import atomic_dir, check_output_not_input, dir_lock, sha256_json
 from toolchain.core.recipe import Recipe, StageConfig
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir, get_stage, stages
 from toolchain.export.source import SourceSpec, resolve_source, with_spec_digest
@@ -101,27 +101,6 @@ def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact],
             "edgesmith": metadata.version("edgesmith"),
         }
     )
-
-
-@contextmanager
-def root_lock(root: Path, emit: Callable[[str], None]) -> Iterator[None]:
-    """Stages under one root (a recipe's out, or where -o points) run one at a time: a second
-    edgesmith on the same recipe (make -j) waits here, then finds the stage made (cached),
-    instead of two processes writing one stage directory or one cache entry. The kernel drops
-    an flock when its process dies, so a killed run leaves no stale lock."""
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root, os.O_RDONLY)  # the root directory itself is locked: no lock file
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            emit(f"waiting: another edgesmith is running a stage in {root}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def stage_dir(recipe: Recipe, index: int, cfg: StageConfig) -> Path:
@@ -202,7 +181,10 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
         _check_outputs(out, cfg, inputs, named)
         key = cache_key(stage, current, named, cfg)
         start = time.perf_counter()
-        with root_lock(out.parent, emit):
+        # Stages under one root (a recipe's out, or where -o points) run one at a time: a
+        # second edgesmith on the same recipe (make -j) waits, then finds the stage cached.
+        waiting = f"waiting: another edgesmith is running a stage in {out.parent}"
+        with dir_lock(out.parent, functools.partial(emit, waiting)):
             manifest = _cached(out, key)
             if manifest is not None:
                 metrics = manifest.get("metrics", {})

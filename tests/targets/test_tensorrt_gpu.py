@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +12,21 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from targets.base import ENGINE_CONFIG, BuildConfig
 from targets.tensorrt_config import (
     DeviceFacts,
-    ShapeRange,
     check_feeds,
     compatibility_problems,
     count_quantize_nodes,
     describe_parser_errors,
     int8_setting,
-    parse_options,
-    profile_shapes,
 )
 from targets.tensorrt_gpu import TrtGpu
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision, TensorSpec
+from targets.tensorrt_options import ShapeRange, parse_options, profile_shapes
+from tests.targets.trt_models import conv_net as _conv_net
+from toolchain.core.artifact import Format, IoSpec, ModelArtifact, TensorSpec
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.onnx_model import io_from_onnx
 from toolchain.core.registry import get_target
@@ -36,82 +34,6 @@ from toolchain.core.registry import get_target
 OPTIONS = TrtGpu.OPTIONS
 REASON = TrtGpu().unavailable_reason()
 needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"trt-gpu unavailable: {REASON}")
-
-
-# ---------------------------------------------------------------- tiny models, built in code
-
-
-def _conv_net(path: Path, *, qdq: bool = False, seed: int = 0) -> Path:
-    """x[batch,3,8,8] -> Conv(4) -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> y[batch,5].
-
-    With qdq, the input and the conv weights go through Quantize/DequantizeLinear (int8,
-    symmetric, per-channel weights), as a quantize stage would leave them.
-    """
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
-    b = rng.normal(0, 0.1, 4).astype(np.float32)
-    fc_w = rng.normal(0, 0.5, (5, 4)).astype(np.float32)
-    fc_b = rng.normal(0, 0.1, 5).astype(np.float32)
-    inits = [numpy_helper.from_array(b, "b"), numpy_helper.from_array(fc_w, "fc_w")]
-    inits.append(numpy_helper.from_array(fc_b, "fc_b"))
-    nodes = []
-    x, weight = "x", "w"
-    if qdq:
-        w_scale = (np.abs(w).reshape(4, -1).max(axis=1) / 127).astype(np.float32)
-        w_q = np.clip(np.round(w / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
-        inits += [
-            numpy_helper.from_array(w_q, "w_q"),
-            numpy_helper.from_array(w_scale, "w_scale"),
-            numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
-            numpy_helper.from_array(np.array(0.03, np.float32), "x_scale"),
-            numpy_helper.from_array(np.array(0, np.int8), "x_zp"),
-        ]
-        nodes += [
-            helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="q_x"),
-            helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="dq_x"),
-            helper.make_node(
-                "DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w_dq"], name="dq_w", axis=0
-            ),
-        ]
-        x, weight = "x_dq", "w_dq"
-    else:
-        inits.append(numpy_helper.from_array(w, "w"))
-    nodes += [
-        helper.make_node("Conv", [x, weight, "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
-
-
-def _custom_op_net(path: Path) -> Path:
-    """A valid ONNX model whose one node TensorRT has no importer for."""
-    node = helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example", name="odd_one")
-    graph = helper.make_graph(
-        [node],
-        "custom",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
-    )
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def _onnx_artifact(path: Path) -> ModelArtifact:
@@ -154,7 +76,9 @@ def test_registry_resolves_trt_gpu():
 
 def test_unavailable_without_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
-    assert TrtGpu().unavailable_reason() == "tensorrt is not installed (pip install tensorrt)"
+    assert (
+        TrtGpu().unavailable_reason() == "tensorrt is not installed (pip install 'edgesmith[gpu]')"
+    )
 
 
 def test_unavailable_without_cuda_device(monkeypatch):
@@ -223,8 +147,8 @@ def test_unset_batch_bounds_follow_the_set_ones():
 def test_shapes_string_and_list_forms_agree_and_allow_colons_in_names():
     text = "input:0:1x3:4x3:8x3, mask:1x2:1x2:1x2"
     listed = ["input:0:1x3:4x3:8x3", "mask:1x2:1x2:1x2"]
-    a = parse_options({"shapes": text}, OPTIONS).shapes
-    assert a == parse_options({"shapes": listed}, OPTIONS).shapes
+    a = parse_options({"shapes": text}, OPTIONS).profiles[0].shapes
+    assert a == parse_options({"shapes": listed}, OPTIONS).profiles[0].shapes
     assert a["input:0"] == ShapeRange((1, 3), (4, 3), (8, 3))
 
 
@@ -233,15 +157,15 @@ def test_shapes_string_and_list_forms_agree_and_allow_colons_in_names():
 
 def test_batch_profile_from_the_iospec():
     ranges = profile_shapes(IMAGE_IO, parse_options({"max_batch": 16, "opt_batch": 4}, OPTIONS))
-    assert ranges == {"x": ShapeRange((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))}
+    assert ranges == [{"x": ShapeRange((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))}]
 
 
 def test_static_inputs_need_no_profile():
     io = IoSpec((_spec("x", (1, 3, 8, 8)),), (_spec("y", (1, 5)),))
-    assert profile_shapes(io, parse_options({}, OPTIONS)) == {}
+    assert profile_shapes(io, parse_options({}, OPTIONS)) == []
     # An override for a static input must agree with it, and adds nothing.
     same = parse_options({"shapes": "x:1x3x8x8:1x3x8x8:1x3x8x8"}, OPTIONS)
-    assert profile_shapes(io, same) == {}
+    assert profile_shapes(io, same) == []
     with pytest.raises(InvalidInput, match="fixes it at 8"):
         profile_shapes(io, parse_options({"shapes": "x:1x3x8x9:1x3x8x9:1x3x8x9"}, OPTIONS))
 
@@ -254,7 +178,7 @@ def test_non_batch_dynamic_axis_needs_shapes():
 
 def test_shapes_override_replaces_the_derived_range():
     opts = parse_options({"shapes": ["ids:1x16:4x64:8x128", "mask:1x16:4x64:8x128"]}, OPTIONS)
-    ranges = profile_shapes(TEXT_IO, opts)
+    (ranges,) = profile_shapes(TEXT_IO, opts)
     assert ranges["ids"] == ranges["mask"] == ShapeRange((1, 16), (4, 64), (8, 128))
 
 
@@ -281,7 +205,7 @@ def test_bad_overrides(entry, words):
 
 def test_profile_from_a_real_onnx_file(tmp_path):
     io = io_from_onnx(onnx.load(_conv_net(tmp_path / "m.onnx")))
-    assert profile_shapes(io, parse_options({}, OPTIONS))["x"].max == (32, 3, 8, 8)
+    assert profile_shapes(io, parse_options({}, OPTIONS))[0]["x"].max == (32, 3, 8, 8)
 
 
 # ---------------------------------------------------------------- quantization
@@ -302,16 +226,20 @@ def test_quantize_nodes_inside_subgraphs_count():
 
 def test_int8_decision():
     p = Path("m.onnx")
-    assert int8_setting(None, 0, p) == (False, None)
-    assert int8_setting(False, 0, p) == (False, None)
-    on, why = int8_setting(None, 3, p)
-    assert on and why.startswith("enabled automatically") and "3 QuantizeLinear" in why
-    on, why = int8_setting(True, 3, p)
+    assert int8_setting(None, {}, p) == (False, None)
+    assert int8_setting(False, {}, p) == (False, None)
+    on, why = int8_setting(None, {"int8": 3}, p)
+    assert on and why.startswith("enabled automatically") and "3 int8 QuantizeLinear" in why
+    on, why = int8_setting(True, {"int8": 3}, p)
     assert on and why.startswith("requested")
     with pytest.raises(InvalidInput, match="remove int8 = false"):
-        int8_setting(False, 3, p)
-    with pytest.raises(InvalidInput, match="no QuantizeLinear nodes; quantize it first"):
-        int8_setting(True, 0, p)
+        int8_setting(False, {"int8": 3}, p)
+    with pytest.raises(InvalidInput, match="no int8 QuantizeLinear nodes; quantize it first"):
+        int8_setting(True, {}, p)
+    # fp8 Q/DQ is not int8: the engine has no int8 layers, and int8 = true is refused
+    assert int8_setting(None, {"float8_e4m3fn": 2}, p) == (False, None)
+    with pytest.raises(InvalidInput, match="no int8 QuantizeLinear"):
+        int8_setting(True, {"float8_e4m3fn": 2}, p)
 
 
 # ---------------------------------------------------------------- compatibility and feeds
@@ -325,21 +253,53 @@ def test_same_machine_is_compatible():
     assert compatibility_problems(rec, HERE) == []
 
 
-def test_other_tensorrt_or_gpu_is_not():
+def test_what_tensorrt_checks_is_what_load_checks():
+    """TensorRT refuses another version or compute capability, not another GPU's name."""
     rec = {"tensorrt": "10.1.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
-    problems = compatibility_problems(rec, HERE)
-    assert problems == [
+    assert compatibility_problems(rec, HERE) == [
         "TensorRT 10.1.0 at build, 10.3.0 here",
-        "GPU NVIDIA L4 at build, NVIDIA A10 here",
         "compute capability 8.9 at build, 8.6 here",
     ]
+    same_cc = {"tensorrt": "10.3.0", "gpu": "NVIDIA A40", "compute_capability": "8.6"}
+    assert compatibility_problems(same_cc, HERE) == []
     assert compatibility_problems({"target": "trt-gpu"}, HERE)[0].startswith(
         "engine.json does not record the TensorRT"
     )
 
 
+@pytest.mark.parametrize(
+    "built, here, ok",
+    [("10.1.0", "10.3.0", True), ("10.3.0", "10.3.0", True), ("10.4.1", "10.3.0", False),
+     ("9.3.0", "10.3.0", False)],
+)  # fmt: skip
+def test_version_compatible_engines_run_on_a_later_10x(built, here, ok):
+    rec = {"tensorrt": built, "compute_capability": "8.6", "version_compatible": True}
+    facts = DeviceFacts(tensorrt=here, gpu="NVIDIA A10", compute_capability="8.6")
+    assert (compatibility_problems(rec, facts) == []) is ok
+
+
+@pytest.mark.parametrize("cc, ok", [("8.0", True), ("9.0", True), ("12.0", True), ("7.5", False)])
+def test_ampere_plus_engines_run_on_compute_8_and_later(cc, ok):
+    rec = {"tensorrt": "10.3.0", "compute_capability": "8.6", "hardware_compatibility": "ampere+"}
+    facts = DeviceFacts(tensorrt="10.3.0", gpu="any", compute_capability=cc)
+    assert (compatibility_problems(rec, facts) == []) is ok
+    same_cc = {**rec, "hardware_compatibility": "same_compute_capability"}
+    assert (compatibility_problems(same_cc, facts) == []) is (cc == "8.6")
+
+
+def test_feeds_pick_the_first_profile_that_holds_them():
+    two = [
+        {"x": ShapeRange((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))},
+        {"x": ShapeRange((5, 3, 8, 8), (8, 3, 8, 8), (16, 3, 8, 8))},
+    ]
+    assert check_feeds(IMAGE_IO, two, {"x": np.zeros((2, 3, 8, 8), np.float32)}) == 0
+    assert check_feeds(IMAGE_IO, two, {"x": np.zeros((9, 3, 8, 8), np.float32)}) == 1
+    with pytest.raises(InvalidInput, match="accepts 1x3x8x8 to 4x3x8x8 .* or 5x3x8x8 to 16x3x8x8"):
+        check_feeds(IMAGE_IO, two, {"x": np.zeros((17, 3, 8, 8), np.float32)})
+
+
 def test_feeds_are_checked_against_io_and_profile():
-    ranges = {"x": ShapeRange((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))}
+    ranges = [{"x": ShapeRange((1, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))}]
     ok = {"x": np.zeros((2, 3, 8, 8), np.float32)}
     check_feeds(IMAGE_IO, ranges, ok)
     cases = [
@@ -385,7 +345,7 @@ def test_build_rejects_bad_options_before_touching_tensorrt(tmp_path):
     model = _onnx_artifact(_conv_net(tmp_path / "m.onnx"))
     with pytest.raises(InvalidInput, match="unknown trt-gpu option"):
         TrtGpu().build(model, BuildConfig({"precision": "fp16"}), tmp_path / "out")
-    with pytest.raises(InvalidInput, match="no QuantizeLinear"):
+    with pytest.raises(InvalidInput, match="no int8 QuantizeLinear"):
         TrtGpu().build(model, BuildConfig({"int8": True}), tmp_path / "out")
     qdq = _onnx_artifact(_conv_net(tmp_path / "q.onnx", qdq=True))
     with pytest.raises(InvalidInput, match="remove int8 = false"):
@@ -413,109 +373,92 @@ def test_load_without_tensorrt_or_gpu_says_why(tmp_path):
         TrtGpu().load(ModelArtifact(tmp_path, Format.engine))
 
 
-# ---------------------------------------------------------------- on a GPU with TensorRT
+# ---------------------------------------------------------------- the newer options
 
 
-@pytest.fixture(scope="module")
-def fp32_engine(tmp_path_factory):
-    if REASON:
-        pytest.skip(f"trt-gpu unavailable: {REASON}")
-    d = tmp_path_factory.mktemp("fp32")
-    src = _conv_net(d / "m.onnx")
-    (d / "engine").mkdir()
-    opts = {"min_batch": 1, "opt_batch": 2, "max_batch": 8, "workspace_mb": 256}
-    art = TrtGpu().build(_onnx_artifact(src), BuildConfig(opts), d / "engine")
-    return src, art
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_fp32_engine_matches_onnxruntime_across_batches(fp32_engine):
-    src, art = fp32_engine
-    runner = TrtGpu().load(art)
-    rng = np.random.default_rng(1)
-    for batch in (1, 3, 8):
-        x = rng.normal(size=(batch, 3, 8, 8)).astype(np.float32)
-        got = runner.infer({"x": x})
-        assert list(got) == ["y"] and got["y"].shape == (batch, 5)
-        np.testing.assert_allclose(got["y"], _ort(src, {"x": x}), atol=1e-3, rtol=1e-3)
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_engine_directory_records_what_the_plan_is_tied_to(fp32_engine):
-    import tensorrt as trt
-    import torch
-
-    _, art = fp32_engine
-    cfg = json.loads((art.path / ENGINE_CONFIG).read_text())
-    assert cfg["target"] == "trt-gpu" and cfg["tensorrt"] == trt.__version__
-    assert cfg["gpu"] == torch.cuda.get_device_name()
-    assert cfg["compute_capability"] == "{}.{}".format(*torch.cuda.get_device_capability())
-    assert (cfg["fp16"], cfg["int8"], cfg["workspace_mb"]) == (False, False, 256)
-    assert cfg["profiles"] == {"x": {"min": [1, 3, 8, 8], "opt": [2, 3, 8, 8], "max": [8, 3, 8, 8]}}
-    assert (art.path / "engine.plan").stat().st_size > 0
-    assert (art.path / "timing.cache").stat().st_size > 0
-    assert art.format is Format.engine and art.precision is Precision.fp32
-    assert art.io.input_names == ["x"]
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_batch_beyond_the_profile_is_invalid_input(fp32_engine):
-    runner = TrtGpu().load(fp32_engine[1])
-    with pytest.raises(InvalidInput, match="accepts 1x3x8x8 to 8x3x8x8"):
-        runner.infer({"x": np.zeros((9, 3, 8, 8), np.float32)})
-
-
-@pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize(
-    "key, value, words",
-    [("tensorrt", "9.9.9", "TensorRT 9.9.9 at build"), ("gpu", "Imaginary GPU", "GPU Imaginary")],
+    "options, words",
+    [
+        ({"profiles": [{"max_batch": 4}], "max_batch": 8}, "max_batch and profiles both given"),
+        ({"profiles": []}, "expected a list of tables"),
+        ({"profiles": [{"max_batch": 4, "fp16": True}]}, "profiles[0]: unexpected ['fp16']"),
+        ({"profiles": [{"min_batch": 8, "max_batch": 4}]}, "min_batch <= opt_batch"),
+        ({"optimization_level": 6}, "optimization_level: 0 to 5, got 6"),
+        ({"optimization_level": -1}, "expected an integer >= 0"),
+        ({"hardware_compatibility": "turing+"}, "one of none, ampere+, same_compute_capability"),
+        ({"fp32_layers": ["fc"]}, "fp32_layers: only with fp16 = true"),
+        ({"fp16": True, "fp32_layers": [3]}, "fp32_layers: expected a list of names"),
+        ({"tf32": "on"}, "tf32: expected true or false"),
+        ({"timing_cache": "a", "shared_timing_cache": "b"}, "not both"),
+        ({"shared_timing_cache": "/nonexistent/dir/t.cache"}, "not a file in an existing dir"),
+    ],
 )
-def test_load_refuses_an_engine_from_another_machine(fp32_engine, tmp_path, key, value, words):
-    moved = tmp_path / "engine"
-    shutil.copytree(fp32_engine[1].path, moved)
-    cfg = json.loads((moved / ENGINE_CONFIG).read_text())
-    (moved / ENGINE_CONFIG).write_text(json.dumps({**cfg, key: value}))
-    with pytest.raises(InvalidInput, match="does not fit this machine") as e:
-        TrtGpu().load(ModelArtifact(moved, Format.engine))
-    assert words in str(e.value) and "rebuild it here" in str(e.value)
+def test_bad_newer_options(options, words):
+    with pytest.raises(InvalidInput) as e:
+        parse_options(options, OPTIONS)
+    assert words in str(e.value)
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_fp16_engine_matches_loosely_and_reuses_a_timing_cache(fp32_engine, tmp_path):
-    src, first = fp32_engine
-    opts = {"fp16": True, "max_batch": 4, "timing_cache": str(first.path / "timing.cache")}
-    art = TrtGpu().build(_onnx_artifact(src), BuildConfig(opts), tmp_path)
-    cfg = json.loads((tmp_path / ENGINE_CONFIG).read_text())
-    assert cfg["fp16"] and cfg["timing_cache_seeded"] and art.precision is Precision.fp16
-    x = np.random.default_rng(2).normal(size=(4, 3, 8, 8)).astype(np.float32)
-    got = TrtGpu().load(art).infer({"x": x})["y"]
-    np.testing.assert_allclose(got, _ort(src, {"x": x}), atol=2e-2, rtol=2e-2)
+def test_fp32_layers_must_name_nodes_or_op_types(tmp_path):
+    from targets.tensorrt_config import fp32_layer_lists
+
+    model = onnx.load(_conv_net(tmp_path / "m.onnx"))
+    assert fp32_layer_lists(model, ["fc", "Relu"]) == (["fc"], ["Relu"])
+    with pytest.raises(InvalidInput, match="'fcc' is neither a node name nor an op type"):
+        fp32_layer_lists(model, ["fcc"])
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_qdq_model_builds_int8_by_itself_and_matches_onnxruntime(tmp_path):
-    src = _conv_net(tmp_path / "q.onnx", qdq=True)
-    (tmp_path / "engine").mkdir()
-    art = TrtGpu().build(_onnx_artifact(src), BuildConfig({"max_batch": 4}), tmp_path / "engine")
-    cfg = json.loads((art.path / ENGINE_CONFIG).read_text())
-    assert cfg["int8"] and "enabled automatically" in cfg["int8_reason"]
-    assert art.precision is Precision.int8
-    x = np.random.default_rng(3).normal(size=(4, 3, 8, 8)).astype(np.float32)
-    got = TrtGpu().load(art).infer({"x": x})["y"]
-    # Same integer arithmetic on both sides; only float rounding of the scales differs.
-    np.testing.assert_allclose(got, _ort(src, {"x": x}), atol=1e-2, rtol=1e-2)
+def test_fp8_qdq_is_counted_apart_from_int8(tmp_path):
+    from onnx import TensorProto, helper
+
+    model = onnx.load(_conv_net(tmp_path / "q.onnx", qdq=True))
+    from targets.tensorrt_config import quantized_types
+
+    assert quantized_types(model) == {"int8": 1}
+    zp = helper.make_tensor("fp8_zp", TensorProto.FLOAT8E4M3FN, [], [0])
+    model.graph.initializer.append(zp)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    q.input[2] = "fp8_zp"
+    assert quantized_types(model) == {"float8_e4m3fn": 1}
 
 
-@pytest.mark.gpu
-@needs_gpu
-def test_parser_error_names_the_node(tmp_path):
-    src = _custom_op_net(tmp_path / "custom.onnx")
-    with pytest.raises(InvalidInput, match=r"TensorRT cannot parse node 0 'odd_one'") as e:
-        TrtGpu().build(_onnx_artifact(src), BuildConfig({}), tmp_path)
-    assert "\n" not in str(e.value)
+# ---------------------------------------------------------------- TensorRT's Q/DQ rules
+
+
+def test_a_dq_on_a_residual_add_after_a_conv_is_allowed():
+    from targets.tensorrt_qdq import tensorrt_violations
+    from tests.targets.trt_models import residual_qdq_net
+
+    assert tensorrt_violations(residual_qdq_net()) == []
+
+
+def test_a_dq_feeding_an_add_of_two_activations_is_not():
+    from onnx import helper
+
+    from targets.tensorrt_qdq import tensorrt_violations
+    from tests.targets.trt_models import residual_qdq_net
+
+    model = residual_qdq_net()
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    model.graph.node.insert(0, helper.make_node("Relu", ["x"], ["xr"], name="relu"))
+    add.input[0] = "xr"  # the Add's other input no longer comes from the Conv
+    bad = tensorrt_violations(model)
+    assert any("DQ feeds Add 'add'" in b for b in bad), bad
+
+
+def test_int8_weights_behind_a_dq_are_accepted():
+    from targets.tensorrt_qdq import tensorrt_violations
+    from tests.targets.trt_models import residual_qdq_net
+
+    assert tensorrt_violations(residual_qdq_net(int8_weight=True)) == []
+
+
+@pytest.mark.parametrize("axis, ok", [(2, True), (-1, True), (1, False)])
+def test_a_rank3_matmul_weight_has_its_channels_last(axis, ok):
+    from targets.tensorrt_qdq import tensorrt_violations
+    from tests.targets.trt_models import rank3_matmul_qdq
+
+    bad = tensorrt_violations(rank3_matmul_qdq(axis))
+    assert (bad == []) is ok, bad
+    if not ok:
+        assert "MatMul 'mm' has output channels on axis 2" in bad[0]

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,26 @@ def check_output_not_input(out: Path, *inputs: Path | None) -> None:
         r = Path(i).resolve()
         if o == r or r.is_relative_to(o) or (r.is_dir() and o.is_relative_to(r)):
             raise InvalidInput(f"output {out} would overwrite the input {i}; choose another -o")
+
+
+@contextmanager
+def dir_lock(directory: Path, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """An exclusive flock on a directory itself (no lock file), for processes that share it:
+    a recipe's stages, a shared timing cache. The kernel drops an flock when its process
+    dies, so a killed run leaves no stale lock. `on_wait` runs once if another holds it."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

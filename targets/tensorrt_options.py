@@ -1,0 +1,415 @@
+"""The trt-gpu target's build options and optimization profiles, checked without TensorRT,
+and the trtexec command line that builds the same engine.
+
+No TensorRT or CUDA here: all of it runs, and is tested, where neither is installed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.artifact import IoSpec
+from toolchain.core.errors import InvalidInput
+
+# HardwareCompatibilityLevel members by option value; trtexec's spelling beside each.
+HARDWARE_COMPATIBILITY = {
+    "none": ("NONE", None),
+    "ampere+": ("AMPERE_PLUS", "ampere+"),
+    "same_compute_capability": ("SAME_COMPUTE_CAPABILITY", "sameComputeCapability"),
+}
+OPTIMIZATION_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level; TensorRT's is 3
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """The min, opt and max shape of one input in an optimization profile.
+
+    TensorRT tunes kernels for `opt` and accepts any shape between `min` and `max`, per axis.
+    """
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Sequence[int]]) -> ShapeRange:
+        return cls(tuple(d["min"]), tuple(d["opt"]), tuple(d["max"]))
+
+    def describe(self) -> str:
+        return f"{shape_str(self.min)} to {shape_str(self.max)} (opt {shape_str(self.opt)})"
+
+    def holds(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= s <= hi for lo, s, hi in zip(self.min, shape, self.max, strict=True)
+        )
+
+
+Profile = dict[str, ShapeRange]  # one optimization profile: a range per dynamic input
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """One profile as asked for: the batch range and explicit ranges of other inputs."""
+
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 32
+    shapes: dict[str, ShapeRange] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    """Validated build options of `trt-gpu` (see TrtGpu for their meaning)."""
+
+    fp16: bool = False
+    int8: bool | None = None  # None: decided by the model (on when it has QuantizeLinear nodes)
+    tf32: bool = False  # fp32 layers may compute in TF32 (Ampere and later); off: real fp32
+    workspace_mb: int | None = None  # None: TensorRT's default (the device's global memory)
+    profiles: tuple[ProfileOptions, ...] = (ProfileOptions(),)
+    timing_cache: Path | None = None  # an earlier build's timing.cache to start from (read only)
+    shared_timing_cache: Path | None = None  # read, and merged back after the build, locked
+    sparse_weights: bool | None = None  # None: on when the model has 2:4 layers
+    optimization_level: int | None = None  # None: TensorRT's default (3)
+    hardware_compatibility: str = "none"
+    version_compatible: bool = False
+    fp32_layers: tuple[str, ...] = ()  # node names or op types kept in fp32 when fp16 is on
+
+    @property
+    def min_batch(self) -> int:
+        return self.profiles[0].min_batch
+
+    @property
+    def opt_batch(self) -> int:
+        return self.profiles[0].opt_batch
+
+    @property
+    def max_batch(self) -> int:
+        return self.profiles[0].max_batch
+
+
+_MOM = ("min", "opt", "max")
+_PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "shapes")
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _bool_option(options: Mapping[str, Any], key: str) -> bool | None:
+    if key not in options:
+        return None
+    v = options[key]
+    if not isinstance(v, bool):
+        raise InvalidInput(f"trt-gpu option {key}: expected true or false, got {v!r}")
+    return v
+
+
+def _int_option(options: Mapping[str, Any], key: str, lowest: int = 1) -> int | None:
+    if key not in options:
+        return None
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
+        what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
+        raise InvalidInput(f"trt-gpu option {key}: expected {what}, got {v!r}")
+    return v
+
+
+def _file_option(options: Mapping[str, Any], key: str, must_exist: bool) -> Path | None:
+    if key not in options:
+        return None
+    v = options[key]
+    if not isinstance(v, str | Path) or not str(v):
+        raise InvalidInput(f"trt-gpu option {key}: expected a file path, got {v!r}")
+    p = Path(v).expanduser()
+    if must_exist and not p.is_file():
+        raise InvalidInput(f"trt-gpu option {key}: no such file: {v}")
+    if not must_exist and (p.is_dir() or not p.parent.is_dir()):
+        raise InvalidInput(f"trt-gpu option {key}: {v} is not a file in an existing directory")
+    return p
+
+
+def parse_shape(text: str, what: str) -> tuple[int, ...]:
+    """'1x3x224x224' -> (1, 3, 224, 224); every dimension a positive integer."""
+    try:
+        dims = tuple(int(p) for p in text.strip().split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 1 for d in dims):
+        raise InvalidInput(
+            f"trt-gpu option shapes: {what}: '{text}' is not a shape like 1x3x224x224"
+        )
+    return dims
+
+
+def parse_shapes(value: str | Sequence[str]) -> dict[str, ShapeRange]:
+    """The `shapes` option: entries 'name:MIN:OPT:MAX', each shape written like 1x3x224x224.
+
+    A string holds comma-separated entries (trtexec's --minShapes style); a list holds one
+    entry per item. The name is everything before the last three colons, so ONNX names that
+    contain colons ('input:0') work.
+    """
+    if isinstance(value, str):
+        entries = [e for e in value.split(",") if e.strip()]
+    elif isinstance(value, Sequence) and all(isinstance(e, str) for e in value):
+        entries = list(value)
+    else:
+        raise InvalidInput(
+            f"trt-gpu option shapes: expected 'name:MIN:OPT:MAX' strings, got {value!r}"
+        )
+    out: dict[str, ShapeRange] = {}
+    for entry in entries:
+        parts = entry.strip().rsplit(":", 3)
+        if len(parts) != 4 or not parts[0]:
+            raise InvalidInput(
+                f"trt-gpu option shapes: '{entry}' is not 'name:MIN:OPT:MAX' "
+                "(e.g. 'x:1x3x224x224:8x3x224x224:32x3x224x224')"
+            )
+        name = parts[0]
+        if name in out:
+            raise InvalidInput(f"trt-gpu option shapes: input '{name}' is given twice")
+        shapes = (parse_shape(p, f"'{name}' {k}") for p, k in zip(parts[1:], _MOM, strict=True))
+        out[name] = ShapeRange(*shapes)
+    return out
+
+
+def _profile_options(options: Mapping[str, Any]) -> ProfileOptions:
+    d = ProfileOptions()
+    given = {k: _int_option(options, k) for k in ("min_batch", "opt_batch", "max_batch")}
+    # Unset batch bounds follow the ones that are set, so max_batch=4 alone is a valid request.
+    mn = given["min_batch"] or d.min_batch
+    mx = given["max_batch"] or max(d.max_batch, mn)
+    opt = given["opt_batch"] or min(max(d.opt_batch, mn), mx)
+    if not mn <= opt <= mx:
+        raise InvalidInput(
+            f"trt-gpu options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
+        )
+    shapes = parse_shapes(options["shapes"]) if "shapes" in options else {}
+    return ProfileOptions(mn, opt, mx, shapes)
+
+
+def _profiles_option(options: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
+    """`profiles`: a list of tables with the profile keys; else the top-level keys make one."""
+    if "profiles" not in options:
+        return (_profile_options(options),)
+    clash = [k for k in _PROFILE_KEYS if k in options]
+    if clash:
+        raise InvalidInput(
+            f"trt-gpu options: {', '.join(clash)} and profiles both given; "
+            "put them inside each profile"
+        )
+    value = options["profiles"]
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise InvalidInput(
+            f"trt-gpu option profiles: expected a list of tables with {', '.join(_PROFILE_KEYS)}"
+        )
+    out = []
+    for i, p in enumerate(value):
+        if not isinstance(p, Mapping) or set(p) - set(_PROFILE_KEYS):
+            extra = sorted(set(p) - set(_PROFILE_KEYS)) if isinstance(p, Mapping) else p
+            raise InvalidInput(
+                f"trt-gpu option profiles[{i}]: unexpected {extra!r}; a profile takes "
+                f"{', '.join(_PROFILE_KEYS)}"
+            )
+        out.append(_profile_options(p))
+    return tuple(out)
+
+
+def _names_option(options: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    v = options.get(key, [])
+    if isinstance(v, str):
+        v = [s for s in v.split(",") if s.strip()]
+    if not isinstance(v, Sequence) or not all(isinstance(s, str) and s.strip() for s in v):
+        raise InvalidInput(f"trt-gpu option {key}: expected a list of names, got {v!r}")
+    return tuple(s.strip() for s in v)
+
+
+def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOptions:
+    """Check BuildConfig.options without TensorRT: unknown keys, types, ranges, batch order."""
+    known = tuple(known)
+    unknown = set(options) - set(known)
+    if unknown:
+        raise InvalidInput(
+            f"unknown trt-gpu option(s) {sorted(unknown)}; available: {', '.join(known)}"
+        )
+    level = _int_option(options, "optimization_level", lowest=0)
+    if level is not None and level not in OPTIMIZATION_LEVELS:
+        raise InvalidInput(f"trt-gpu option optimization_level: 0 to 5, got {level}")
+    hw = options.get("hardware_compatibility", "none")
+    if hw not in HARDWARE_COMPATIBILITY:
+        raise InvalidInput(
+            f"trt-gpu option hardware_compatibility: {hw!r}; one of "
+            f"{', '.join(HARDWARE_COMPATIBILITY)}"
+        )
+    if "timing_cache" in options and "shared_timing_cache" in options:
+        raise InvalidInput("trt-gpu options: give timing_cache or shared_timing_cache, not both")
+    fp16 = bool(_bool_option(options, "fp16"))
+    fp32_layers = _names_option(options, "fp32_layers")
+    if fp32_layers and not fp16:
+        raise InvalidInput("trt-gpu option fp32_layers: only with fp16 = true (all else is fp32)")
+    return TrtOptions(
+        fp16=fp16,
+        int8=_bool_option(options, "int8"),
+        tf32=bool(_bool_option(options, "tf32")),
+        workspace_mb=_int_option(options, "workspace_mb"),
+        profiles=_profiles_option(options),
+        timing_cache=_file_option(options, "timing_cache", must_exist=True),
+        shared_timing_cache=_file_option(options, "shared_timing_cache", must_exist=False),
+        sparse_weights=_bool_option(options, "sparse_weights"),
+        optimization_level=level,
+        hardware_compatibility=hw,
+        version_compatible=bool(_bool_option(options, "version_compatible")),
+        fp32_layers=fp32_layers,
+    )
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def profile_shapes(io: IoSpec, opts: TrtOptions) -> list[Profile]:
+    """The optimization profiles: one range per input with dynamic dimensions, per profile.
+
+    A dynamic first axis is the batch: its range is min_batch..max_batch (opt at opt_batch),
+    and so is any axis with the same symbolic name. Other dynamic axes (a sequence length,
+    an image size) have no default and must be given with `shapes`, which replaces the
+    derived range of that input. Axes sharing a symbolic name must get the same range.
+    A model without dynamic inputs has no profiles.
+    """
+    profiles = [_one_profile(io, p) for p in opts.profiles]
+    if not any(profiles):
+        if len(opts.profiles) > 1:
+            raise InvalidInput("trt-gpu option profiles: the model has no dynamic inputs")
+        return []
+    return profiles
+
+
+def _one_profile(io: IoSpec, p: ProfileOptions) -> Profile:
+    names = io.input_names
+    unknown = [n for n in p.shapes if n not in names]
+    if unknown:
+        raise InvalidInput(
+            f"trt-gpu option shapes: no input named {', '.join(map(repr, unknown))}; "
+            f"the model's inputs: {', '.join(t.describe() for t in io.inputs)}"
+        )
+    batch = (p.min_batch, p.opt_batch, p.max_batch)
+    batch_names = {t.dims[0] for t in io.inputs if t.rank and isinstance(t.dims[0], str)}
+    out: Profile = {}
+    for t in io.inputs:
+        static = all(isinstance(d, int) for d in t.dims)
+        if t.name in p.shapes:
+            r = _checked_override(t.name, t.dims, p.shapes[t.name])
+            if not static:  # a static input needs no range; the override only had to agree
+                out[t.name] = r
+            continue
+        if static:
+            continue
+        per_axis = []
+        for axis, d in enumerate(t.dims):
+            if isinstance(d, int):
+                per_axis.append((d, d, d))
+            elif d in batch_names:
+                per_axis.append(batch)
+            else:
+                raise InvalidInput(
+                    f"input '{t.name}' ({t.describe()}) has dynamic axis {axis} '{d}' besides "
+                    f"the batch; give its range with the trt-gpu option shapes = "
+                    f"['{t.name}:MIN:OPT:MAX'], shapes written like 1x128"
+                )
+        out[t.name] = ShapeRange(*(tuple(a[i] for a in per_axis) for i in range(3)))
+    _check_shared_dims(io, out)
+    return out
+
+
+def _checked_override(name: str, dims: tuple, r: ShapeRange) -> ShapeRange:
+    for k, shape in zip(_MOM, (r.min, r.opt, r.max), strict=True):
+        if len(shape) != len(dims):
+            raise InvalidInput(
+                f"trt-gpu option shapes: '{name}' {k} {shape_str(shape)} has rank {len(shape)}; "
+                f"the input has rank {len(dims)} ({', '.join(map(str, dims))})"
+            )
+        for axis, (d, s) in enumerate(zip(dims, shape, strict=True)):
+            if isinstance(d, int) and d != s:
+                raise InvalidInput(
+                    f"trt-gpu option shapes: '{name}' {k} {shape_str(shape)} sets axis {axis} "
+                    f"to {s}; the model fixes it at {d}"
+                )
+    if not all(a <= b <= c for a, b, c in zip(r.min, r.opt, r.max, strict=True)):
+        raise InvalidInput(
+            f"trt-gpu option shapes: '{name}' needs min <= opt <= max on every axis, got "
+            f"{shape_str(r.min)}, {shape_str(r.opt)}, {shape_str(r.max)}"
+        )
+    return r
+
+
+def _check_shared_dims(io: IoSpec, ranges: Profile) -> None:
+    """Inputs that share a symbolic axis ('sequence') must be given the same range for it."""
+    seen: dict[str, tuple[str, tuple[int, int, int]]] = {}
+    for t in io.inputs:
+        if t.name not in ranges:
+            continue
+        r = ranges[t.name]
+        for axis, d in enumerate(t.dims):
+            if not isinstance(d, str):
+                continue
+            span = (r.min[axis], r.opt[axis], r.max[axis])
+            if d in seen and seen[d][1] != span:
+                other, o = seen[d]
+                raise InvalidInput(
+                    f"trt-gpu option shapes: axis '{d}' is {o[0]}:{o[1]}:{o[2]} for '{other}' "
+                    f"but {span[0]}:{span[1]}:{span[2]} for '{t.name}'; they must match"
+                )
+            seen.setdefault(d, (t.name, span))
+
+
+def profiles_to_json(profiles: Sequence[Profile]) -> list[dict[str, Any]]:
+    return [{n: r.to_dict() for n, r in p.items()} for p in profiles]
+
+
+def profiles_from_json(value: Any) -> list[Profile]:
+    """engine.json's profiles; an engine from before several profiles recorded one mapping."""
+    items = [value] if isinstance(value, Mapping) else list(value or [])
+    return [{n: ShapeRange.from_dict(r) for n, r in p.items()} for p in items if p]
+
+
+# ---------------------------------------------------------------- trtexec
+
+
+def trtexec_command(
+    onnx_name: str, opts: TrtOptions, profiles: Sequence[Profile], *, strongly_typed: bool,
+    int8_flag: bool, sparse: bool, files: Mapping[str, str],
+) -> str:  # fmt: skip
+    """The trtexec command line that builds the same engine from the same model (TensorRT 10
+    trtexec flags; each repeated --minShapes/--optShapes/--maxShapes triple is one profile)."""
+    args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={files['engine']}", "--skipInference"]
+    if strongly_typed:
+        args.append("--stronglyTyped")
+    else:  # the weakly typed build of a TensorRT without strong typing
+        args += ["--fp16"] * opts.fp16 + ["--int8"] * int8_flag
+    if not opts.tf32:
+        args.append("--noTF32")
+    if opts.workspace_mb:
+        args.append(f"--memPoolSize=workspace:{opts.workspace_mb}M")
+    for p in profiles:
+        for k in _MOM:
+            spec = ",".join(f"{n}:{shape_str(getattr(r, k))}" for n, r in p.items())
+            args.append(f"--{k}Shapes={spec}")
+    if opts.optimization_level is not None:
+        args.append(f"--builderOptimizationLevel={opts.optimization_level}")
+    hw = HARDWARE_COMPATIBILITY[opts.hardware_compatibility][1]
+    if hw:
+        args.append(f"--hardwareCompatibilityLevel={hw}")
+    if opts.version_compatible:
+        args.append("--versionCompatible")
+    if sparse:
+        args.append("--sparsity=enable")
+    cache = opts.shared_timing_cache or opts.timing_cache
+    if cache:
+        args.append(f"--timingCacheFile={cache}")
+    args += ["--profilingVerbosity=detailed", f"--exportLayerInfo={files['layers']}"]
+    return shlex.join(args)
