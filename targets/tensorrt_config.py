@@ -120,21 +120,7 @@ def sparse_setting(requested: bool | None, model: onnx.ModelProto) -> tuple[bool
     return on, record
 
 
-# ---------------------------------------------------------------- precision (pure)
-
-
-def fp32_layer_lists(model: onnx.ModelProto, wanted: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The fp32_layers option split into node names and op types, each checked against the
-    model: a name that is neither is a typo that would silently leave the layer in fp16."""
-    names = {n.name for n in model.graph.node}
-    ops = {n.op_type for n in model.graph.node}
-    unknown = [w for w in wanted if w not in names and w not in ops]
-    if unknown:
-        raise InvalidInput(
-            f"trt-gpu option fp32_layers: {', '.join(map(repr, unknown))} is neither a node "
-            f"name nor an op type of the model (op types here: {', '.join(sorted(ops))})"
-        )
-    return [w for w in wanted if w in names], [w for w in wanted if w not in names]
+# ---------------------------------------------------------------- I/O and layers (pure)
 
 
 def io_type_problems(io: IoSpec, network_types: Mapping[str, str]) -> list[str]:

@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 import onnx
 
 from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
+from targets.fp16 import fp16_model, fp32_layer_lists
 from targets.tensorrt_config import (
-    fp32_layer_lists,
     int8_setting,
     io_type_problems,
     layer_precisions,
@@ -177,20 +177,6 @@ def layer_information(plan: bytes, host_code: bool) -> dict[str, Any]:
     return json.loads(info)
 
 
-def fp16_model(model: onnx.ModelProto, nodes: list[str], ops: list[str], tmp: Path) -> Path:
-    """An fp16 copy of the model for a strongly typed build: fp32 inputs and outputs, the
-    named nodes and op types (and Q/DQ, whose scales stay fp32) kept in fp32, Casts between."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    blocked = sorted({*DEFAULT_OP_BLOCK_LIST, *ops, "QuantizeLinear", "DequantizeLinear"})
-    half = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=blocked, node_block_list=nodes
-    )
-    path = tmp / "model.fp16.onnx"
-    onnx.save(half, str(path), save_as_external_data=half.ByteSize() > (1 << 30))
-    return path
-
-
 class TrtGpu:
     """Target `trt-gpu`: TensorRT 10 on the CUDA device torch sees as current.
 
@@ -280,7 +266,7 @@ class TrtGpu:
             source = Path(model.path)
             if opts.fp16 and typed:
                 full = onnx.load(str(source))  # with its external data
-                source = fp16_model(full, fp32_nodes, fp32_ops, Path(tmp))
+                source = fp16_model(full, fp32_nodes, fp32_ops, Path(tmp) / "model.fp16.onnx")
             # The parser owns the weights the network points to: keep it until the build ends.
             builder, network, _parser = network_from_onnx_path(source, typed)
             check_network(network, io, profiles, Path(model.path))

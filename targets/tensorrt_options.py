@@ -102,7 +102,7 @@ def shape_str(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
-def _bool_option(options: Mapping[str, Any], key: str) -> bool | None:
+def bool_option(options: Mapping[str, Any], key: str) -> bool | None:
     if key not in options:
         return None
     v = options[key]
@@ -111,7 +111,7 @@ def _bool_option(options: Mapping[str, Any], key: str) -> bool | None:
     return v
 
 
-def _int_option(options: Mapping[str, Any], key: str, lowest: int = 1) -> int | None:
+def int_option(options: Mapping[str, Any], key: str, lowest: int = 1) -> int | None:
     if key not in options:
         return None
     v = options[key]
@@ -179,9 +179,9 @@ def parse_shapes(value: str | Sequence[str]) -> dict[str, ShapeRange]:
     return out
 
 
-def _profile_options(options: Mapping[str, Any]) -> ProfileOptions:
+def profile_options(options: Mapping[str, Any]) -> ProfileOptions:
     d = ProfileOptions()
-    given = {k: _int_option(options, k) for k in ("min_batch", "opt_batch", "max_batch")}
+    given = {k: int_option(options, k) for k in ("min_batch", "opt_batch", "max_batch")}
     # Unset batch bounds follow the ones that are set, so max_batch=4 alone is a valid request.
     mn = given["min_batch"] or d.min_batch
     mx = given["max_batch"] or max(d.max_batch, mn)
@@ -197,7 +197,7 @@ def _profile_options(options: Mapping[str, Any]) -> ProfileOptions:
 def _profiles_option(options: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
     """`profiles`: a list of tables with the profile keys; else the top-level keys make one."""
     if "profiles" not in options:
-        return (_profile_options(options),)
+        return (profile_options(options),)
     clash = [k for k in _PROFILE_KEYS if k in options]
     if clash:
         raise InvalidInput(
@@ -217,7 +217,7 @@ def _profiles_option(options: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
                 f"trt-gpu option profiles[{i}]: unexpected {extra!r}; a profile takes "
                 f"{', '.join(_PROFILE_KEYS)}"
             )
-        out.append(_profile_options(p))
+        out.append(profile_options(p))
     return tuple(out)
 
 
@@ -238,7 +238,7 @@ def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOption
         raise InvalidInput(
             f"unknown trt-gpu option(s) {sorted(unknown)}; available: {', '.join(known)}"
         )
-    level = _int_option(options, "optimization_level", lowest=0)
+    level = int_option(options, "optimization_level", lowest=0)
     if level is not None and level not in OPTIMIZATION_LEVELS:
         raise InvalidInput(f"trt-gpu option optimization_level: 0 to 5, got {level}")
     hw = options.get("hardware_compatibility", "none")
@@ -249,22 +249,22 @@ def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOption
         )
     if "timing_cache" in options and "shared_timing_cache" in options:
         raise InvalidInput("trt-gpu options: give timing_cache or shared_timing_cache, not both")
-    fp16 = bool(_bool_option(options, "fp16"))
+    fp16 = bool(bool_option(options, "fp16"))
     fp32_layers = _names_option(options, "fp32_layers")
     if fp32_layers and not fp16:
         raise InvalidInput("trt-gpu option fp32_layers: only with fp16 = true (all else is fp32)")
     return TrtOptions(
         fp16=fp16,
-        int8=_bool_option(options, "int8"),
-        tf32=bool(_bool_option(options, "tf32")),
-        workspace_mb=_int_option(options, "workspace_mb"),
+        int8=bool_option(options, "int8"),
+        tf32=bool(bool_option(options, "tf32")),
+        workspace_mb=int_option(options, "workspace_mb"),
         profiles=_profiles_option(options),
         timing_cache=_file_option(options, "timing_cache", must_exist=True),
         shared_timing_cache=_file_option(options, "shared_timing_cache", must_exist=False),
-        sparse_weights=_bool_option(options, "sparse_weights"),
+        sparse_weights=bool_option(options, "sparse_weights"),
         optimization_level=level,
         hardware_compatibility=hw,
-        version_compatible=bool(_bool_option(options, "version_compatible")),
+        version_compatible=bool(bool_option(options, "version_compatible")),
         fp32_layers=fp32_layers,
     )
 

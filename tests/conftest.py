@@ -1,4 +1,5 @@
-"""Shared fixtures: the CLI in-process, tiny seeded models, and the digits default."""
+"""Shared fixtures: the CLI in-process, tiny seeded models, the digits default, and the fake
+TensorRT (tests/targets/fake_device.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+from tests.targets.fake_device import fake_trt  # noqa: E402, F401  (the fake TensorRT)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -143,11 +143,13 @@ def test_encoder_weights_only(cli, tiny_classifier, tmp_path):
     assert emb and all((numpy_helper.to_array(i) != 0).mean() > 0.99 for i in emb)
 
 
-def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_path, monkeypatch):
-    """Without a GPU: the build config a 2:4 model gets from trt-gpu (a fake TensorRT records
-    the flags; the real-GPU build stays in the gpu-marked tests)."""
-    import targets.tensorrt_gpu as tg
-    from targets.tensorrt_config import TrtOptions, sparse_setting
+def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_path, fake_trt):
+    """Without a GPU: trt-gpu builds a 2:4 model with SPARSE_WEIGHTS on the fake TensorRT
+    (tests/targets/fake_tensorrt.py); the layer information says which layers ran sparse."""
+    from targets.base import BuildConfig
+    from targets.tensorrt_config import sparse_setting
+    from targets.tensorrt_gpu import TrtGpu
+    from toolchain.core.artifact import Format, ModelArtifact
 
     assert _prune(cli, digits, tmp_path / "p", "--method", "2:4", "--epochs", "1").code == 0
     model = _export(cli, tmp_path / "p", tmp_path / "onnx")
@@ -161,53 +163,14 @@ def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_pat
     dense = onnx.load(str(tmp_path / "dense" / "model.onnx"))
     assert sparse_setting(None, dense) == (False, {"eligible_layers": []})
 
-    class Flags:
-        FP16, INT8, SPARSE_WEIGHTS = "FP16", "INT8", "SPARSE_WEIGHTS"
-
-    class Config:
-        def __init__(self):
-            self.flags = set()
-
-        def set_flag(self, f):
-            self.flags.add(f)
-
-        def create_timing_cache(self, seed):
-            return object()
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            return True
-
-        def get_timing_cache(self):
-            return type("C", (), {"serialize": lambda self: b"cache"})()
-
-        def get_memory_pool_limit(self, pool):
-            return 0
-
-    class Builder:
-        config = Config()
-
-        def create_builder_config(self):
-            return self.config
-
-        def build_serialized_network(self, network, config):
-            return b"plan"
-
-    class Network:
-        num_inputs = 0
-
-    class Trt:
-        BuilderFlag = Flags
-        MemoryPoolType = type("M", (), {"WORKSPACE": 0})
-
-    class Logger:
-        errors: list = []
-
-    monkeypatch.setattr(tg, "_trt", lambda: Trt)
-    monkeypatch.setattr(tg, "_logger", lambda: Logger())
-    builder = Builder()
-    tg.engine_bytes_from_network(builder, Network(), TrtOptions(sparse_weights=True), False, {},
-                                 tmp_path)  # fmt: skip
-    assert builder.config.flags == {"SPARSE_WEIGHTS"}
+    fake_trt()
+    (tmp_path / "engine").mkdir()
+    src = ModelArtifact.at(tmp_path / "onnx" / "model.onnx", Format.onnx)
+    art = TrtGpu().build(src, BuildConfig({"max_batch": 4}), tmp_path / "engine")
+    cfg = json.loads((art.path / "engine.json").read_text())
+    assert cfg["sparse_weights"] and "--sparsity=enable" in cfg["trtexec"]
+    layers = json.loads((art.path / "layers.json").read_text())["Layers"]
+    assert any("sparse" in layer["TacticName"] for layer in layers)
 
 
 @pytest.mark.parametrize(

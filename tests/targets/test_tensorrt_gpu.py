@@ -400,7 +400,7 @@ def test_bad_newer_options(options, words):
 
 
 def test_fp32_layers_must_name_nodes_or_op_types(tmp_path):
-    from targets.tensorrt_config import fp32_layer_lists
+    from targets.fp16 import fp32_layer_lists
 
     model = onnx.load(_conv_net(tmp_path / "m.onnx"))
     assert fp32_layer_lists(model, ["fc", "Relu"]) == (["fc"], ["Relu"])

@@ -1,4 +1,4 @@
-"""The one way edgesmith opens an onnxruntime CPU session: engine builds and loads,
+"""The one way edgesmith opens an onnxruntime session: engine builds and loads,
 calibration, sensitivity, validate and bench all measure the graph the engine runs.
 
 onnxruntime is imported when a session is made, not with this module.
@@ -50,8 +50,10 @@ def ort_session(
     save_to: Path | None = None,
     config: Mapping[str, str] | None = None,
     spinning: bool = True,
+    providers: list[Any] | None = None,
 ) -> Any:
-    """An onnxruntime CPU session on `path`.
+    """An onnxruntime session on `path`, on the CPU unless `providers` says otherwise
+    (onnxruntime's list: names or (name, options) pairs, in order of preference).
 
     threads: intra-op threads of this session (None: one per physical core); set per session,
         never process-wide. save_to: also write the optimised model there (an engine build).
@@ -79,6 +81,6 @@ def ort_session(
     return ort.InferenceSession(
         str(path),
         sess_options=so,
-        providers=["CPUExecutionProvider"],
+        providers=providers or ["CPUExecutionProvider"],
         disabled_optimizers=list(disabled),
     )

@@ -10,6 +10,7 @@ from toolchain.core.errors import InvalidInput
 TARGETS: dict[str, str] = {
     "ort-cpu": "targets.ort_cpu:OrtCpu",
     "trt-gpu": "targets.tensorrt_gpu:TrtGpu",
+    "ort-gpu": "targets.ort_gpu:OrtGpu",
 }
 
 

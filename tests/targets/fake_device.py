@@ -1,4 +1,5 @@
-"""The fake TensorRT (tests/targets/fake_tensorrt.py) and a host stand-in for the CUDA device."""
+"""The fake TensorRT (tests/targets/fake_tensorrt.py) and a host stand-in for the CUDA device;
+the `fake_trt` fixture is registered for the whole suite in tests/conftest.py."""
 
 from __future__ import annotations
 

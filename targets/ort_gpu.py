@@ -1,0 +1,286 @@
+"""ONNX Runtime on an NVIDIA GPU (onnxruntime-gpu): the CUDA execution provider, or the
+TensorRT execution provider in front of it where TensorRT is installed.
+
+The engine directory is portable, like ort-cpu's: the model with onnxruntime's
+provider-independent ("basic") graph optimisations applied offline, and engine.json with the
+providers and their options; the rest is applied when a device loads it. The TensorRT
+provider builds its own TensorRT engines on first use and keeps them in a cache directory
+outside the engine (onnxruntime names each by GPU architecture; our key adds the model,
+onnxruntime, TensorRT and the provider options), so the engine directory never changes after
+it is built and its manifest stays true.
+
+onnxruntime silently falls back to the CPU when a GPU provider cannot load (no cuDNN, a CUDA
+mismatch): every session is checked and a fallback is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx
+
+from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
+from targets.fp16 import fp16_model, fp32_layer_lists
+from targets.ort_cpu import OrtRunner
+from targets.tensorrt_options import (
+    TrtOptions,
+    bool_option,
+    int_option,
+    profile_options,
+    profile_shapes,
+)
+from toolchain.core.artifact import Format, ModelArtifact, Precision
+from toolchain.core.errors import InvalidInput, TargetUnavailable
+from toolchain.core.files import sha256_file, sha256_json
+from toolchain.core.onnx_model import check_onnx, io_from_onnx
+from toolchain.core.ort_session import ort_session
+
+MODEL_FILE = "model.onnx"
+CUDA, TRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDERS = {"cuda": (CUDA,), "tensorrt": (TRT, CUDA)}
+CONV_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+DEFAULT_CACHE = Path("~/.cache/edgesmith/ort-trt")
+
+
+def _ort():
+    import onnxruntime as ort
+
+    return ort
+
+
+def cuda_device_reason(device_id: int = 0) -> str | None:
+    """None when the NVIDIA driver sees device `device_id`, else why not. Asks the driver
+    (libcuda) directly: onnxruntime lists the CUDA provider whether or not a GPU is there."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1 not found)"
+    if lib.cuInit(0) != 0:
+        return "the NVIDIA driver did not initialise (no GPU visible?)"
+    count = ctypes.c_int(0)
+    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= device_id:
+        return f"no CUDA device {device_id} ({count.value} visible)"
+    return None
+
+
+def _tensorrt_version() -> str | None:
+    """The TensorRT the TensorRT provider will load: the Python package's, else libnvinfer's."""
+    try:
+        return metadata.version("tensorrt")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        lib = ctypes.CDLL("libnvinfer.so.10")
+    except OSError:
+        return None
+    v = lib.getInferLibVersion()  # MAJOR * 10000 + MINOR * 100 + PATCH
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+
+
+def _packages() -> set[str]:
+    names = set()
+    for d in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(d)
+            names.add(d)
+        except metadata.PackageNotFoundError:
+            pass
+    return names
+
+
+class OrtGpu:
+    """Target `ort-gpu`.
+
+    Options (BuildConfig.options):
+      provider      cuda (default) or tensorrt (TensorRT provider, CUDA for what it leaves)
+      device_id     the GPU (default 0)
+      fp16          an fp16 copy of the model (fp32 I/O); fp32_layers: kept in fp32
+      cudnn_conv_algo_search  EXHAUSTIVE (onnxruntime's default), HEURISTIC or DEFAULT
+      workspace_mb, min_batch, opt_batch, max_batch, shapes
+                    the TensorRT provider's workspace and profile, as trt-gpu takes them
+      trt_cache_dir where the TensorRT provider keeps its engines and timing cache
+                    (default ~/.cache/edgesmith/ort-trt)
+      threads       intra-op threads for nodes left on the CPU
+    """
+
+    name: ClassVar[str] = "ort-gpu"
+    OPTIONS: ClassVar[tuple[str, ...]] = (
+        "provider", "device_id", "fp16", "fp32_layers", "cudnn_conv_algo_search",
+        "workspace_mb", "min_batch", "opt_batch", "max_batch", "shapes", "trt_cache_dir",
+        "threads",
+    )  # fmt: skip
+    OFFLINE_OPT_LEVEL: ClassVar[str] = "basic"  # provider-independent; the rest at load
+    RUNTIME_OPT_LEVEL: ClassVar[str] = "all"
+
+    def unavailable_reason(self, provider: str = "cuda", device_id: int = 0) -> str | None:
+        try:
+            ort = _ort()
+        except ImportError as e:
+            return f"onnxruntime is not installed ({e})"
+        have = ort.get_available_providers()
+        missing = [p for p in PROVIDERS[provider] if p not in have]
+        if missing:
+            if {"onnxruntime", "onnxruntime-gpu"} <= _packages():
+                return (
+                    "onnxruntime and onnxruntime-gpu are both installed and the CPU build's "
+                    "files won: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+                    "onnxruntime-gpu"
+                )
+            if CUDA in missing:
+                return (
+                    f"onnxruntime {ort.__version__} is a CPU build (no {CUDA}); "
+                    "see the README's GPU set-up (pip install 'edgesmith[gpu]')"
+                )
+            return f"onnxruntime {ort.__version__} has no {TRT} (TensorRT not installed)"
+        return cuda_device_reason(device_id)
+
+    def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
+        o = self._options(cfg.options)
+        proto = check_onnx(model.path)
+        io = io_from_onnx(proto)
+        trt_opts = TrtOptions(profiles=(o["profile"],))
+        profiles = profile_shapes(io, trt_opts) if o["provider"] == "tensorrt" else []
+        nodes, ops = fp32_layer_lists(proto, o["fp32_layers"], self.name)
+        why = self.unavailable_reason(o["provider"], o["device_id"])
+        if why:
+            raise TargetUnavailable(f"ort-gpu cannot build here: {why}")
+        ort = _ort()
+        source = Path(model.path)
+        if o["fp16"]:
+            source = fp16_model(onnx.load(str(source)), nodes, ops, out / ".fp16.onnx")
+        ort_session(source, level=self.OFFLINE_OPT_LEVEL, save_to=out / MODEL_FILE)
+        if o["fp16"]:
+            for p in out.glob(".fp16.onnx*"):
+                p.unlink()
+        providers = self._providers(o, profiles)
+        settings = {
+            "target": self.name,
+            "model": MODEL_FILE,
+            "provider": o["provider"],
+            "providers": providers,
+            "offline_opt_level": self.OFFLINE_OPT_LEVEL,
+            "runtime_opt_level": self.RUNTIME_OPT_LEVEL,
+            "fp16": o["fp16"],
+            "fp32_layers": {"nodes": nodes, "op_types": ops},
+            "intra_op_threads": o["threads"] or 0,
+            "trt_cache_dir": str(o["trt_cache_dir"]) if o["provider"] == "tensorrt" else None,
+            "onnxruntime": ort.__version__,
+            "tensorrt": _tensorrt_version() if o["provider"] == "tensorrt" else None,
+            "model_sha256": sha256_file(out / MODEL_FILE),
+            "files": [MODEL_FILE],
+        }
+        (out / ENGINE_CONFIG).write_text(json.dumps({**settings, "io": io.to_dict()}, indent=2))
+        art = ModelArtifact.at(
+            out,
+            Format.engine,
+            precision=Precision.fp16 if o["fp16"] else model.precision,
+            io=io,
+            parent=model.sha256,
+            meta={"target": self.name, **settings},
+        )
+        self.load(art)  # the providers load here (and TensorRT's engines are built now)
+        return art
+
+    def load(self, engine: ModelArtifact, threads: int | None = None) -> OrtRunner:
+        directory = Path(engine.path)
+        cfg = read_engine_config(directory)
+        if cfg.get("target") != self.name:
+            raise InvalidInput(f"{directory}: built for '{cfg.get('target')}', not '{self.name}'")
+        provider = cfg.get("provider", "cuda")
+        device_id = int(cfg["providers"][0][1].get("device_id", 0))
+        why = self.unavailable_reason(provider, device_id)
+        if why:
+            raise TargetUnavailable(f"ort-gpu cannot run {directory} here: {why}")
+        providers = [(name, self._at_load(name, opts, cfg)) for name, opts in cfg["providers"]]
+        session = ort_session(
+            directory / cfg["model"],
+            level=cfg.get("runtime_opt_level", self.RUNTIME_OPT_LEVEL),
+            threads=threads or cfg.get("intra_op_threads") or None,
+            providers=[*providers, "CPUExecutionProvider"],
+        )
+        wanted = providers[0][0]
+        if wanted not in session.get_providers():
+            raise TargetUnavailable(
+                f"ort-gpu: onnxruntime fell back to the CPU for {directory}: {wanted} did not "
+                "load (check that CUDA, cuDNN and TensorRT libraries match this onnxruntime-gpu)"
+            )
+        return OrtRunner(session, engine.io or io_from_onnx(check_onnx(directory / cfg["model"])))
+
+    def _at_load(self, name: str, opts: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict:
+        """Provider options as onnxruntime takes them (strings), with the TensorRT caches in
+        this user's cache directory under a key of everything that makes them valid."""
+        out = {k: str(v) for k, v in opts.items()}
+        if name == TRT:
+            key = sha256_json(
+                {"model": cfg.get("io"), "onnxruntime": _ort().__version__, "options": opts,
+                 "tensorrt": _tensorrt_version(), "sha": cfg.get("model_sha256")}
+            )[:16]  # fmt: skip
+            cache = Path(cfg["trt_cache_dir"]).expanduser() / key
+            cache.mkdir(parents=True, exist_ok=True)
+            out |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(cache),
+            }
+        return out
+
+    def _providers(self, o: Mapping[str, Any], profiles) -> list[list[Any]]:
+        cuda = {"device_id": o["device_id"], "cudnn_conv_algo_search": o["cudnn_conv_algo_search"]}
+        if o["provider"] == "cuda":
+            return [[CUDA, cuda]]
+        trt: dict[str, Any] = {"device_id": o["device_id"]}
+        if o["workspace_mb"]:
+            trt["trt_max_workspace_size"] = o["workspace_mb"] << 20
+        if profiles:
+            (p,) = profiles
+            for k in ("min", "opt", "max"):
+                trt[f"trt_profile_{k}_shapes"] = ",".join(
+                    f"{n}:{'x'.join(map(str, getattr(r, k)))}" for n, r in p.items()
+                )
+        return [[TRT, trt], [CUDA, cuda]]
+
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(self.OPTIONS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown ort-gpu option(s) {sorted(unknown)}; available: {', '.join(self.OPTIONS)}"
+            )
+        provider = options.get("provider", "cuda")
+        if provider not in PROVIDERS:
+            raise InvalidInput(f"ort-gpu option provider: {provider!r}; one of cuda, tensorrt")
+        search = options.get("cudnn_conv_algo_search", "EXHAUSTIVE")
+        if search not in CONV_SEARCH:
+            raise InvalidInput(f"ort-gpu option cudnn_conv_algo_search: one of {CONV_SEARCH}")
+        trt_only = [k for k in ("workspace_mb", "min_batch", "opt_batch", "max_batch", "shapes",
+                                "trt_cache_dir") if k in options]  # fmt: skip
+        if trt_only and provider != "tensorrt":
+            raise InvalidInput(
+                f"ort-gpu option(s) {', '.join(trt_only)} apply to provider = tensorrt only"
+            )
+        fp16 = bool(bool_option(options, "fp16"))
+        fp32_layers = options.get("fp32_layers", [])
+        if fp32_layers and not fp16:
+            raise InvalidInput("ort-gpu option fp32_layers: only with fp16 = true")
+        if not isinstance(fp32_layers, list) or not all(isinstance(s, str) for s in fp32_layers):
+            raise InvalidInput(f"ort-gpu option fp32_layers: a list of names, got {fp32_layers!r}")
+        cache = options.get("trt_cache_dir", str(DEFAULT_CACHE))
+        if not isinstance(cache, str | os.PathLike) or not str(cache):
+            raise InvalidInput(f"ort-gpu option trt_cache_dir: a directory, got {cache!r}")
+        return {
+            "provider": provider,
+            "device_id": int_option(options, "device_id", lowest=0) or 0,
+            "fp16": fp16,
+            "fp32_layers": fp32_layers,
+            "cudnn_conv_algo_search": search,
+            "workspace_mb": int_option(options, "workspace_mb"),
+            "profile": profile_options(options),
+            "trt_cache_dir": Path(cache),
+            "threads": int_option(options, "threads"),
+        }

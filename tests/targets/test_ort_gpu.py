@@ -1,0 +1,228 @@
+"""ort-gpu (onnxruntime-gpu): everything that runs without a GPU.
+
+onnxruntime-gpu is stood in for by the real onnxruntime with its GPU surface mirrored: the
+providers it lists, InferenceSession taking (name, options) pairs and checking the option
+names and string values as onnxruntime does, get_providers() saying which loaded (or that it
+fell back to the CPU), and the TensorRT provider writing its engine cache where told. The
+model itself runs on the CPU provider, so outputs are real.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from targets import ort_gpu
+from targets.base import ENGINE_CONFIG, BuildConfig
+from targets.ort_gpu import CUDA, TRT, OrtGpu, cuda_device_reason
+from tests.targets import trt_models
+from toolchain.core.artifact import Format, ModelArtifact, Precision
+from toolchain.core.errors import InvalidInput, TargetUnavailable
+
+# Provider option names onnxruntime 1.2x accepts (its CUDA and TensorRT provider docs).
+KNOWN = {
+    CUDA: {"device_id", "cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy",
+           "do_copy_in_default_stream", "enable_cuda_graph"},
+    TRT: {"device_id", "trt_max_workspace_size", "trt_fp16_enable", "trt_int8_enable",
+          "trt_engine_cache_enable", "trt_engine_cache_path", "trt_timing_cache_enable",
+          "trt_timing_cache_path", "trt_profile_min_shapes", "trt_profile_opt_shapes",
+          "trt_profile_max_shapes"},
+}  # fmt: skip
+REAL_SESSION = ort.InferenceSession
+
+
+@pytest.fixture
+def gpu_ort(monkeypatch):
+    """install(fallback=False, providers=(TRT, CUDA)): onnxruntime-gpu's surface, on the CPU."""
+    state = SimpleNamespace(sessions=[])
+
+    def install(fallback: bool = False, providers=(TRT, CUDA)):
+        class Session:
+            def __init__(self, path, sess_options=None, providers=None, **kw):
+                names = []
+                for p in providers or []:
+                    name, opts = (p, {}) if isinstance(p, str) else p
+                    bad = [k for k in opts if k not in KNOWN.get(name, set())]
+                    if bad or not all(isinstance(v, str) for v in opts.values()):
+                        raise RuntimeError(
+                            f"[ONNXRuntimeError] {name}: bad provider options {opts}"
+                        )
+                    names.append(name)
+                    if name == TRT and "trt_engine_cache_path" in opts:
+                        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+                        cache = Path(opts["trt_engine_cache_path"])
+                        (cache / f"TRTKernel_{digest}_sm89.engine").write_bytes(b"engine")
+                self.loaded = ["CPUExecutionProvider"] if fallback else names
+                self._s = REAL_SESSION(path, sess_options, providers=["CPUExecutionProvider"],
+                                       **kw)  # fmt: skip
+                state.sessions.append((names, providers))
+
+            def get_providers(self):
+                return self.loaded
+
+            def __getattr__(self, name):
+                return getattr(self._s, name)
+
+        monkeypatch.setattr(ort, "InferenceSession", Session)
+        monkeypatch.setattr(ort, "get_available_providers",
+                            lambda: [*providers, "CPUExecutionProvider"])  # fmt: skip
+        monkeypatch.setattr(ort_gpu, "cuda_device_reason", lambda device_id=0: None)
+        return state
+
+    return install
+
+
+def _build(src, tmp_path, options=None, name="engine") -> ModelArtifact:
+    out = tmp_path / name
+    out.mkdir()
+    return OrtGpu().build(ModelArtifact.at(src, Format.onnx), BuildConfig(options or {}), out)
+
+
+def _x(batch: int) -> np.ndarray:
+    return np.random.default_rng(batch).normal(size=(batch, 3, 8, 8)).astype(np.float32)
+
+
+def _cpu(path, x):
+    return REAL_SESSION(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _digest(directory) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+# ---------------------------------------------------------------- availability
+
+
+def test_here_it_says_why_not():
+    why = OrtGpu().unavailable_reason()
+    if CUDA not in ort.get_available_providers():
+        assert "CPU build (no CUDAExecutionProvider)" in why and "edgesmith[gpu]" in why
+
+
+def test_both_packages_installed_is_named(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_gpu, "_packages", lambda: {"onnxruntime", "onnxruntime-gpu"})
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in OrtGpu().unavailable_reason()
+
+
+def test_tensorrt_provider_missing_is_named(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    monkeypatch.setattr(ort_gpu, "cuda_device_reason", lambda device_id=0: None)
+    assert OrtGpu().unavailable_reason("cuda") is None
+    assert "no TensorrtExecutionProvider" in OrtGpu().unavailable_reason("tensorrt")
+
+
+def test_the_driver_is_asked_for_the_device(monkeypatch):
+    def no_driver(name):
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    assert cuda_device_reason() == "no NVIDIA driver (libcuda.so.1 not found)"
+
+    class Lib:
+        def cuInit(self, flags):
+            return 0
+
+        def cuDeviceGetCount(self, ref):
+            ref._obj.value = 1
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Lib())
+    assert cuda_device_reason(0) is None
+    assert cuda_device_reason(1) == "no CUDA device 1 (1 visible)"
+
+
+# ---------------------------------------------------------------- build and load
+
+
+def test_cuda_engine_is_portable_and_runs(gpu_ort, tmp_path):
+    state = gpu_ort()
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    art = _build(src, tmp_path)
+    cfg = json.loads((art.path / ENGINE_CONFIG).read_text())
+    assert cfg["providers"] == [[CUDA, {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"}]]
+    assert (cfg["offline_opt_level"], cfg["runtime_opt_level"]) == ("basic", "all")
+    assert sorted(p.name for p in art.path.iterdir()) == ["engine.json", "model.onnx"]
+    runner = OrtGpu().load(art)
+    assert state.sessions[-1][0] == [CUDA, "CPUExecutionProvider"]
+    np.testing.assert_allclose(runner.infer({"x": _x(3)})["y"], _cpu(src, _x(3)), atol=1e-5)
+
+
+def test_tensorrt_provider_caches_outside_the_engine(gpu_ort, tmp_path):
+    gpu_ort()
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    cache = tmp_path / "cache"
+    opts = {"provider": "tensorrt", "max_batch": 8, "opt_batch": 4, "workspace_mb": 64,
+            "trt_cache_dir": str(cache)}  # fmt: skip
+    art = _build(src, tmp_path, opts)
+    before = _digest(art.path)
+    (trt, trt_opts), (cuda, _) = json.loads((art.path / ENGINE_CONFIG).read_text())["providers"]
+    assert (trt, cuda) == (TRT, CUDA)
+    assert trt_opts["trt_profile_min_shapes"] == "x:1x3x8x8"
+    assert trt_opts["trt_profile_opt_shapes"] == "x:4x3x8x8"
+    assert trt_opts["trt_max_workspace_size"] == 64 << 20
+    runner = OrtGpu().load(art)
+    np.testing.assert_allclose(runner.infer({"x": _x(2)})["y"], _cpu(src, _x(2)), atol=1e-5)
+    (key,) = list(cache.iterdir())  # one cache directory for this engine and its options
+    assert [p.suffix for p in key.iterdir()] == [".engine"]
+    assert _digest(art.path) == before  # the engine directory is never written after build
+
+
+def test_a_silent_cpu_fallback_is_refused(gpu_ort, tmp_path):
+    gpu_ort(fallback=True)
+    with pytest.raises(TargetUnavailable, match="fell back to the CPU"):
+        _build(trt_models.conv_net(tmp_path / "m.onnx"), tmp_path)
+
+
+def test_fp16_engine(gpu_ort, tmp_path):
+    import onnx
+
+    gpu_ort()
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    art = _build(src, tmp_path, {"fp16": True, "fp32_layers": ["fc"]})
+    assert art.precision is Precision.fp16
+    model = onnx.load(str(art.path / "model.onnx"))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert sorted(p.name for p in art.path.iterdir()) == ["engine.json", "model.onnx"]
+    got = OrtGpu().load(art).infer({"x": _x(2)})["y"]
+    np.testing.assert_allclose(got, _cpu(src, _x(2)), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"fast": True}, "unknown ort-gpu option(s) ['fast']"),
+        ({"provider": "rocm"}, "provider: 'rocm'; one of cuda, tensorrt"),
+        ({"max_batch": 4}, "max_batch apply to provider = tensorrt only"),
+        ({"fp32_layers": ["fc"]}, "fp32_layers: only with fp16 = true"),
+        ({"fp16": True, "fp32_layers": ["nope"]}, "'nope' is neither a node name"),
+        ({"cudnn_conv_algo_search": "FAST"}, "cudnn_conv_algo_search: one of"),
+        ({"provider": "tensorrt", "min_batch": 8, "max_batch": 4}, "min_batch <= opt_batch"),
+        ({"device_id": -1}, "device_id: expected an integer >= 0"),
+    ],
+)
+def test_bad_options(gpu_ort, tmp_path, options, words):
+    gpu_ort()
+    with pytest.raises(InvalidInput) as e:
+        _build(trt_models.conv_net(tmp_path / "m.onnx"), tmp_path, options)
+    assert words in str(e.value)
+
+
+def test_build_validate_and_bench_through_the_cli(gpu_ort, cli, tmp_path):
+    gpu_ort()
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    r = cli("build", src, "--target", "ort-gpu", "-o", tmp_path / "e")
+    assert r.code == 0, r.stderr
+    r = cli("bench", tmp_path / "e", "--target", "ort-gpu", "--batch", "1,2",
+            "--iterations", "3", "--warmup", "1", "-o", tmp_path / "b")  # fmt: skip
+    assert r.code == 0, r.stderr
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert [row["batch"] for row in rows] == [1, 2]
