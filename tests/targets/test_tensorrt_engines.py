@@ -277,3 +277,37 @@ def test_the_fake_refuses_what_tensorrt_deprecates(fake_trt):
             getattr(mod.BuilderFlag, name)
     with pytest.raises(AttributeError):
         mod.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+
+
+def test_the_cli_takes_lists_and_tables_as_toml(fake_trt, cli, tmp_path):
+    fake_trt()
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    r = cli("build", src, "--target", "trt-gpu", "-o", tmp_path / "e",
+            "--option", "profiles=[{max_batch = 4}, {min_batch = 5, max_batch = 8}]",
+            "--option", "fp16=true", "--option", 'fp32_layers=["fc"]')  # fmt: skip
+    assert r.code == 0, r.stderr
+    cfg = json.loads((tmp_path / "e" / ENGINE_CONFIG).read_text())
+    assert len(cfg["profiles"]) == 2 and cfg["fp32_layers"]["nodes"] == ["fc"]
+    r = cli("build", src, "--target", "trt-gpu", "--option", "profiles=[{max_batch=", "-o",
+            tmp_path / "bad")  # fmt: skip
+    assert r.code == 2 and "--option profiles: not a TOML list or table" in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_validate_and_bench_a_trt_engine_through_the_cli(fake_trt, cli, tmp_path):
+    """The same contract as ort-cpu: the gate on a trt-gpu engine against the fp32 original."""
+    fake_trt()
+    fp32 = trt_models.conv_net(tmp_path / "m.onnx")
+    qdq = trt_models.conv_net(tmp_path / "q.onnx", qdq=True)
+    np.savez(tmp_path / "d.npz", x=_x(64, 5))
+    assert cli("build", qdq, "--target", "trt-gpu", "-o", tmp_path / "e").code == 0
+    r = cli("validate", tmp_path / "e", "--reference", fp32, "--data", tmp_path / "d.npz",
+            "--metric", "agreement", "--max-drop", "0.2", "-o", tmp_path / "v")  # fmt: skip
+    assert r.code == 0, r.stderr
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert report["passed"] and report["candidate"]["path"] == str(tmp_path / "e")
+    agreement = next(c for c in report["checks"] if c["metric"] == "agreement")
+    assert agreement["candidate"] > 0.9  # int8 against fp32, run through the engine
+    r = cli("bench", tmp_path / "e", "--target", "trt-gpu", "--batch", "1,4",
+            "--iterations", "3", "--warmup", "1", "-o", tmp_path / "b")  # fmt: skip
+    assert r.code == 0, r.stderr

@@ -11,12 +11,21 @@ from toolchain.core.errors import InvalidInput
 
 
 def parse_options(items: list[str]) -> dict:
-    """--option key=value (value parsed as int, float or true/false when it looks like one)."""
+    """--option key=value (value parsed as int, float or true/false when it looks like one; a
+    list or table as a TOML inline value, as a recipe would write it: ["a", "b"], {k = 1})."""
+    import tomllib
+
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InvalidInput(f"--option '{item}': expected KEY=VALUE")
+        if value.lstrip()[:1] in ("[", "{"):
+            try:
+                out[key] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError as e:
+                raise InvalidInput(f"--option {key}: not a TOML list or table ({e})") from None
+            continue
         low = value.lower()
         if low in ("true", "false"):
             out[key] = low == "true"
