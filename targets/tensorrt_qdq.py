@@ -32,6 +32,7 @@ TRT_PRESET = {
     "add_qdq_pair_to_weight": True,
     "dedicated_qdq_pair": True,
     "quantize_bias": False,
+    "gather_int8": False,  # Q/DQ on weighted layers only
     "why": "TensorRT explicit quantization: symmetric int8 (zero points 0), per-channel "
     "weight scales on the output channel, Q/DQ on the inputs of weighted layers only, "
     "float biases and activations left for TensorRT to fuse",

@@ -1,4 +1,8 @@
-"""Fixtures of the quantization tests: tiny ONNX models and data, the digits CNN as ONNX."""
+"""Fixtures of the quantization tests: tiny ONNX models and data, the digits CNN as ONNX.
+
+The quantize tests check what the quantizer writes, so `edgesmith quantize` runs here with the
+latency check off (it times engines on this machine, and on a busy 2-core host a tiny model's
+int8 may or may not pay); tests/quantize/test_latency.py tests the check itself."""
 
 from __future__ import annotations
 
@@ -41,3 +45,15 @@ def digits_onnx(digits, tmp_path_factory) -> Path:
         SourceSpec(model="examples.digits:make_model", weights=str(digits / "model.safetensors"))
     )
     return onnx_from_torch(model, out, opset=18)
+
+
+@pytest.fixture
+def cli(cli):
+    """`edgesmith quantize` with --latency-batches off unless the test names it."""
+
+    def invoke(*args):
+        if args and args[0] == "quantize" and "--latency-batches" not in map(str, args):
+            args = (*args, "--latency-batches", "off")
+        return cli(*args)
+
+    return invoke

@@ -117,3 +117,30 @@ def residual_data(n: int, seed: int, outlier: float | None = None) -> np.ndarray
     if outlier is not None:
         x[:, 0, 3] = outlier
     return x
+
+
+def embedding_net(path: Path, vocab: int = 2048, width: int = 160, seed: int = 0) -> Path:
+    """ids[N,S] → Gather(table) → MatMul(w) → out[N,S,8], with a second, small Gather table
+    (positions, under 1 MiB) and rows of very different scale in the big one."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    table *= rng.uniform(0.01, 10.0, (vocab, 1)).astype(np.float32)  # per-row scales differ
+    table[5] = 0.0  # an all-zero row
+    pos = rng.standard_normal((16, width)).astype(np.float32)
+    w = (rng.standard_normal((width, 8)) * 0.1).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], name="word_embeddings", axis=0),
+        helper.make_node("Gather", ["pos", "pos_ids"], ["p"], name="position_embeddings"),
+        helper.make_node("Add", ["emb", "p"], ["h"], name="add"),
+        helper.make_node("MatMul", ["h", "w"], ["out"], name="proj"),
+    ]
+    inits = {"table": table, "pos": pos, "w": w,
+             "pos_ids": np.arange(4, dtype=np.int64)[None].repeat(1, 0)}  # fmt: skip
+    return _save(
+        nodes,
+        inits,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4, 8])],
+        path,
+        "embedding",
+    )

@@ -17,6 +17,7 @@ from toolchain.cli.options import (
     Threads,
     parse_budget,
 )
+from toolchain.core.errors import InvalidInput
 from toolchain.quantize.stage import QuantizeStage
 
 D = QuantizeStage.default
@@ -98,6 +99,20 @@ _Eval = Annotated[
     Path | None,
     typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
 ]
+_GatherInt8 = Annotated[
+    bool | None,
+    typer.Option(
+        "--gather-int8/--no-gather-int8",
+        help="Embedding tables as int8 rows with a scale per row (default: the preset's).",
+    ),
+]
+_LatencyBatches = Annotated[
+    str | None,
+    typer.Option(
+        help="Batch sizes at which the int8 engine must not be slower than fp32 here; "
+        "nodes go back to float until it is (default 1,8 for ort-cpu; 'off': no check)."
+    ),
+]
 _EvalLimit = Annotated[int | None, typer.Option(help="Use only the first N eval samples.")]
 _MaxFallback = Annotated[int | None, typer.Option(help="Put at most N nodes back to float.")]
 _CacheDir = Annotated[
@@ -131,6 +146,8 @@ def command(
     max_fallback: _MaxFallback = None,
     threads: Threads = None,
     cache_dir: _CacheDir = None,
+    gather_int8: _GatherInt8 = None,
+    latency_batches: _LatencyBatches = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Quantize to int8 (QDQ) with calibrated ranges.
@@ -164,10 +181,27 @@ def command(
             "max_fallback": max_fallback,
             "threads": threads,
             "cache_dir": path_str(cache_dir),
+            "gather_int8": gather_int8,
+            "latency_batches": _batches(latency_batches),
         },
         "quantize",
     )
     execute(recipe, print_recipe)
+
+
+def _batches(text: str | None) -> list[int] | None:
+    """'1,8' → [1, 8]; 'off' → [] (no latency check); None → the stage's default."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("off", "none", ""):
+        return []
+    try:
+        out = [int(b) for b in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise InvalidInput(f"--latency-batches '{text}': batch sizes like 1,8, or off")
+    return out
 
 
 def _image_options(items: list[str]) -> dict:

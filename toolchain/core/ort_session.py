@@ -51,6 +51,7 @@ def ort_session(
     config: Mapping[str, str] | None = None,
     spinning: bool = True,
     providers: list[Any] | None = None,
+    profile: Path | None = None,
 ) -> Any:
     """An onnxruntime session on `path`, on the CPU unless `providers` says otherwise
     (onnxruntime's list: names or (name, options) pairs, in order of preference).
@@ -73,6 +74,9 @@ def ort_session(
         so.inter_op_num_threads = 1
     if save_to is not None:
         so.optimized_model_filepath = str(save_to)
+    if profile is not None:  # onnxruntime's profiler: a JSON trace at end_profiling()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile)
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in (config or {}).items():

@@ -146,7 +146,22 @@ def quantize_static_qdq(
                 use_external_data_format=is_large(model_path),
                 extra_options=options,
             )
-    return out_path
+    return with_int8_gathers(out_path, preset, plan)
+
+
+def with_int8_gathers(path: Path, preset: Preset, plan: Plan) -> Path:
+    """The preset's int8 embedding tables (quantize/gather.py), in the model at `path`; a
+    Gather the plan keeps in float (--exclude, the fallback loop) keeps its table."""
+    from toolchain.quantize.gather import quantize_gathers
+
+    if not preset.gather_int8:
+        return path
+    model = onnx.load(str(path))
+    if quantize_gathers(model, exclude=plan.excluded):
+        for p in Path(path).parent.glob(Path(path).name + ".data"):
+            p.unlink()  # save_model writes the data file again if it is still needed
+        save_model(model, Path(path))
+    return path
 
 
 def quantize_dynamic_model(model_path: Path, out_path: Path, preset: Preset, plan: Plan) -> Path:
@@ -166,7 +181,7 @@ def quantize_dynamic_model(model_path: Path, out_path: Path, preset: Preset, pla
             use_external_data_format=is_large(model_path),
             extra_options={"MatMulConstBOnly": True},
         )
-    return out_path
+    return with_int8_gathers(out_path, preset, plan)
 
 
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention")

@@ -56,6 +56,11 @@ class QuantizeStage(Gated):
     batch_size: int = Field(default=16, ge=1)
     threads: int | None = Field(default=None, ge=1)
     cache_dir: str | None = None  # calibration cache; default: the run's (.edgesmith/cache)
+    gather_int8: bool | None = None  # int8 embedding tables; None: the preset's
+    # The int8 engine must not be slower than fp32 at these batch sizes on this machine
+    # (quantize/latency.py); None: 1 and 8 for ort-cpu, off for targets we cannot time here.
+    latency_batches: list[int] | None = None
+    latency_rounds: int = Field(default=30, ge=3)
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
 
     @model_validator(mode="after")
@@ -75,7 +80,15 @@ def _preset(cfg: QuantizeStage):
         preset = replace(preset, outlier_ratio=cfg.outlier_ratio or None)
     if cfg.smooth_alpha is not None:
         preset = replace(preset, smooth_alpha=cfg.smooth_alpha or None)
+    if cfg.gather_int8 is not None:
+        preset = replace(preset, gather_int8=cfg.gather_int8)
     return preset
+
+
+def latency_batches(cfg: QuantizeStage) -> list[int]:
+    if cfg.latency_batches is not None:
+        return [b for b in cfg.latency_batches if b > 0]
+    return [1, 8] if cfg.target == "ort-cpu" else []
 
 
 def cache_context(cfg: QuantizeStage) -> dict:
@@ -122,14 +135,52 @@ def _quantize(src, cfg, preset, plan, data, work: Workdir, tmp: Path, report: di
 
 def _report_nodes(report: dict, qproto, plan) -> list[str]:
     from toolchain.quantize import qdq
+    from toolchain.quantize.gather import quantized_gathers
 
     quantized = qdq.quantized_nodes(qproto)
     report["nodes"] = {
         "quantized": len(quantized),
         "float": dict(plan.excluded.items()),
         "quantized_names": quantized,
+        "int8_gathers": quantized_gathers(qproto),
     }
     return quantized
+
+
+def _latency(src, final, cfg, preset, plan, prepared, data, tmp: Path, work, report):
+    """Nodes back to float where int8 makes the engine slower (quantize/latency.py); the
+    source model itself if int8 never pays here."""
+    import onnx
+
+    from toolchain.quantize import qdq
+    from toolchain.quantize.latency import EngineTimer, feeds_from, latency_fallback
+
+    base = prepared.path if prepared else Path(src.path)
+    proto = onnx.load(str(base), load_external_data=False)
+    already = report.get("fallback", {}).get("float_nodes", [])
+    nodes = [n for n in plan.quantized(proto) if n not in already]
+    (tmp / "latency").mkdir()
+    made = iter(range(1 << 30))
+
+    def make(floats: list[str]) -> Path:
+        p = plan.with_float([*already, *floats], "latency: int8 slower than float here")
+        path = tmp / "latency" / f"{next(made)}-{MODEL_FILE}"
+        if prepared:
+            return qdq.quantize_static_qdq(prepared.path, path, prepared.ranges, preset, p)
+        return qdq.quantize_dynamic_model(src.path, path, preset, p)
+
+    batches = latency_batches(cfg)
+    timer = EngineTimer(Path(src.path), feeds_from(data, batches), cfg.latency_rounds,
+                        cfg.threads, tmp / "latency")  # fmt: skip
+    work.log(f"latency: int8 against fp32 engines at batch {', '.join(map(str, batches))}")
+    path, floated, lat = latency_fallback(final, make, nodes, proto, timer, work.log)
+    report["latency"] = {**lat, "isa": preset.isa}
+    work.log(f"latency: {lat['verdict']}")
+    plan = plan.with_float(floated, "latency: int8 slower than float here")
+    if path is not None:
+        return path, plan
+    fp32 = tmp / "latency" / f"fp32-{MODEL_FILE}"
+    return qdq.save_model(onnx.load(str(src.path)), fp32), plan.with_float(nodes, "latency")
 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
@@ -171,10 +222,24 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
         first, prepared = _quantize(src, cfg, preset, plan, calib, work, tmp, report)
         plan = prepared.plan if prepared else plan
         final, passed, summary = first, True, ""
-        if evals is not None:
-            loop = AccuracyLoop(src.path, evals, cfg, preset, tmp, work.log)
+        loop = AccuracyLoop(src.path, evals, cfg, preset, tmp, work.log) if evals else None
+        if loop is not None:
             outcome = loop.run(first, prepared, report, out)
             final, passed, summary = outcome.path, outcome.passed, outcome.summary
+        if passed and latency_batches(cfg) and not (calib or evals):
+            report["latency"] = {"verdict": "not checked: no data to time it on (give "
+                                 "--calibration or --eval)"}  # fmt: skip
+            work.log(f"latency: {report['latency']['verdict']}")
+        elif passed and latency_batches(cfg):
+            timed, plan = _latency(src, final, cfg, preset, plan, prepared, calib or evals,
+                                   tmp, work, report)  # fmt: skip
+            if timed != final and loop is not None:  # more float: the gate is checked again
+                passed, verdict, checks = loop.check(timed)
+                report["gate"]["after_latency"] = {"passed": passed, "checks": checks}
+                summary = f"after the latency fallback {verdict}"
+            if timed.name.startswith("fp32-"):
+                summary = report["latency"]["verdict"]
+            final = timed
         model_path = _install(final, out)
         report["carried"] = carry_preprocessing(Path(src.path).parent, out)
     finally:
@@ -186,6 +251,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
         check_qdq_rules(model_path)
     quantized = _report_nodes(report, qproto, plan)
     float_nodes = report.get("fallback", {}).get("float_nodes", [])
+    float_nodes += report.get("latency", {}).get("float_nodes", [])
     report["passed"] = passed
     report["seconds"] = round(time.perf_counter() - start, 2)
     summary = summary or f"{len(quantized)} nodes in int8 ({preset.name}, {cfg.method})"
@@ -194,7 +260,9 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     art = ModelArtifact(
         model_path,
         Format.onnx,
-        precision=Precision.mixed if float_nodes else Precision.int8,
+        precision=_precision(
+            quantized, float_nodes or report.get("latency", {}).get("float_nodes")
+        ),
         io=io_from_onnx(qproto),
         sha256=onnx_digest(model_path, qproto),
         parent=src.sha256,
@@ -204,6 +272,12 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     keys = ("method", "preset", "why", "isa", "calibration", "gate", "fallback", "nodes")
     metrics = {k: report[k] for k in keys if k in report}
     return StageResult(art, metrics, passed=passed, summary=summary)
+
+
+def _precision(quantized: list[str], float_nodes) -> Precision:
+    if not quantized:
+        return Precision.fp32  # the latency check found int8 slower everywhere
+    return Precision.mixed if float_nodes else Precision.int8
 
 
 STAGE = Stage(

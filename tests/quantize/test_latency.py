@@ -1,0 +1,97 @@
+"""The latency-aware fallback (toolchain/quantize/latency.py): int8 stays only where the engine
+is not slower for it. The decisions are tested with an injected timer whose figures follow
+which nodes a candidate model quantizes (timing a 2-core test host would be a coin toss);
+one test times real engines and checks only what must hold whatever the host."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from toolchain.quantize import latency
+from toolchain.quantize.qdq import quantized_nodes
+
+FC_COST = 0.3  # the fc layer in int8 makes the engine 30% slower, the convs 5% faster each
+
+
+def _fake_ratios(self, *paths):
+    """1.0 plus FC_COST if fc is quantized, minus 0.05 per quantized conv, at every batch."""
+    out = []
+    for p in paths:
+        q = set(quantized_nodes(onnx.load(str(p))))
+        r = 1.0 + FC_COST * ("fc" in q) - 0.05 * len({"conv1", "conv2"} & q)
+        out.append({b: round(r, 4) for b in self.feeds})
+    return out
+
+
+def _quantize(cli, conv_net, out, *flags):
+    r = cli("quantize", conv_net["model"], "-o", out, "--calibration", conv_net["calib"],
+            "--latency-batches", "1,8", *flags)  # fmt: skip
+    assert r.code == 0, r.stderr
+    return json.loads((out / "report.json").read_text())
+
+
+def test_a_node_that_does_not_pay_is_kept_in_float(cli, conv_net, tmp_path, monkeypatch):
+    monkeypatch.setattr(latency.EngineTimer, "ratios", _fake_ratios)
+    report = _quantize(cli, conv_net, tmp_path / "q")
+    lat = report["latency"]
+    assert lat["int8_over_fp32"] == {"1": 1.2, "8": 1.2}  # all int8: slower
+    assert lat["float_nodes"] == ["fc"]  # the one that does not pay, and nothing else
+    assert lat["final_int8_over_fp32"] == {"1": 0.9, "8": 0.9}
+    assert [t["kept_float"] for t in lat["trials"]] == [False, True]  # the convs stay int8
+    q = quantized_nodes(onnx.load(str(tmp_path / "q" / "model.onnx")))
+    assert "fc" not in q and {"conv1", "conv2"} <= set(q)
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["artifact"]["precision"] == "mixed"
+    assert lat["isa"]["arch"]  # the report names the host it was measured on
+
+
+def test_int8_that_never_pays_leaves_the_model_fp32(cli, conv_net, tmp_path, monkeypatch):
+    def always_slower(self, *paths):
+        return [{b: 1.25 for b in self.feeds} for _ in paths]
+
+    monkeypatch.setattr(latency.EngineTimer, "ratios", always_slower)
+    report = _quantize(cli, conv_net, tmp_path / "q")
+    assert "stays fp32" in report["latency"]["verdict"] and "stays fp32" in report["summary"]
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    assert not quantized_nodes(model)
+    assert not [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["artifact"]["precision"] == "fp32"
+
+
+def test_no_check_when_int8_is_already_faster(cli, conv_net, tmp_path, monkeypatch):
+    monkeypatch.setattr(latency.EngineTimer, "ratios",
+                        lambda self, *p: [{b: 0.7 for b in self.feeds} for _ in p])  # fmt: skip
+    lat = _quantize(cli, conv_net, tmp_path / "q")["latency"]
+    assert lat["trials"] == [] and lat["float_nodes"] == []
+
+
+def test_segments_take_the_pass_through_ops_with_their_product(conv_net):
+    model = onnx.load(str(conv_net["model"]))
+    nodes = ["conv1", "relu1", "conv2", "relu2", "fc"]
+    segs = latency.segments(model, nodes)
+    assert segs["conv1"] == ["conv1", "relu1"] and segs["fc"] == ["fc"]
+    groups = latency.trial_groups(model, nodes)
+    assert {g[0] for g in groups[:2]} == {"all Conv", "all Gemm"}
+    assert ("conv1", ["conv1", "relu1"]) in groups  # then single segments
+
+
+def test_bad_latency_batches_are_refused(cli, conv_net, tmp_path):
+    r = cli("quantize", conv_net["model"], "-o", tmp_path / "q", "--calibration",
+            conv_net["calib"], "--latency-batches", "1,x")  # fmt: skip
+    assert r.code == 2 and "--latency-batches '1,x'" in r.stderr
+
+
+@pytest.mark.slow
+def test_real_engines_ship_int8_only_if_not_slower(cli, conv_net, tmp_path):
+    """Real timing on this host: whatever it decides, a shipped int8 model measured no slower
+    than fp32 at every batch, and an fp32 result says int8 never paid."""
+    lat = _quantize(cli, conv_net, tmp_path / "q")["latency"]
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    if quantized_nodes(model):
+        assert max(lat["final_int8_over_fp32"].values()) <= 1.0
+    else:
+        assert "stays fp32" in lat["verdict"]

@@ -1,0 +1,177 @@
+"""Latency-aware fallback: int8 stays only where the engine is not slower for it.
+
+Int8 pays where a product is large enough for the faster kernel to outrun the Quantize and
+Dequantize work around it; on a small layer, or at batch 1, it may not (the digits CNN's
+int8 engine was 1.07x its fp32 one at batch 1). Which way it goes depends on the CPU, so it
+is measured on the engine that ships, on this machine: the int8 and fp32 ort-cpu engines
+side by side (interleaved rounds, medians) at each batch size asked for. While int8 is slower
+at some batch, quantized nodes go back to float one at a time, smallest weight first (where
+the overhead weighs most), each kept in float only if the engine got faster; if int8 is still
+slower when the candidates run out, the model stays fp32 and the report says so.
+
+The figures hold for this machine's instruction set (the report names it); a device of
+another kind should quantize on its own kind (or pass --latency-batches off).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+MAX_TRIALS = 12
+
+
+def weight_sizes(model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, int]:
+    """Elements of the initializers each node reads (0 for nodes without weights)."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    return {
+        name: sum(sizes.get(i, 0) for i in by_name[name].input) for name in nodes if name in by_name
+    }
+
+
+def segments(model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[str]]:
+    """Each quantized weighted node with the weightless quantized nodes that follow it up to
+    the next weighted one (Conv → Relu → MaxPool): int8 pass-through ops only pay beside an
+    int8 product, so they go to float with it."""
+    sizes = weight_sizes(model, nodes)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    by_name = {n.name: n for n in model.graph.node}
+    out = {}
+    for w in (n for n in nodes if sizes.get(n)):
+        seg, todo = [w], list(by_name[w].output)
+        while todo:
+            for c in consumers.get(todo.pop(), []):
+                if c.name in sizes and not sizes[c.name] and c.name not in seg:
+                    seg.append(c.name)
+                    todo.extend(c.output)
+        out[w] = seg
+    return out
+
+
+def trial_groups(model: onnx.ModelProto, nodes: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """What to try in float, in order: the segments (segments()) of each weighted op type as a
+    whole, smallest total weight first, then single segments, smallest first. A float island
+    in an int8 chain costs a Quantize/Dequantize pair, so whole groups come first."""
+    sizes = weight_sizes(model, nodes)
+    segs = segments(model, nodes)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    by_type: dict[str, list[str]] = {}
+    for w in segs:
+        by_type.setdefault(ops[w], []).append(w)
+    out = []
+    for t, ws in sorted(by_type.items(), key=lambda kv: sum(sizes[w] for w in kv[1])):
+        out.append((f"all {t}", [n for w in ws for n in segs[w]]))
+    singles = sorted((w for ws in by_type.values() if len(ws) > 1 for w in ws),
+                     key=lambda w: (sizes[w], w))  # fmt: skip
+    return out + [(w, segs[w]) for w in singles]
+
+
+@dataclass
+class EngineTimer:
+    """ort-cpu engines of candidate models, timed against the fp32 engine of the source."""
+
+    source: Path
+    feeds: dict[int, dict[str, np.ndarray]]  # batch → feeds
+    rounds: int = 30
+    threads: int | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    _fp32: Any = None
+
+    def session(self, path: Path):
+        from targets.base import BuildConfig
+        from targets.ort_cpu import OrtCpu
+        from toolchain.core.artifact import Format, ModelArtifact
+
+        out = Path(tempfile.mkdtemp(prefix="engine-", dir=self.workdir))
+        try:
+            art = OrtCpu().build(ModelArtifact.at(path, Format.onnx), BuildConfig({}), out)
+            return OrtCpu().load(art, threads=self.threads, spinning=False).session
+        finally:
+            shutil.rmtree(out, ignore_errors=True)  # the session holds the model in memory
+
+    def ratios(self, *paths: Path) -> list[dict[int, float]]:
+        """Each path's engine over the fp32 engine, per batch: all timed in one interleave
+        (medians), each call repeated to at least ~2 ms so microsecond models time steadily."""
+        import time
+
+        from toolchain.bench import interleaved
+
+        if self._fp32 is None:
+            self._fp32 = self.session(self.source)
+        sessions = {"fp32": self._fp32, **{str(i): self.session(p) for i, p in enumerate(paths)}}
+        out: list[dict[int, float]] = [{} for _ in paths]
+        for batch, f in self.feeds.items():
+            fns = {k: (lambda s=s, f=f: s.run(None, f)) for k, s in sessions.items()}
+            t = time.perf_counter()
+            for _ in range(3):
+                fns["fp32"]()
+            inner = max(1, int(0.002 / max((time.perf_counter() - t) / 3, 1e-7)))
+            times = interleaved(fns, self.rounds, inner=inner, warmup=3)
+            for i in range(len(paths)):
+                out[i][batch] = round(times[str(i)] / times["fp32"], 4)
+        return out
+
+
+def feeds_from(data, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Real samples for each batch size (repeated when the data has fewer)."""
+    arrays = data.feeds
+    out = {}
+    for b in batches:
+        out[b] = {}
+        for name, a in arrays.items():
+            reps = -(-b // len(a))
+            out[b][name] = np.ascontiguousarray(np.concatenate([a] * reps)[:b])
+    return out
+
+
+def latency_fallback(
+    first: Path,
+    make: Callable[[list[str]], Path],
+    nodes: Sequence[str],
+    model: onnx.ModelProto,
+    timer: EngineTimer,
+    log: Callable[[str], None],
+) -> tuple[Path | None, list[str], dict[str, Any]]:
+    """(model, nodes put back to float, report); model None: int8 never paid, ship fp32."""
+    (ratios,) = timer.ratios(first)
+    report: dict[str, Any] = {"batches": sorted(timer.feeds), "rounds": timer.rounds,
+                              "int8_over_fp32": ratios, "trials": []}  # fmt: skip
+    current, floated = first, []
+    trials = [g for g in trial_groups(model, nodes)][:MAX_TRIALS]
+    for label, group in trials:
+        if max(ratios.values()) <= 1.0:
+            break
+        todo = [n for n in group if n not in floated]
+        if not todo:
+            continue
+        path = make([*floated, *todo])
+        now, trial = timer.ratios(current, path)  # the two side by side, against fp32
+        kept = max(trial.values()) < max(now.values())
+        report["trials"].append({"float": label, "nodes": len(todo), "before": now,
+                                 "after": trial, "kept_float": kept})  # fmt: skip
+        log(f"latency: {label} in float: {now} -> {trial} ({'kept' if kept else 'undone'})")
+        ratios = trial if kept else now
+        if kept:
+            current, floated = path, [*floated, *todo]
+    worst = max(ratios.values())
+    report["final_int8_over_fp32"] = ratios
+    report["float_nodes"] = floated
+    if worst > 1.0:
+        report["verdict"] = (
+            f"int8 is slower than fp32 here at batch {max(ratios, key=ratios.get)} "
+            f"({worst:.2f}x) with every trial: the model stays fp32"
+        )
+        return None, floated, report
+    report["verdict"] = f"int8 engine at {worst:.2f}x fp32 or better at every batch measured"
+    return current, floated, report
