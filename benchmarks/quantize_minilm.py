@@ -57,13 +57,14 @@ def sentences(n_eval: int) -> tuple[Path, Path]:
     return calib, ev
 
 
-# --variants: more of our settings, accuracy only (no latency), same held-out sentences
+# --variants: more of our settings, same held-out sentences, each as its engine beside fp32
 VARIANTS = {
     "ours, no smoothing": ["--smooth-alpha", "0"],
     "ours percentile": ["--method", "percentile"],
     "ours entropy": ["--method", "entropy"],
     "ours, FFN out float": ["--exclude", "*/layer.?/output/dense/MatMul"],
     "ours, no outlier split": ["--outlier-ratio", "0"],
+    "ours, neither": ["--outlier-ratio", "0", "--smooth-alpha", "0"],
 }
 
 
@@ -82,6 +83,8 @@ def build_variants(calib: Path) -> dict[str, Path]:
             str(CALIB_SAMPLES),
             "--threads",
             str(THREADS),
+            "--latency-batches",
+            "off",  # the variants' own speed is measured below, side by side
             *flags,
         )
         out[name] = WORK / f"variant-{i}" / "model.onnx"
@@ -330,14 +333,16 @@ def main() -> None:
     )
     if args.variants:
         more = build_variants(calib)
-        va = accuracy({"fp32": sessions["fp32"], **{k: session(p) for k, p in more.items()}}, feeds)
-        results["variants"] = va
-        print("variants (accuracy only):")
+        vs = {"fp32": sessions["fp32"], **{k: engine_session(p, k) for k, p in more.items()}}
+        va, vl = accuracy(vs, feeds), latency(vs, feeds, args.rounds)
+        results["variants"] = {"accuracy": va, "latency_ms": vl}
+        print("variants (each beside fp32 in its own interleaved run):")
         for name in more:
             a = va[name]
             print(
-                f"  {name:<24} cos mean {a['cos_mean']:.4f}  cos min {a['cos_min']:.4f}  "
-                f"NN agree {a['nn_agreement']:.3f}"
+                f"  {name:<24} b1 x{vl[1][name] / vl[1]['fp32']:.2f}  "
+                f"b8 x{vl[8][name] / vl[8]['fp32']:.2f}  cos mean {a['cos_mean']:.4f}  "
+                f"cos min {a['cos_min']:.4f}  NN agree {a['nn_agreement']:.3f}"
             )
     if not args.skip_memory:
         mem = memory()

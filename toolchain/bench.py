@@ -85,8 +85,11 @@ def interleaved(
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(rounds):
+        # every other round in reverse (A B, B A): a slot's own bias (the first call after
+        # another model's ran, with colder caches) falls on each fn alike
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             t = time.perf_counter()
             for _ in range(inner):
                 fn()

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-MIN_TABLE_BYTES = 1 << 20  # smaller tables (position, token type) stay float: nothing to gain
+MIN_TABLE_BYTES = 1 << 18  # smaller tables (token types) stay float: nothing to gain
 
 
 def int8_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

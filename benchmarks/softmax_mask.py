@@ -1,0 +1,86 @@
+"""Why attention's Softmax costs as much in the int8 engine as in fp32, and most at padding.
+
+onnxruntime's CPU Softmax on the attention scores of all-MiniLM-L6-v2 at batch 8 (shape
+[8, 12, 128, 128], 2 threads), with half of each row masked the way the exported BERT graph
+masks padding (finfo(float32).min added), and with other masked values: exp of an input more
+than ~87 below the row's maximum (a denormal or underflowing result) takes a slow path; then
+with onnxruntime's denormal-as-zero session setting at 1-3 threads.
+
+    .venv/bin/python benchmarks/softmax_mask.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from benchmarks.int8_profile import isa
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    shape = [8, 12, 128, 128]
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    graph = helper.make_graph(
+        [node], "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    print(f"ISA: {isa()}; onnxruntime {ort.__version__}; Softmax {shape}, 2 threads")
+    rng = np.random.default_rng(0)
+    cases = [
+        ("no mask", None),
+        ("half masked, -20", -20.0),
+        ("half masked, -80", -80.0),
+        ("half masked, -88", -88.0),
+        ("half masked, -1e4", -1e4),
+        ("half masked, finfo.min (the exported mask)", float(np.finfo(np.float32).min)),
+    ]
+    for label, value in cases:  # fmt: skip
+        x = rng.standard_normal(shape).astype(np.float32)
+        if value is not None:
+            x[..., 64:] = value
+        for _ in range(3):
+            s.run(None, {"x": x})
+        t = time.perf_counter()
+        for _ in range(args.runs):
+            s.run(None, {"x": x})
+        print(f"  {label:<44} {(time.perf_counter() - t) / args.runs * 1e3:7.3f} ms")
+    # flush-to-zero: onnxruntime sets it on its pool threads only, not on the calling thread,
+    # which runs its share of the work (so at 1 or 2 threads it cannot help)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[..., 64:] = float(np.finfo(np.float32).min)
+    for threads in (1, 2, 3):
+        for daz in ("0", "1"):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.add_session_config_entry("session.set_denormal_as_zero", daz)
+            d = ort.InferenceSession(model.SerializeToString(), so,
+                                     providers=["CPUExecutionProvider"])  # fmt: skip
+            for _ in range(3):
+                d.run(None, {"x": x})
+            t = time.perf_counter()
+            for _ in range(args.runs):
+                d.run(None, {"x": x})
+            ms = (time.perf_counter() - t) / args.runs * 1e3
+            print(
+                f"  finfo.min mask, {threads} thread(s), set_denormal_as_zero={daz}: {ms:7.3f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
