@@ -90,3 +90,50 @@ def test_unavailable_target_exits_3(cli, digits_onnx, tmp_path, monkeypatch):
     r = cli("build", digits_onnx, "--target", "trt-gpu", "-o", tmp_path / "e")
     assert r.code == 3 and "trt-gpu" in r.stderr and "no CUDA device (test)" in r.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_int8_bias_moves_past_an_outlier_add():
+    """MatMulIntegerToFloat → Add(outlier product) → Add(bias): the bias goes into the
+    MatMul, the outlier Add stays, and the outputs do not change."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from targets.ort_cpu import fuse_int8_bias
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.integers(-127, 127, (6, 4), dtype=np.int8), "w"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "a_scale"),
+        numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            ["a", "w", "a_scale", "w_scale"],
+            ["mm"],
+            domain="com.microsoft",
+            name="mm",
+        ),  # fmt: skip
+        helper.make_node("Add", ["mm", "outliers"], ["with_outliers"], name="outlier_add"),
+        helper.make_node("Add", ["with_outliers", "bias"], ["y"], name="bias_add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 6]),
+         helper.make_tensor_value_info("outliers", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    feeds = {"a": rng.integers(0, 255, (3, 6), dtype=np.uint8),
+             "outliers": rng.standard_normal((3, 4)).astype(np.float32)}  # fmt: skip
+    before = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    assert fuse_int8_bias(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMulIntegerToFloat", "Add"]
+    assert model.graph.node[0].input[6] == "bias"
+    onnx.checker.check_model(model)
+    after = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
