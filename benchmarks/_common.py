@@ -5,6 +5,18 @@ from __future__ import annotations
 from toolchain.bench import interleaved  # noqa: F401  (the one timer, re-exported here)
 
 
+def isa() -> str:
+    """The host's instruction set as every benchmark prints it: arch, the ort-cpu preset it
+    gets and why, and the int8-relevant flags."""
+    from toolchain.quantize.presets import cpu_preset_name, detect_isa
+
+    i = detect_isa()
+    name, why = cpu_preset_name(i)
+    flags = ", ".join(sorted(i.flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
+                                        "amx_int8"}))  # fmt: skip
+    return f"{i.arch}, {why} ({flags}); preset {name}"
+
+
 def held_out_sentences(n: int) -> list[str]:
     """n real English sentences (stdlib docstrings, the held-out modules), deterministic."""
     from calibration.sentences import split_sentences

@@ -20,8 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved  # noqa: E402
-from benchmarks.int8_profile import isa  # noqa: E402
+from benchmarks._common import interleaved, isa  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 

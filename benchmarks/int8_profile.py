@@ -27,6 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._common import isa  # noqa: E402
+
 BIN = Path(sys.executable).parent
 THREADS, SEQ = 2, 128
 
@@ -39,15 +41,6 @@ KINDS = {
     "layout": ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Slice",
                "Gather", "Shape", "Expand", "ReorderInput", "ReorderOutput", "Cast"),
 }  # fmt: skip
-
-
-def isa() -> str:
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
-
-    i = detect_isa()
-    flags = ", ".join(sorted(i.flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                        "amx_int8"}))  # fmt: skip
-    return f"{i.arch}, {cpu_preset_name(i)[1]} ({flags})"
 
 
 def kind(op: str) -> str:

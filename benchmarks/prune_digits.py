@@ -24,19 +24,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toolchain.bench import interleaved  # noqa: E402
+from benchmarks._common import interleaved, isa  # noqa: E402
 
 DIGITS = Path("build/digits")
 OUT = Path("build/bench_prune_digits")
 THREADS = 2
 BATCHES = (1, 64)
-
-
-def isa() -> str:
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
-
-    i = detect_isa()
-    return f"{i.arch}, {cpu_preset_name(i)[1]}"
 
 
 def run_recipe(name: str, stages: list[dict]) -> list:

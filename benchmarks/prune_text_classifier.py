@@ -26,18 +26,11 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toolchain.bench import interleaved  # noqa: E402
+from benchmarks._common import interleaved, isa  # noqa: E402
 
 TC = Path("build/text_classifier")
 OUT = Path("build/bench_prune")
 THREADS = 2
-
-
-def isa() -> str:
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
-
-    i = detect_isa()
-    return f"{i.arch}, {cpu_preset_name(i)[1]}"
 
 
 def run_recipe(name: str, stages: list[dict], out: Path = OUT, source: Path = TC / "model") -> list:

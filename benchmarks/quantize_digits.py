@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved  # noqa: E402
+from benchmarks._common import interleaved, isa  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 DIGITS = ROOT / "build" / "digits"
@@ -47,15 +47,6 @@ def session(path: Path, name: str):
     sh(BIN / "edgesmith", "build", path, "--target", "ort-cpu", "-o", out)
     art = ModelArtifact.at(out, Format.engine)
     return OrtCpu().load(art, threads=THREADS, spinning=False).session
-
-
-def isa() -> str:
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
-
-    i = detect_isa()
-    flags = ", ".join(sorted(i.flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
-                                        "amx_int8"}))  # fmt: skip
-    return f"{i.arch}, {cpu_preset_name(i)[1]} ({flags})"
 
 
 def main() -> None:

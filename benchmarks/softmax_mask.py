@@ -25,7 +25,7 @@ def main() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from benchmarks.int8_profile import isa
+    from benchmarks._common import isa
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
