@@ -95,3 +95,23 @@ def test_real_engines_ship_int8_only_if_not_slower(cli, conv_net, tmp_path):
         assert max(lat["final_int8_over_fp32"].values()) <= 1.0
     else:
         assert "stays fp32" in lat["verdict"]
+        assert json.loads((tmp_path / "q" / "manifest.json").read_text())["artifact"][
+            "precision"] == "fp32"  # fmt: skip
+
+
+def test_a_model_with_every_node_in_float_is_called_fp32(cli, conv_net, tmp_path, monkeypatch):
+    """Each step pays, and the last leaves nothing in int8: that is the fp32 model, said so."""
+
+    def each_node_costs(self, *paths):
+        out = []
+        for p in paths:
+            q = set(quantized_nodes(onnx.load(str(p))))
+            r = 0.95 + 0.1 * len({"conv1", "conv2", "fc"} & q)
+            out.append({b: round(r, 4) for b in self.feeds})
+        return out
+
+    monkeypatch.setattr(latency.EngineTimer, "ratios", each_node_costs)
+    report = _quantize(cli, conv_net, tmp_path / "q")
+    assert report["latency"]["verdict"].startswith("every quantized product went back to float")
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["artifact"]["precision"] == "fp32"

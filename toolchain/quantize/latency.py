@@ -90,6 +90,7 @@ class EngineTimer:
     threads: int | None = None
     workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     _fp32: Any = None
+    _sessions: dict = field(default_factory=dict)
 
     def session(self, path: Path):
         from targets.base import BuildConfig
@@ -112,7 +113,10 @@ class EngineTimer:
 
         if self._fp32 is None:
             self._fp32 = self.session(self.source)
-        sessions = {"fp32": self._fp32, **{str(i): self.session(p) for i, p in enumerate(paths)}}
+        for p in paths:  # one session per model for the whole check: the incumbent is
+            if p not in self._sessions:  # timed by the same session in every trial
+                self._sessions[p] = self.session(p)
+        sessions = {"fp32": self._fp32, **{str(i): self._sessions[p] for i, p in enumerate(paths)}}
         out: list[dict[int, float]] = [{} for _ in paths]
         for batch, f in self.feeds.items():
             fns = {k: (lambda s=s, f=f: s.run(None, f)) for k, s in sessions.items()}
@@ -120,7 +124,9 @@ class EngineTimer:
             for _ in range(3):
                 fns["fp32"]()
             inner = max(1, int(0.005 / max((time.perf_counter() - t) / 3, 1e-7)))
-            times = interleaved(fns, self.rounds, inner=inner, warmup=3)
+            # a new session's first calls are slow (allocations, thread start): warm each
+            # for as long as several samples take, not a fixed few calls
+            times = interleaved(fns, self.rounds, inner=inner, warmup=3 * inner)
             for i in range(len(paths)):
                 out[i][batch] = round(times[str(i)] / times["fp32"], 4)
         return out
@@ -170,6 +176,10 @@ def latency_fallback(
     worst = max(ratios.values())
     report["final_int8_over_fp32"] = ratios
     report["float_nodes"] = floated
+    products = {n for n, size in weight_sizes(model, nodes).items() if size}
+    if products <= set(floated):  # pass-through ops left alone in int8 only cost Q/DQ
+        report["verdict"] = "every quantized product went back to float: the model stays fp32"
+        return None, floated, report
     if worst > 1.0:
         report["verdict"] = (
             f"int8 is slower than fp32 here at batch {max(ratios, key=ratios.get)} "
