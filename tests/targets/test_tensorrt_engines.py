@@ -311,3 +311,40 @@ def test_validate_and_bench_a_trt_engine_through_the_cli(fake_trt, cli, tmp_path
     r = cli("bench", tmp_path / "e", "--target", "trt-gpu", "--batch", "1,4",
             "--iterations", "3", "--warmup", "1", "-o", tmp_path / "b")  # fmt: skip
     assert r.code == 0, r.stderr
+
+
+def test_builds_at_once_both_land_in_the_shared_timing_cache(fake_trt, tmp_path, monkeypatch):
+    """Two builds merging into one shared cache at the same time: the directory lock keeps
+    either from overwriting the other's entries (a slow merge widens the window)."""
+    import threading
+    import time
+
+    mod = fake_trt()
+    combine = mod.ITimingCache.combine
+
+    def slow_combine(self, other, ignore_mismatch):
+        time.sleep(0.3)  # between reading the shared file and writing it back
+        return combine(self, other, ignore_mismatch)
+
+    monkeypatch.setattr(mod.ITimingCache, "combine", slow_combine)
+    shared = tmp_path / "caches" / "trt.cache"
+    shared.parent.mkdir()
+    srcs = [trt_models.conv_net(tmp_path / "a.onnx"),
+            trt_models.conv_net(tmp_path / "b.onnx", qdq=True)]  # fmt: skip
+    arts, errors = {}, []
+
+    def build(i):
+        try:
+            arts[i] = _build(srcs[i], tmp_path, {"shared_timing_cache": str(shared)}, f"e{i}")
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    entries = set(json.loads(shared.read_bytes())["entries"])
+    for art in arts.values():
+        assert set(json.loads((art.path / "timing.cache").read_bytes())["entries"]) <= entries
