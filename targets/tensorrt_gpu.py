@@ -177,6 +177,28 @@ def layer_information(plan: bytes, host_code: bool) -> dict[str, Any]:
     return json.loads(info)
 
 
+def build_plan(source: Path, io: IoSpec, opts: TrtOptions, profiles, fp32, *, typed: bool,
+               int8: bool, sparse: bool):  # fmt: skip
+    """(the serialized plan, the builder config, whether its timing cache was seeded). An fp16
+    build parses this target's fp16 copy of the model, made in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="edgesmith-trt-") as tmp:
+        parsed = source
+        if opts.fp16 and typed:
+            full = onnx.load(str(source))  # with its external data
+            parsed = fp16_model(full, *fp32, Path(tmp) / "model.fp16.onnx")
+        # The parser owns the weights the network points to: keep it until the build ends.
+        builder, network, _parser = network_from_onnx_path(parsed, typed)
+        check_network(network, io, profiles, source)
+        config = builder_config(builder, opts, profiles, typed=typed, int8=int8, sparse=sparse)
+        seeded = attach_timing_cache(config, opts)
+        trt_logger().errors.clear()
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            why = trt_logger().last_error("no reason")
+            raise InvalidInput(f"TensorRT could not build the engine: {why}")
+        return bytes(plan), config, seeded
+
+
 class TrtGpu:
     """Target `trt-gpu`: TensorRT 10 on the CUDA device torch sees as current.
 
@@ -242,17 +264,21 @@ class TrtGpu:
         # Everything that can be checked without TensorRT is checked first, so bad options
         # and models give InvalidInput on any machine.
         opts = parse_options(cfg.options, self.OPTIONS)
-        if opts.timing_cache and opts.shared_timing_cache:
-            raise InvalidInput(
-                "trt-gpu options: give timing_cache or shared_timing_cache, not both"
-            )
         proto = check_onnx(model.path)
         io = io_from_onnx(proto)
         profiles = profile_shapes(io, opts)
         types = quantized_types(proto)
         int8, int8_reason = int8_setting(opts.int8, types, model.path)
         sparse, sparse_record = sparse_setting(opts.sparse_weights, proto)
-        fp32_nodes, fp32_ops = fp32_layer_lists(proto, opts.fp32_layers)
+        fp32 = fp32_layer_lists(proto, opts.fp32_layers)
+        decided = {
+            "fp16": opts.fp16, "fp32_layers": {"nodes": fp32[0], "op_types": fp32[1]},
+            "tf32": opts.tf32, "int8": int8, "int8_reason": int8_reason,
+            "quantized_types": types, "sparse_weights": sparse, "sparse": sparse_record,
+            "optimization_level": opts.optimization_level,
+            "hardware_compatibility": opts.hardware_compatibility,
+            "version_compatible": opts.version_compatible, "profiles": profiles_to_json(profiles),
+        }  # fmt: skip
         why = self.unavailable_reason()
         if why:
             raise TargetUnavailable(f"trt-gpu cannot build here: {why}")
@@ -262,66 +288,29 @@ class TrtGpu:
         if opts.fp32_layers and not typed:
             raise InvalidInput("trt-gpu option fp32_layers needs TensorRT with strong typing")
         here = device().facts(trt.__version__)
-        with tempfile.TemporaryDirectory(prefix="edgesmith-trt-") as tmp:
-            source = Path(model.path)
-            if opts.fp16 and typed:
-                full = onnx.load(str(source))  # with its external data
-                source = fp16_model(full, fp32_nodes, fp32_ops, Path(tmp) / "model.fp16.onnx")
-            # The parser owns the weights the network points to: keep it until the build ends.
-            builder, network, _parser = network_from_onnx_path(source, typed)
-            check_network(network, io, profiles, Path(model.path))
-            config = builder_config(builder, opts, profiles, typed=typed, int8=int8, sparse=sparse)
-            seeded = attach_timing_cache(config, opts)
-            trt_logger().errors.clear()
-            plan = builder.build_serialized_network(network, config)
-            if plan is None:
-                why = trt_logger().last_error("no reason")
-                raise InvalidInput(f"TensorRT could not build the engine: {why}")
-            plan = bytes(plan)
+        plan, config, seeded = build_plan(
+            Path(model.path), io, opts, profiles, fp32, typed=typed, int8=int8, sparse=sparse
+        )
         (out / ENGINE_FILE).write_bytes(plan)
         (out / TIMING_CACHE_FILE).write_bytes(bytes(config.get_timing_cache().serialize()))
         if opts.shared_timing_cache:
             merge_shared_timing_cache(config, opts.shared_timing_cache)
         layers = layer_information(plan, host_code=opts.version_compatible)
         (out / LAYERS_FILE).write_text(json.dumps(layers, indent=1) + "\n")
-        workspace = config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20
         files = {"engine": ENGINE_FILE, "layers": LAYERS_FILE}
         settings = {
-            "target": self.name,
-            "engine": ENGINE_FILE,
-            "timing_cache": TIMING_CACHE_FILE,
+            "target": self.name, "engine": ENGINE_FILE, "timing_cache": TIMING_CACHE_FILE,
             "timing_cache_seeded": seeded,
             "shared_timing_cache": str(opts.shared_timing_cache or "") or None,
-            "layers": LAYERS_FILE,
-            "layer_precisions": layer_precisions(layers),
-            "typing": "strong" if typed else "weak",
-            "fp16": opts.fp16,
-            "fp32_layers": {"nodes": fp32_nodes, "op_types": fp32_ops},
-            "tf32": opts.tf32,
-            "int8": int8,
-            "int8_reason": int8_reason,
-            "quantized_types": types,
-            "sparse_weights": sparse,
-            "sparse": sparse_record,
-            "workspace_mb": workspace,
-            "optimization_level": opts.optimization_level,
-            "hardware_compatibility": opts.hardware_compatibility,
-            "version_compatible": opts.version_compatible,
-            "profiles": profiles_to_json(profiles),
-            "tensorrt": trt.__version__,
-            "gpu": here.gpu,
+            "layers": LAYERS_FILE, "layer_precisions": layer_precisions(layers),
+            "typing": "strong" if typed else "weak", **decided,
+            "workspace_mb": config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20,
+            "tensorrt": trt.__version__, "gpu": here.gpu,
             "compute_capability": here.compute_capability,
-            "trtexec": trtexec_command(
-                str(model.path),
-                opts,
-                profiles,
-                strongly_typed=typed,
-                int8_flag=int8,
-                sparse=sparse,
-                files=files,
-            ),  # fmt: skip
+            "trtexec": trtexec_command(str(model.path), opts, profiles, strongly_typed=typed,
+                                       int8_flag=int8, sparse=sparse, files=files),
             "files": [ENGINE_FILE, TIMING_CACHE_FILE, LAYERS_FILE],
-        }
+        }  # fmt: skip
         if opts.fp16 and typed:
             settings["trtexec_note"] = (
                 "the model TensorRT parsed was this target's fp16 copy of --onnx (fp32 I/O, "

@@ -147,14 +147,21 @@ def _report_nodes(report: dict, qproto, plan) -> list[str]:
     return quantized
 
 
-def _latency(src, final, cfg, preset, plan, prepared, data, tmp: Path, work, report):
+def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: Path, work,
+             report):  # fmt: skip
     """Nodes back to float where int8 makes the engine slower (quantize/latency.py); the
-    source model itself if int8 never pays here."""
+    source model itself if int8 never pays here. A model the check changed is gated again.
+    Returns (model, plan, passed, summary)."""
     import onnx
 
     from toolchain.quantize import qdq
     from toolchain.quantize.latency import EngineTimer, feeds_from, latency_fallback
 
+    if data is None:
+        report["latency"] = {"verdict": "not checked: no data to time it on (give "
+                             "--calibration or --eval)"}  # fmt: skip
+        work.log(f"latency: {report['latency']['verdict']}")
+        return final, plan, True, summary
     base = prepared.path if prepared else Path(src.path)
     proto = onnx.load(str(base), load_external_data=False)
     already = report.get("fallback", {}).get("float_nodes", [])
@@ -177,10 +184,15 @@ def _latency(src, final, cfg, preset, plan, prepared, data, tmp: Path, work, rep
     report["latency"] = {**lat, "isa": preset.isa}
     work.log(f"latency: {lat['verdict']}")
     plan = plan.with_float(floated, "latency: int8 slower than float here")
-    if path is not None:
-        return path, plan
-    fp32 = tmp / "latency" / f"fp32-{MODEL_FILE}"
-    return qdq.save_model(onnx.load(str(src.path)), fp32), plan.with_float(nodes, "latency")
+    if path is None:  # int8 never paid: the source model, as it is
+        path = qdq.save_model(onnx.load(str(src.path)), tmp / "latency" / f"fp32-{MODEL_FILE}")
+        plan, summary = plan.with_float(nodes, "latency"), lat["verdict"]
+    passed = True
+    if path != final and loop is not None:  # more float than the gate saw: gate it again
+        passed, verdict, checks = loop.check(path)
+        report["gate"]["after_latency"] = {"passed": passed, "checks": checks}
+        summary = summary if path.name.startswith("fp32-") else f"after the latency check {verdict}"
+    return path, plan, passed, summary
 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
@@ -226,20 +238,11 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
         if loop is not None:
             outcome = loop.run(first, prepared, report, out)
             final, passed, summary = outcome.path, outcome.passed, outcome.summary
-        if passed and latency_batches(cfg) and not (calib or evals):
-            report["latency"] = {"verdict": "not checked: no data to time it on (give "
-                                 "--calibration or --eval)"}  # fmt: skip
-            work.log(f"latency: {report['latency']['verdict']}")
-        elif passed and latency_batches(cfg):
-            timed, plan = _latency(src, final, cfg, preset, plan, prepared, calib or evals,
-                                   tmp, work, report)  # fmt: skip
-            if timed != final and loop is not None:  # more float: the gate is checked again
-                passed, verdict, checks = loop.check(timed)
-                report["gate"]["after_latency"] = {"passed": passed, "checks": checks}
-                summary = f"after the latency fallback {verdict}"
-            if timed.name.startswith("fp32-"):
-                summary = report["latency"]["verdict"]
-            final = timed
+        if passed and latency_batches(cfg):
+            final, plan, passed, summary = _latency(
+                src, final, summary, cfg, preset, plan, prepared, calib or evals, loop, tmp,
+                work, report,
+            )  # fmt: skip
         model_path = _install(final, out)
         report["carried"] = carry_preprocessing(Path(src.path).parent, out)
     finally:
