@@ -137,3 +137,53 @@ def test_int8_bias_moves_past_an_outlier_add():
     onnx.checker.check_model(model)
     after = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+
+
+def _masked_softmax_model(mask_value: float | None):
+    """scores[B,2,4,4] + Where(mask == 0, mask_value, 0) → Softmax(-1); None: no mask."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", 2, 4, 4])
+    mask = helper.make_tensor_value_info("mask", TensorProto.INT64, ["b", 1, 1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, 4, 4])
+    if mask_value is None:
+        nodes = [helper.make_node("Softmax", ["scores"], ["y"], axis=-1, name="softmax")]
+        return helper.make_model(helper.make_graph(nodes, "g", [scores], [y]),
+                                 opset_imports=[helper.make_opsetid("", 18)])  # fmt: skip
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array(mask_value, np.float32), "low"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "keep")]  # fmt: skip
+    nodes = [
+        helper.make_node("Equal", ["mask", "zero"], ["pad"], name="eq"),
+        helper.make_node("Where", ["pad", "low", "keep"], ["additive"], name="where"),
+        helper.make_node("Add", ["scores", "additive"], ["masked"], name="add"),
+        helper.make_node("Softmax", ["masked"], ["y"], axis=-1, name="softmax"),
+    ]
+    graph = helper.make_graph(nodes, "g", [scores, mask], [y], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_masked_softmax_is_clamped_and_computes_the_same():
+    import onnx
+
+    from targets.ort_cpu import clamp_masked_softmax
+
+    rng = np.random.default_rng(0)
+    feeds = {"scores": (rng.standard_normal((3, 2, 4, 4)) * 30).astype(np.float32),
+             "mask": np.array([[[[1, 1, 0, 0]]], [[[1, 1, 1, 1]]], [[[1, 0, 0, 0]]]])}  # fmt: skip
+    for value in (float(np.finfo(np.float32).min), -1e4, float("-inf")):
+        model = _masked_softmax_model(value)
+        before = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+        assert clamp_masked_softmax(model) == 1
+        onnx.checker.check_model(model)
+        assert [n.op_type for n in model.graph.node][-4:] == ["ReduceMax", "Sub", "Max", "Softmax"]
+        after = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+        assert np.abs(after - before).max() <= 1e-30  # e^-80 of the row maximum at most
+        assert (after[0, :, :, 2:] < 1e-34).all()  # masked keys still weigh nothing
+
+
+def test_a_softmax_without_a_mask_is_left_alone():
+    from targets.ort_cpu import clamp_masked_softmax
+
+    assert clamp_masked_softmax(_masked_softmax_model(None)) == 0
+    assert clamp_masked_softmax(_masked_softmax_model(-5.0)) == 0  # not a mask constant
