@@ -90,6 +90,20 @@ def model_inputs(cfg: StageConfig, source: ModelArtifact) -> dict[str, ModelArti
     return named
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of edgesmith's own source (toolchain/, targets/, calibration/): a cached stage
+    made by other code (an upgrade, a fix to a rewrite) is made again, not served."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in ("toolchain", "targets", "calibration"):
+        for f in sorted((root / package).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact], cfg) -> str:
     return sha256_json(
         {
@@ -99,6 +113,7 @@ def cache_key(stage: Stage, src: ModelArtifact, named: dict[str, ModelArtifact],
             "models": {k: a.sha256 for k, a in sorted(named.items())},
             "context": stage.cache_context(cfg) if stage.cache_context else {},
             "edgesmith": metadata.version("edgesmith"),
+            "code": code_digest(),
         }
     )
 

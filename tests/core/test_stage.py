@@ -49,7 +49,9 @@ def tiny_onnx(export_tiny, tmp_path):
     return tmp_path / "onnx" / "model.onnx"
 
 
-def test_a_toy_stage_runs_from_a_recipe_cached_the_second_time(toy_stage, tiny_onnx, tmp_path):
+def test_a_toy_stage_runs_from_a_recipe_cached_the_second_time(
+    toy_stage, tiny_onnx, tmp_path, monkeypatch
+):
     from toolchain import pipeline
 
     recipe = recipe_from_dict(
@@ -67,6 +69,10 @@ def test_a_toy_stage_runs_from_a_recipe_cached_the_second_time(toy_stage, tiny_o
     assert first.final.info.structure == {"stamp": 2.5, "tags": []}
     again = pipeline.run(recipe, emit=lambda _m: None)
     assert CALLS == [2.5] and all(s.cached for s in again.stages)
+    # other edgesmith code (an upgrade, a fixed rewrite) makes the stages again
+    monkeypatch.setattr(pipeline, "code_digest", lambda: "other code")
+    third = pipeline.run(recipe, emit=lambda _m: None)
+    assert CALLS == [2.5, 2.5] and not any(s.cached for s in third.stages)
 
 
 def test_a_toy_stage_has_a_cli_command_derived_from_its_config(cli, toy_stage, tiny_onnx, tmp_path):
