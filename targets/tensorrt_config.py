@@ -48,11 +48,6 @@ def _nodes(model: onnx.ModelProto) -> Iterable[onnx.NodeProto]:
                     stack.extend(g.node for g in a.graphs)
 
 
-def count_quantize_nodes(model: onnx.ModelProto) -> int:
-    """QuantizeLinear nodes anywhere in the model: non-zero means explicit (QDQ) quantization."""
-    return sum(n.op_type == "QuantizeLinear" for n in _nodes(model))
-
-
 def quantized_types(model: onnx.ModelProto) -> dict[str, int]:
     """QuantizeLinear nodes of the main graph by the type they quantize to (their zero point's
     type; uint8 without one, as ONNX defines), so fp8 Q/DQ is not counted as int8."""

@@ -19,9 +19,9 @@ from targets.tensorrt_config import (
     DeviceFacts,
     check_feeds,
     compatibility_problems,
-    count_quantize_nodes,
     describe_parser_errors,
     int8_setting,
+    quantized_types,
 )
 from targets.tensorrt_gpu import TrtGpu
 from targets.tensorrt_options import ShapeRange, parse_options, profile_shapes
@@ -212,8 +212,8 @@ def test_profile_from_a_real_onnx_file(tmp_path):
 
 
 def test_quantize_nodes_are_counted_in_qdq_models_only(tmp_path):
-    assert count_quantize_nodes(onnx.load(_conv_net(tmp_path / "f.onnx"))) == 0
-    assert count_quantize_nodes(onnx.load(_conv_net(tmp_path / "q.onnx", qdq=True))) == 1
+    assert quantized_types(onnx.load(_conv_net(tmp_path / "f.onnx"))) == {}
+    assert quantized_types(onnx.load(_conv_net(tmp_path / "q.onnx", qdq=True))) == {"int8": 1}
 
 
 def test_quantize_nodes_inside_subgraphs_count():
@@ -221,7 +221,7 @@ def test_quantize_nodes_inside_subgraphs_count():
     body = helper.make_graph([q], "then", [], [helper.make_tensor_value_info("b", 3, [1])])
     branch = helper.make_node("If", ["cond"], ["out"], then_branch=body, else_branch=body)
     graph = helper.make_graph([branch], "g", [], [])
-    assert count_quantize_nodes(helper.make_model(graph)) == 2
+    assert quantized_types(helper.make_model(graph)) == {"uint8": 2}  # no zero point: uint8
 
 
 def test_int8_decision():
@@ -412,8 +412,6 @@ def test_fp8_qdq_is_counted_apart_from_int8(tmp_path):
     from onnx import TensorProto, helper
 
     model = onnx.load(_conv_net(tmp_path / "q.onnx", qdq=True))
-    from targets.tensorrt_config import quantized_types
-
     assert quantized_types(model) == {"int8": 1}
     zp = helper.make_tensor("fp8_zp", TensorProto.FLOAT8E4M3FN, [], [0])
     model.graph.initializer.append(zp)
