@@ -150,7 +150,8 @@ def clamp_masked_softmax(model) -> int:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     new_nodes, changed = {}, 0
     for n in model.graph.node:
-        axis = next((a.i for a in n.attribute if a.name == "axis"), -1)
+        default_axis = -1 if opset >= 13 else 1  # before 13 Softmax flattened from axis 1
+        axis = next((a.i for a in n.attribute if a.name == "axis"), default_axis)
         add = index.producers.get(n.input[0]) if n.op_type == "Softmax" else None
         if add is None or add.op_type != "Add" or axis != -1:
             continue
