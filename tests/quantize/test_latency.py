@@ -115,3 +115,38 @@ def test_a_model_with_every_node_in_float_is_called_fp32(cli, conv_net, tmp_path
     assert report["latency"]["verdict"].startswith("every quantized product went back to float")
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["artifact"]["precision"] == "fp32"
+
+
+def test_after_the_accuracy_loop_the_check_floats_more_and_gates_again(
+    cli, outlier_mlp, tmp_path, monkeypatch
+):
+    """The loop puts fc2 back to pass the gate; the check then finds fc1 slower in int8: the
+    model ships fp32, gated again, and the loop's own record is left as the loop wrote it."""
+
+    def fc1_costs(self, *paths):
+        return [{b: 1.3 if "fc1" in quantized_nodes(onnx.load(str(p))) else 0.9
+                 for b in self.feeds} for p in paths]  # fmt: skip
+
+    monkeypatch.setattr(latency.EngineTimer, "ratios", fc1_costs)
+    out = tmp_path / "q"
+    r = cli("quantize", outlier_mlp["model"], "-o", out, "--calibration", outlier_mlp["calib"],
+            "--outlier-ratio", "0", "--smooth-alpha", "0", "--eval", outlier_mlp["eval"],
+            "--metric", "agreement", "--max-drop", "0.02", "--latency-batches", "1")  # fmt: skip
+    assert r.code == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["fallback"]["float_nodes"] == ["fc2"]  # not extended by the latency check's
+    assert rep["latency"]["float_nodes"] == ["fc1"]
+    assert rep["gate"]["after_latency"]["passed"]
+    assert "stays fp32" in rep["summary"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifact"]["precision"] == "fp32"
+
+
+def test_a_recipe_with_a_batch_below_1_is_refused():
+    from pydantic import ValidationError
+
+    from toolchain.quantize.stage import QuantizeStage
+
+    with pytest.raises(ValidationError):
+        QuantizeStage(method="dynamic", latency_batches=[1, 0])
+    assert QuantizeStage(method="dynamic", latency_batches=[]).latency_batches == []

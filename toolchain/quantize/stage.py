@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -59,7 +60,7 @@ class QuantizeStage(Gated):
     gather_int8: bool | None = None  # int8 embedding tables; None: the preset's
     # The int8 engine must not be slower than fp32 at these batch sizes on this machine
     # (quantize/latency.py); None: 1 and 8 for ort-cpu, off for targets we cannot time here.
-    latency_batches: list[int] | None = None
+    latency_batches: list[Annotated[int, Field(ge=1)]] | None = None
     latency_rounds: int = Field(default=30, ge=3)
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
 
@@ -87,7 +88,7 @@ def _preset(cfg: QuantizeStage):
 
 def latency_batches(cfg: QuantizeStage) -> list[int]:
     if cfg.latency_batches is not None:
-        return [b for b in cfg.latency_batches if b > 0]
+        return cfg.latency_batches
     return [1, 8] if cfg.target == "ort-cpu" else []
 
 
@@ -167,7 +168,7 @@ def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: 
     already = report.get("fallback", {}).get("float_nodes", [])
     nodes = [n for n in plan.quantized(proto) if n not in already]
     (tmp / "latency").mkdir()
-    made = iter(range(1 << 30))
+    made = itertools.count()
 
     def make(floats: list[str]) -> Path:
         p = plan.with_float([*already, *floats], "latency: int8 slower than float here")
@@ -184,14 +185,15 @@ def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: 
     report["latency"] = {**lat, "isa": preset.isa}
     work.log(f"latency: {lat['verdict']}")
     plan = plan.with_float(floated, "latency: int8 slower than float here")
-    if path is None:  # int8 never paid: the source model, as it is
+    fp32 = path is None
+    if fp32:  # int8 never paid: the source model, as it is
         path = qdq.save_model(onnx.load(str(src.path)), tmp / "latency" / f"fp32-{MODEL_FILE}")
         plan, summary = plan.with_float(nodes, "latency"), lat["verdict"]
     passed = True
     if path != final and loop is not None:  # more float than the gate saw: gate it again
         passed, verdict, checks = loop.check(path)
         report["gate"]["after_latency"] = {"passed": passed, "checks": checks}
-        summary = summary if path.name.startswith("fp32-") else f"after the latency check {verdict}"
+        summary = summary if fp32 else f"after the latency check {verdict}"
     return path, plan, passed, summary
 
 
@@ -253,8 +255,10 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
 
         check_qdq_rules(model_path)
     quantized = _report_nodes(report, qproto, plan)
-    float_nodes = report.get("fallback", {}).get("float_nodes", [])
-    float_nodes += report.get("latency", {}).get("float_nodes", [])
+    float_nodes = [  # a new list: the report's own lists stay as they were
+        *report.get("fallback", {}).get("float_nodes", []),
+        *report.get("latency", {}).get("float_nodes", []),
+    ]
     report["passed"] = passed
     report["seconds"] = round(time.perf_counter() - start, 2)
     summary = summary or f"{len(quantized)} nodes in int8 ({preset.name}, {cfg.method})"
@@ -263,9 +267,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     art = ModelArtifact(
         model_path,
         Format.onnx,
-        precision=_precision(
-            quantized, float_nodes or report.get("latency", {}).get("float_nodes")
-        ),
+        precision=_precision(quantized, float_nodes),
         io=io_from_onnx(qproto),
         sha256=onnx_digest(model_path, qproto),
         parent=src.sha256,
