@@ -30,7 +30,7 @@ def test_the_model_computes_the_same_within_the_steps(tmp_path):
     model = onnx.load(str(path))
     table = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "table"))
     report = quantize_gathers(model)
-    assert [r["table"] for r in report] == ["table"]  # the position table is under 1 MiB
+    assert [r["table"] for r in report] == ["table"]  # the position table is under 256 KiB
     assert report[0]["fp32_bytes"] >= MIN_TABLE_BYTES
     assert report[0]["int8_bytes"] < report[0]["fp32_bytes"] / 3.9
     names = {i.name for i in model.graph.initializer}
@@ -65,9 +65,12 @@ def test_quantize_writes_int8_tables_and_says_so(cli, tmp_path):
 
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["nodes"]["int8_gathers"] == ["word_embeddings"]
+    (table,) = report["nodes"]["int8_tables"]  # size beside the accuracy, as rewritten
+    assert (table["table"], table["rows"], table["fp32_bytes"]) == ("table", 2048, 2048 * 160 * 4)
+    assert table["int8_bytes"] == 2048 * 160 + 2048 * 4
     assert (tmp_path / "q" / "model.onnx").stat().st_size < path.stat().st_size / 3
     r = cli("quantize", path, "-o", tmp_path / "f", "--calibration", tmp_path / "calib.npz",
             "--no-gather-int8")  # fmt: skip
     assert r.code == 0, r.stderr
     report = json.loads((tmp_path / "f" / "report.json").read_text())
-    assert report["nodes"]["int8_gathers"] == []
+    assert report["nodes"]["int8_gathers"] == [] and report["nodes"]["int8_tables"] == []

@@ -72,7 +72,7 @@ def test_no_check_when_int8_is_already_faster(cli, conv_net, tmp_path, monkeypat
 def test_segments_take_the_pass_through_ops_with_their_product(conv_net):
     model = onnx.load(str(conv_net["model"]))
     nodes = ["conv1", "relu1", "conv2", "relu2", "fc"]
-    segs = latency.segments(model, nodes)
+    segs = latency.segments(model, latency.weight_sizes(model, nodes))
     assert segs["conv1"] == ["conv1", "relu1"] and segs["fc"] == ["fc"]
     groups = latency.trial_groups(model, nodes)
     assert {g[0] for g in groups[:2]} == {"all Conv", "all Gemm"}

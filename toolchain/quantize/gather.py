@@ -20,7 +20,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from toolchain.core.onnx_model import GraphIndex
+
 MIN_TABLE_BYTES = 1 << 18  # smaller tables (token types) stay float: nothing to gain
+ROWS, SCALES = "_int8_rows", "_row_scales"  # the suffixes of a table's two initializers
 
 
 def int8_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,33 +39,35 @@ def gather_tables(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> list[o
     """Gathers on axis 0 of a float32 rank-2 initializer of at least MIN_TABLE_BYTES that
     only Gathers read (a table a MatMul also reads, tied weights, stays float)."""
     skip = set(exclude)
-    inits = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    index = GraphIndex(model)
     out = []
     for n in model.graph.node:
-        if n.op_type != "Gather" or n.name in skip or n.input[0] not in inits:
+        t = index.initializers.get(n.input[0]) if n.op_type == "Gather" else None
+        if t is None or n.name in skip:
             continue
-        t = inits[n.input[0]]
         axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-        size = int(np.prod(t.dims)) * 4
         if (
-            axis != 0
-            or len(t.dims) != 2
-            or t.data_type != onnx.TensorProto.FLOAT
-            or size < MIN_TABLE_BYTES
-            or any(r.op_type != "Gather" for r in readers[n.input[0]])
+            axis == 0
+            and len(t.dims) == 2
+            and t.data_type == onnx.TensorProto.FLOAT
+            and int(np.prod(t.dims)) * 4 >= MIN_TABLE_BYTES
+            and all(r.op_type == "Gather" for r in index.readers(t.name))
         ):
-            continue
-        out.append(n)
+            out.append(n)
     return out
+
+
+def _record(table: str, q: np.ndarray, scale: np.ndarray) -> dict:
+    """What the report says of one int8 table: rows, bytes before and after, largest step."""
+    return {
+        "table": table, "rows": int(q.shape[0]), "fp32_bytes": int(q.size * 4),
+        "int8_bytes": int(q.nbytes + scale.nbytes), "max_step": float(scale.max()),
+    }  # fmt: skip
 
 
 def quantize_gathers(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> list[dict]:
     """Rewrite each eligible Gather (gather_tables) in place; returns what was done per table
-    (for the report: name, rows, bytes before and after, the largest step)."""
+    (_record)."""
     nodes = gather_tables(model, exclude)
     inits = {i.name: i for i in model.graph.initializer}
     done: dict[str, tuple[str, str]] = {}
@@ -70,18 +75,14 @@ def quantize_gathers(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> lis
     for n in nodes:
         table = n.input[0]
         if table not in done:
-            w = numpy_helper.to_array(inits[table])
-            q, scale = int8_rows(w)
-            qname, sname = f"{table}_int8_rows", f"{table}_row_scales"
+            q, scale = int8_rows(numpy_helper.to_array(inits[table]))
+            qname, sname = f"{table}{ROWS}", f"{table}{SCALES}"
             model.graph.initializer.remove(inits[table])
             model.graph.initializer.extend(
                 [numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname)]
             )
             done[table] = (qname, sname)
-            report.append({
-                "table": table, "rows": int(w.shape[0]), "fp32_bytes": int(w.nbytes),
-                "int8_bytes": int(q.nbytes + scale.nbytes), "max_step": float(scale.max()),
-            })  # fmt: skip
+            report.append(_record(table, q, scale))
         qname, sname = done[table]
         out, ids = n.output[0], n.input[1]
         base = n.name or out
@@ -100,10 +101,22 @@ def quantize_gathers(model: onnx.ModelProto, exclude: Iterable[str] = ()) -> lis
     return report
 
 
+def int8_tables(model: onnx.ModelProto) -> list[dict]:
+    """The int8 tables of a model made here, as quantize_gathers reported them (for the
+    quantize stage's report: size beside the gate's accuracy)."""
+    index = GraphIndex(model)
+    out = []
+    for name in index.initializers:
+        if name.endswith(ROWS):
+            table = name[: -len(ROWS)]
+            out.append(_record(table, index.array(name), index.array(table + SCALES)))
+    return out
+
+
 def quantized_gathers(model: onnx.ModelProto) -> list[str]:
     """Names of Gathers that read an int8 row table made here."""
     return [
         n.name
         for n in model.graph.node
-        if n.op_type == "Gather" and n.input and n.input[0].endswith("_int8_rows")
+        if n.op_type == "Gather" and n.input and n.input[0].endswith(ROWS)
     ]

@@ -2,12 +2,14 @@
 
 Int8 pays where a product is large enough for the faster kernel to outrun the Quantize and
 Dequantize work around it; on a small layer, or at batch 1, it may not (the digits CNN's
-int8 engine was 1.07x its fp32 one at batch 1). Which way it goes depends on the CPU, so it
-is measured on the engine that ships, on this machine: the int8 and fp32 ort-cpu engines
-side by side (interleaved rounds, medians) at each batch size asked for. While int8 is slower
-at some batch, quantized nodes go back to float one at a time, smallest weight first (where
-the overhead weighs most), each kept in float only if the engine got faster; if int8 is still
-slower when the candidates run out, the model stays fp32 and the report says so.
+all-int8 engine is slower than its fp32 one, README). Which way it goes depends on the CPU,
+so it is measured on the engine that ships, on this machine: the int8 and fp32 ort-cpu
+engines side by side (interleaved rounds, medians) at each batch size asked for. While int8
+is slower at some batch, quantized products go back to float with the pass-through ops that
+follow them (segments()): each weighted op type as a whole, then one product at a time,
+smallest weight first; a step is kept only if the engine gets more than KEEP_MARGIN faster.
+If int8 is still slower when the candidates run out, or every product went back to float,
+the model stays fp32 and the report says so.
 
 The figures hold for this machine's instruction set (the report names it); a device of
 another kind should quantize on its own kind (or pass --latency-batches off).
@@ -25,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from toolchain.core.onnx_model import GraphIndex
+
 MAX_TRIALS = 12
 # A trial is kept only if it improves the worst ratio by more than this: two runs of one
 # engine differ by a few percent on a busy host, and a float island kept on noise is a loss.
@@ -40,21 +44,16 @@ def weight_sizes(model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, int]
     }
 
 
-def segments(model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, list[str]]:
-    """Each quantized weighted node with the weightless quantized nodes that follow it up to
-    the next weighted one (Conv → Relu → MaxPool): int8 pass-through ops only pay beside an
-    int8 product, so they go to float with it."""
-    sizes = weight_sizes(model, nodes)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    by_name = {n.name: n for n in model.graph.node}
+def segments(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, list[str]]:
+    """Each quantized weighted node (`sizes`: weight_sizes()) with the weightless quantized
+    nodes that follow it up to the next weighted one (Conv → Relu → MaxPool): int8
+    pass-through ops only pay beside an int8 product, so they go to float with it."""
+    index = GraphIndex(model)
     out = {}
-    for w in (n for n in nodes if sizes.get(n)):
-        seg, todo = [w], list(by_name[w].output)
+    for w in (n for n, size in sizes.items() if size):
+        seg, todo = [w], list(index.nodes[w].output)
         while todo:
-            for c in consumers.get(todo.pop(), []):
+            for c in index.readers(todo.pop()):
                 if c.name in sizes and not sizes[c.name] and c.name not in seg:
                     seg.append(c.name)
                     todo.extend(c.output)
@@ -67,7 +66,7 @@ def trial_groups(model: onnx.ModelProto, nodes: Sequence[str]) -> list[tuple[str
     whole, smallest total weight first, then single segments, smallest first. A float island
     in an int8 chain costs a Quantize/Dequantize pair, so whole groups come first."""
     sizes = weight_sizes(model, nodes)
-    segs = segments(model, nodes)
+    segs = segments(model, sizes)
     ops = {n.name: n.op_type for n in model.graph.node}
     by_type: dict[str, list[str]] = {}
     for w in segs:
@@ -134,14 +133,8 @@ class EngineTimer:
 
 def feeds_from(data, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
     """Real samples for each batch size (repeated when the data has fewer)."""
-    arrays = data.feeds
-    out = {}
-    for b in batches:
-        out[b] = {}
-        for name, a in arrays.items():
-            reps = -(-b // len(a))
-            out[b][name] = np.ascontiguousarray(np.concatenate([a] * reps)[:b])
-    return out
+    return {b: {name: np.resize(a, (b, *a.shape[1:])) for name, a in data.feeds.items()}
+            for b in batches}  # fmt: skip
 
 
 def latency_fallback(
@@ -157,8 +150,7 @@ def latency_fallback(
     report: dict[str, Any] = {"batches": sorted(timer.feeds), "rounds": timer.rounds,
                               "int8_over_fp32": ratios, "trials": []}  # fmt: skip
     current, floated = first, []
-    trials = [g for g in trial_groups(model, nodes)][:MAX_TRIALS]
-    for label, group in trials:
+    for label, group in trial_groups(model, nodes)[:MAX_TRIALS]:
         if max(ratios.values()) <= 1.0:
             break
         todo = [n for n in group if n not in floated]

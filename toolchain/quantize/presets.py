@@ -72,7 +72,7 @@ class Preset:
     dedicated_qdq_pair: bool = False
     quantize_bias: bool = True
     exclude: tuple[str, ...] = ()  # node-name patterns (fnmatch) that stay in float
-    # Embedding tables (Gather on a float table >= 1 MiB) stored as int8 rows with a scale per
+    # Embedding tables (Gather on a float table >= 256 KiB) stored as int8 rows with a scale per
     # row (quantize/gather.py): a quarter of their size, within half a step per element.
     gather_int8: bool = True
     isa: dict[str, Any] = field(default_factory=dict, compare=False)

@@ -136,7 +136,7 @@ def _quantize(src, cfg, preset, plan, data, work: Workdir, tmp: Path, report: di
 
 def _report_nodes(report: dict, qproto, plan) -> list[str]:
     from toolchain.quantize import qdq
-    from toolchain.quantize.gather import quantized_gathers
+    from toolchain.quantize.gather import int8_tables, quantized_gathers
 
     quantized = qdq.quantized_nodes(qproto)
     report["nodes"] = {
@@ -144,6 +144,7 @@ def _report_nodes(report: dict, qproto, plan) -> list[str]:
         "float": dict(plan.excluded.items()),
         "quantized_names": quantized,
         "int8_gathers": quantized_gathers(qproto),
+        "int8_tables": int8_tables(qproto),
     }
     return quantized
 
