@@ -106,30 +106,37 @@ MASK_CONSTANT = -1000.0  # an additive attention mask's value is at or below thi
 SOFTMAX_FLOOR = 80.0  # exp(-80) = 1.8e-35: below float32's resolution next to the maximum's 1
 
 
+def _small_constant(index: GraphIndex, tensor: str) -> np.ndarray | None:
+    """The value of `tensor` if it is a small constant (an initializer or a Constant node of
+    at most 16 elements: a mask value, not a weight, which is never converted); else None."""
+    from onnx import numpy_helper
+
+    t = index.initializers.get(tensor)
+    if t is None:
+        node = index.producers.get(tensor)
+        if node is None or node.op_type != "Constant" or not node.attribute:
+            return None
+        t = node.attribute[0].t if node.attribute[0].type == 4 else None  # TENSOR
+    if t is None or int(np.prod(t.dims)) > 16:
+        return None
+    return numpy_helper.to_array(t)
+
+
 def _mask_constant(index: GraphIndex, tensor: str, hops: int = 6) -> bool:
     """Whether `tensor` is computed from a constant at or below MASK_CONSTANT within a few
     nodes upstream (an attention mask: finfo.min, -inf, -1e4 or -1e9 where a key is padding)."""
-    from onnx import numpy_helper
-
     todo, seen = [(tensor, 0)], set()
     while todo:
         t, depth = todo.pop()
         if t in seen or depth > hops:
             continue
         seen.add(t)
-        if t in index.initializers:
-            a = numpy_helper.to_array(index.initializers[t])
-            if a.dtype.kind == "f" and a.size and float(a.min()) <= MASK_CONSTANT:
-                return True
-            continue
+        a = _small_constant(index, t)
+        if a is not None and a.dtype.kind == "f" and a.size and float(a.min()) <= MASK_CONSTANT:
+            return True
         node = index.producers.get(t)
-        if node is None:
-            continue
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == 4:
-            a = numpy_helper.to_array(node.attribute[0].t)
-            if a.dtype.kind == "f" and a.size and float(a.min()) <= MASK_CONSTANT:
-                return True
-        todo.extend((i, depth + 1) for i in node.input if i)
+        if node is not None:
+            todo.extend((i, depth + 1) for i in node.input if i)
     return False
 
 
@@ -148,9 +155,9 @@ def clamp_masked_softmax(model) -> int:
 
     index = GraphIndex(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    new_nodes, changed = {}, 0
+    default_axis = -1 if opset >= 13 else 1  # before 13 Softmax flattened from axis 1
+    new_nodes = []
     for n in model.graph.node:
-        default_axis = -1 if opset >= 13 else 1  # before 13 Softmax flattened from axis 1
         axis = next((a.i for a in n.attribute if a.name == "axis"), default_axis)
         add = index.producers.get(n.input[0]) if n.op_type == "Softmax" else None
         if add is None or add.op_type != "Add" or axis != -1:
@@ -176,13 +183,12 @@ def clamp_masked_softmax(model) -> int:
             helper.make_node("Max", [x, f"{base}/low"], [f"{base}/x"], name=f"{base}/Max"),
         ]
         n.input[0] = f"{base}/x"
-        new_nodes[n.name or n.output[0]] = (n, nodes)
-        changed += 1
-    for softmax, nodes in new_nodes.values():
+        new_nodes.append((n, nodes))
+    for softmax, nodes in new_nodes:
         at = list(model.graph.node).index(softmax)
         for k, node in enumerate(nodes):
             model.graph.node.insert(at + k, node)
-    return changed
+    return len(new_nodes)
 
 
 def engine_disabled_optimizers(model) -> tuple[str, ...]:
@@ -190,9 +196,10 @@ def engine_disabled_optimizers(model) -> tuple[str, ...]:
     feeding a MatMul) also skips BiasGeluFusion, which would take the bias Add that
     fuse_int8_bias moves into the int8 MatMul for free (benchmarks/bias_gelu.py: the int8
     all-MiniLM-L6-v2 engine 2-4% faster without it, Xeon AMX host; fp32 is not: it keeps it)."""
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    producers = GraphIndex(model).producers
     int8 = any(
-        n.op_type == "MatMul" and any(producers.get(i) == "DequantizeLinear" for i in n.input)
+        n.op_type == "MatMul"
+        and any(getattr(producers.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)
         for n in model.graph.node
     )
     return (*DISABLED_OPTIMIZERS, "BiasGeluFusion") if int8 else DISABLED_OPTIMIZERS
