@@ -32,6 +32,7 @@ from targets.tensorrt_options import (
     TrtOptions,
     bool_option,
     int_option,
+    names_option,
     profile_options,
     profile_shapes,
 )
@@ -264,23 +265,21 @@ class OrtGpu:
             raise InvalidInput(
                 f"ort-gpu option(s) {', '.join(trt_only)} apply to provider = tensorrt only"
             )
-        fp16 = bool(bool_option(options, "fp16"))
-        fp32_layers = options.get("fp32_layers", [])
+        fp16 = bool(bool_option(options, "fp16", self.name))
+        fp32_layers = names_option(options, "fp32_layers", self.name)
         if fp32_layers and not fp16:
             raise InvalidInput("ort-gpu option fp32_layers: only with fp16 = true")
-        if not isinstance(fp32_layers, list) or not all(isinstance(s, str) for s in fp32_layers):
-            raise InvalidInput(f"ort-gpu option fp32_layers: a list of names, got {fp32_layers!r}")
         cache = options.get("trt_cache_dir", str(DEFAULT_CACHE))
         if not isinstance(cache, str | os.PathLike) or not str(cache):
             raise InvalidInput(f"ort-gpu option trt_cache_dir: a directory, got {cache!r}")
         return {
             "provider": provider,
-            "device_id": int_option(options, "device_id", lowest=0) or 0,
+            "device_id": int_option(options, "device_id", lowest=0, target=self.name) or 0,
             "fp16": fp16,
             "fp32_layers": fp32_layers,
             "cudnn_conv_algo_search": search,
-            "workspace_mb": int_option(options, "workspace_mb"),
-            "profile": profile_options(options),
+            "workspace_mb": int_option(options, "workspace_mb", target=self.name),
+            "profile": profile_options(options, self.name),
             "trt_cache_dir": Path(cache),
-            "threads": int_option(options, "threads"),
+            "threads": int_option(options, "threads", target=self.name),
         }

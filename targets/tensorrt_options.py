@@ -102,22 +102,24 @@ def shape_str(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
-def bool_option(options: Mapping[str, Any], key: str) -> bool | None:
+def bool_option(options: Mapping[str, Any], key: str, target: str = "trt-gpu") -> bool | None:
     if key not in options:
         return None
     v = options[key]
     if not isinstance(v, bool):
-        raise InvalidInput(f"trt-gpu option {key}: expected true or false, got {v!r}")
+        raise InvalidInput(f"{target} option {key}: expected true or false, got {v!r}")
     return v
 
 
-def int_option(options: Mapping[str, Any], key: str, lowest: int = 1) -> int | None:
+def int_option(
+    options: Mapping[str, Any], key: str, lowest: int = 1, target: str = "trt-gpu"
+) -> int | None:
     if key not in options:
         return None
     v = options[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
         what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
-        raise InvalidInput(f"trt-gpu option {key}: expected {what}, got {v!r}")
+        raise InvalidInput(f"{target} option {key}: expected {what}, got {v!r}")
     return v
 
 
@@ -135,7 +137,7 @@ def _file_option(options: Mapping[str, Any], key: str, must_exist: bool) -> Path
     return p
 
 
-def parse_shape(text: str, what: str) -> tuple[int, ...]:
+def parse_shape(text: str, what: str, target: str = "trt-gpu") -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224); every dimension a positive integer."""
     try:
         dims = tuple(int(p) for p in text.strip().split("x"))
@@ -143,12 +145,12 @@ def parse_shape(text: str, what: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d < 1 for d in dims):
         raise InvalidInput(
-            f"trt-gpu option shapes: {what}: '{text}' is not a shape like 1x3x224x224"
+            f"{target} option shapes: {what}: '{text}' is not a shape like 1x3x224x224"
         )
     return dims
 
 
-def parse_shapes(value: str | Sequence[str]) -> dict[str, ShapeRange]:
+def parse_shapes(value: str | Sequence[str], target: str = "trt-gpu") -> dict[str, ShapeRange]:
     """The `shapes` option: entries 'name:MIN:OPT:MAX', each shape written like 1x3x224x224.
 
     A string holds comma-separated entries (trtexec's --minShapes style); a list holds one
@@ -161,36 +163,39 @@ def parse_shapes(value: str | Sequence[str]) -> dict[str, ShapeRange]:
         entries = list(value)
     else:
         raise InvalidInput(
-            f"trt-gpu option shapes: expected 'name:MIN:OPT:MAX' strings, got {value!r}"
+            f"{target} option shapes: expected 'name:MIN:OPT:MAX' strings, got {value!r}"
         )
     out: dict[str, ShapeRange] = {}
     for entry in entries:
         parts = entry.strip().rsplit(":", 3)
         if len(parts) != 4 or not parts[0]:
             raise InvalidInput(
-                f"trt-gpu option shapes: '{entry}' is not 'name:MIN:OPT:MAX' "
+                f"{target} option shapes: '{entry}' is not 'name:MIN:OPT:MAX' "
                 "(e.g. 'x:1x3x224x224:8x3x224x224:32x3x224x224')"
             )
         name = parts[0]
         if name in out:
-            raise InvalidInput(f"trt-gpu option shapes: input '{name}' is given twice")
-        shapes = (parse_shape(p, f"'{name}' {k}") for p, k in zip(parts[1:], _MOM, strict=True))
+            raise InvalidInput(f"{target} option shapes: input '{name}' is given twice")
+        shapes = (
+            parse_shape(p, f"'{name}' {k}", target) for p, k in zip(parts[1:], _MOM, strict=True)
+        )
         out[name] = ShapeRange(*shapes)
     return out
 
 
-def profile_options(options: Mapping[str, Any]) -> ProfileOptions:
+def profile_options(options: Mapping[str, Any], target: str = "trt-gpu") -> ProfileOptions:
     d = ProfileOptions()
-    given = {k: int_option(options, k) for k in ("min_batch", "opt_batch", "max_batch")}
+    batch_keys = ("min_batch", "opt_batch", "max_batch")
+    given = {k: int_option(options, k, target=target) for k in batch_keys}
     # Unset batch bounds follow the ones that are set, so max_batch=4 alone is a valid request.
     mn = given["min_batch"] or d.min_batch
     mx = given["max_batch"] or max(d.max_batch, mn)
     opt = given["opt_batch"] or min(max(d.opt_batch, mn), mx)
     if not mn <= opt <= mx:
         raise InvalidInput(
-            f"trt-gpu options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
+            f"{target} options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
         )
-    shapes = parse_shapes(options["shapes"]) if "shapes" in options else {}
+    shapes = parse_shapes(options["shapes"], target) if "shapes" in options else {}
     return ProfileOptions(mn, opt, mx, shapes)
 
 
@@ -221,12 +226,12 @@ def _profiles_option(options: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
     return tuple(out)
 
 
-def _names_option(options: Mapping[str, Any], key: str) -> tuple[str, ...]:
+def names_option(options: Mapping[str, Any], key: str, target: str = "trt-gpu") -> tuple[str, ...]:
     v = options.get(key, [])
     if isinstance(v, str):
         v = [s for s in v.split(",") if s.strip()]
     if not isinstance(v, Sequence) or not all(isinstance(s, str) and s.strip() for s in v):
-        raise InvalidInput(f"trt-gpu option {key}: expected a list of names, got {v!r}")
+        raise InvalidInput(f"{target} option {key}: expected a list of names, got {v!r}")
     return tuple(s.strip() for s in v)
 
 
@@ -250,7 +255,7 @@ def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOption
     if "timing_cache" in options and "shared_timing_cache" in options:
         raise InvalidInput("trt-gpu options: give timing_cache or shared_timing_cache, not both")
     fp16 = bool(bool_option(options, "fp16"))
-    fp32_layers = _names_option(options, "fp32_layers")
+    fp32_layers = names_option(options, "fp32_layers")
     if fp32_layers and not fp16:
         raise InvalidInput("trt-gpu option fp32_layers: only with fp16 = true (all else is fp32)")
     return TrtOptions(

@@ -100,10 +100,12 @@ def _digest(directory) -> dict:
 # ---------------------------------------------------------------- availability
 
 
-def test_here_it_says_why_not():
+def test_a_cpu_build_of_onnxruntime_says_why_not(monkeypatch):
+    """What `edgesmith targets` prints on a CPU-only install (made so, on any machine)."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(ort_gpu, "_packages", lambda: {"onnxruntime"})
     why = OrtGpu().unavailable_reason()
-    if CUDA not in ort.get_available_providers():
-        assert "CPU build (no CUDAExecutionProvider)" in why and "edgesmith[gpu]" in why
+    assert "CPU build (no CUDAExecutionProvider)" in why and "edgesmith[gpu]" in why
 
 
 def test_both_packages_installed_is_named(monkeypatch):
@@ -207,6 +209,9 @@ def test_fp16_engine(gpu_ort, tmp_path):
         ({"cudnn_conv_algo_search": "FAST"}, "cudnn_conv_algo_search: one of"),
         ({"provider": "tensorrt", "min_batch": 8, "max_batch": 4}, "min_batch <= opt_batch"),
         ({"device_id": -1}, "device_id: expected an integer >= 0"),
+        ({"fp16": "yes"}, "ort-gpu option fp16: expected true or false"),
+        ({"provider": "tensorrt", "shapes": 3}, "ort-gpu option shapes: expected"),
+        ({"provider": "tensorrt", "max_batch": 0}, "ort-gpu option max_batch: expected a positive"),
     ],
 )
 def test_bad_options(gpu_ort, tmp_path, options, words):
