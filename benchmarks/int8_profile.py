@@ -47,6 +47,20 @@ def kind(op: str) -> str:
     return next((k for k, ops in KINDS.items() if op in ops), "float ops")
 
 
+def quantize_counts(model: Path) -> str:
+    """How many QuantizeLinear nodes the model has, over how many tensors, and how many
+    int8 products read a DequantizeLinear (the same model the engine was built from)."""
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    q = [n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"]
+    dq = {o for n in m.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    products = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                and any(i in dq for i in n.input[:1])]  # fmt: skip
+    return (f"{len(q)} QuantizeLinear over {len(set(q))} tensors, "
+            f"{len(products)} products with an int8 activation")  # fmt: skip
+
+
 def engine(model: Path, tmp: Path) -> Path:
     out = tmp / re.sub(r"[^a-z0-9]+", "-", str(model).lower()).strip("-")
     cmd = [BIN / "edgesmith", "build", model, "--target", "ort-cpu", "-o", out]
@@ -117,7 +131,7 @@ def main() -> None:
                         by_kind[kind(op)] += t
                 run = prof["(run total)"]
                 print(f"\n{m} batch {batch}: {run:.3f} ms per run (kernels "
-                      f"{sum(by_kind.values()):.3f})")  # fmt: skip
+                      f"{sum(by_kind.values()):.3f}); {quantize_counts(m)}")  # fmt: skip
                 for k, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
                     print(f"  {k:<22} {t:8.3f} ms {100 * t / run:5.1f}%")
                 top = sorted(((t, op) for op, t in prof.items() if op != "(run total)"),
