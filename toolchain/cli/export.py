@@ -20,7 +20,13 @@ def command(
     input: InputDecls = None,
     dynamic: DynamicAxes = None,
     output: Annotated[
-        list[str] | None, typer.Option("--output", help="Output names, in order.")
+        list[str] | None,
+        typer.Option(
+            "--output-name",
+            "--output",
+            help="Output names, in order (repeat it; default: the names the model's outputs "
+            "carry: dict keys, dataclass or namedtuple fields, `output`, `output_0`...).",
+        ),
     ] = None,
     task: Task = None,
     opset: Annotated[int | None, typer.Option(help=f"ONNX opset (default {D('opset')}).")] = None,

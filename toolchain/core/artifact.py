@@ -15,6 +15,8 @@ from toolchain.core.errors import InvalidInput
 from toolchain.core.files import file_hashes, sha256_path, write_json
 
 MANIFEST = "manifest.json"
+# ModelInfo.weights of a factory that returns a ready model: no weights file, its own code
+FACTORY_WEIGHTS = "factory"
 TOOL_PACKAGES = ("edgesmith", "torch", "onnx", "onnxruntime", "transformers", "optimum", "tensorrt")
 
 
@@ -84,6 +86,9 @@ class ModelInfo:
 
     # PyTorch weights: the package.module:factory that builds the module they load into.
     factory: str | None = None
+    # Where the factory's weights come from: None, the artifact's safetensors file;
+    # FACTORY_WEIGHTS, the factory's own code (the artifact's path is its source file).
+    weights: str | None = None
     # Input declarations, NAME:DIMS[:DTYPE] ("x:1x1x8x8", "ids:1x16:int64"), the dynamic axes
     # ("x:0", "ids:0,1") and the output names, in order (PyTorch models).
     inputs: tuple[str, ...] = ()

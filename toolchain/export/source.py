@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolchain.core.artifact import (
+    FACTORY_WEIGHTS,
     Format,
     ModelArtifact,
     ModelInfo,
@@ -130,30 +131,7 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
     """The artifact a source names, with its content hash (the cache key of what follows)."""
     model = spec.model
     if is_factory(model):
-        module, _ = import_factory(model)
-        if not spec.weights:
-            raise InvalidInput(f"factory '{model}' needs --weights FILE.safetensors")
-        weights = Path(spec.weights)
-        if not weights.exists():
-            raise InvalidInput(f"weights not found: {weights}")
-        _refuse_pickle(weights)
-        if weights.suffix != ".safetensors":
-            raise InvalidInput(f"{weights}: weights must be a .safetensors file")
-        code = inspect.getsourcefile(module)
-        digest = sha256_json(
-            {
-                "factory": model,
-                "weights": sha256_file(weights),
-                "code": sha256_file(Path(code)) if code else None,
-            }
-        )
-        info = ModelInfo(
-            factory=model,
-            inputs=tuple(spec.inputs),
-            dynamic=tuple(spec.dynamic),
-            outputs=tuple(spec.outputs),
-        )
-        return ModelArtifact(weights, Format.torch, sha256=digest, info=info)
+        return _factory_artifact(spec)
     path = Path(model)
     if not path.exists():
         hint = " (a factory is written package.module:function)" if ":" in model else ""
@@ -199,6 +177,39 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
     )
 
 
+def _factory_artifact(spec: SourceSpec) -> ModelArtifact:
+    """package.module:factory with --weights FILE.safetensors, or a factory that returns a
+    ready model (its weights come from its own code: the artifact is the module's source)."""
+    module, _ = import_factory(spec.model)
+    code = inspect.getsourcefile(module)
+    info = ModelInfo(
+        factory=spec.model,
+        inputs=tuple(spec.inputs),
+        dynamic=tuple(spec.dynamic),
+        outputs=tuple(spec.outputs),
+    )
+    if not spec.weights:
+        if not code:
+            raise InvalidInput(f"factory '{spec.model}' needs --weights FILE.safetensors")
+        digest = sha256_json({"factory": spec.model, "code": sha256_file(Path(code))})
+        info = replace(info, weights=FACTORY_WEIGHTS)
+        return ModelArtifact(Path(code), Format.torch, sha256=digest, info=info)
+    weights = Path(spec.weights)
+    if not weights.exists():
+        raise InvalidInput(f"weights not found: {weights}")
+    _refuse_pickle(weights)
+    if weights.suffix != ".safetensors":
+        raise InvalidInput(f"{weights}: weights must be a .safetensors file")
+    digest = sha256_json(
+        {
+            "factory": spec.model,
+            "weights": sha256_file(weights),
+            "code": sha256_file(Path(code)) if code else None,
+        }
+    )
+    return ModelArtifact(weights, Format.torch, sha256=digest, info=info)
+
+
 def hf_info(folder: Path, task: str | None) -> ModelInfo:
     """A Hugging Face folder's own description: its task (as given), class names, tokenizer."""
     import json
@@ -223,7 +234,7 @@ def torch_spec(art: ModelArtifact) -> SourceSpec:
     if info.factory:
         return SourceSpec(
             model=info.factory,
-            weights=str(art.path),
+            weights=None if info.weights == FACTORY_WEIGHTS else str(art.path),
             inputs=info.inputs,
             dynamic=info.dynamic,
             outputs=info.outputs,

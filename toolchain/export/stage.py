@@ -71,10 +71,11 @@ def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):
     from toolchain.export.source import torch_spec
     from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
 
-    tm = load_torch(torch_spec(src))
+    tm = load_torch(torch_spec(src))  # its output names are fixed here, before the export
     path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
     samples = [tm.example(batch=1 + i, seed=i) for i in range(cfg.check_samples)]
-    return path, TorchRunner(tm), samples, src.info, {"inputs": [d.__dict__ for d in tm.inputs]}
+    info = src.info.inherit(outputs=tuple(tm.output_names))
+    return path, TorchRunner(tm), samples, info, {"inputs": [d.__dict__ for d in tm.inputs]}
 
 
 def run(inputs: Inputs, cfg: ExportStage, work: Workdir) -> StageResult:

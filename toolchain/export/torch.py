@@ -27,10 +27,21 @@ DYNAMIC_EXAMPLE = 2  # a dynamic axis traced at 1 would be specialised to 1 by t
 
 @dataclass
 class TorchModel:
+    """A module with its input declarations and output names, both fixed when it is loaded."""
+
     module: torch.nn.Module
     inputs: list[InputDecl]
     output_names: list[str]
     program: Any = None  # the torch.export program, when the source was a .pt2
+    by_keyword: bool = False  # the inputs are passed as keyword arguments (forward's names)
+
+    def call(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        """The module on positional tensors (in input order), its outputs flattened."""
+        if self.by_keyword:
+            out = self.module(**{d.name: a for d, a in zip(self.inputs, args, strict=True)})
+        else:
+            out = self.module(*args)
+        return [t for _, t in named_outputs(out)]
 
     def example(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         return example_feeds(self.inputs, batch=batch, seed=seed)
@@ -85,8 +96,10 @@ def load_torch(spec: SourceSpec) -> TorchModel:
             f"(e.g. --input x:1x3x224x224) or define {SPEC_ATTR} beside the factory"
         )
     try:
-        # its random initialisation is overwritten by the weights: leave the global RNG alone
+        # the global RNG is left alone; a factory without --weights is built from a fixed seed,
+        # so that every stage that builds it gets the same module
         with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             net = factory()
     except TypeError as e:
         raise InvalidInput(
@@ -96,9 +109,63 @@ def load_torch(spec: SourceSpec) -> TorchModel:
         raise InvalidInput(
             f"factory '{spec.model}' returned {type(net).__name__}, not a torch.nn.Module"
         )
-    _load_weights(net, Path(spec.weights), spec.model)
-    outputs = list(spec.outputs) or list(family.get("outputs", [])) or []
-    return TorchModel(net.eval(), parse_inputs(inputs, dynamic), outputs)
+    if spec.weights:
+        _load_weights(net, Path(spec.weights), spec.model)
+    decls = parse_inputs(inputs, dynamic)
+    given = list(spec.outputs) or list(family.get("outputs", []))
+    return named_model(net.eval(), decls, given, spec.model)
+
+
+def _by_keyword(module: torch.nn.Module, decls: list[InputDecl]) -> bool:
+    """Pass the inputs by name when forward has a parameter of each name (then their order on
+    the command line does not matter); positionally otherwise (forward(*args), other names)."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return all(d.name in params and params[d.name].kind in kinds for d in decls)
+
+
+def named_model(
+    module: torch.nn.Module, decls: list[InputDecl], given: list[str], ref: str, program: Any = None
+) -> TorchModel:
+    """The model with its output names fixed before anything is exported: the given names,
+    else the names its output structure carries (dict keys, namedtuple and dataclass fields,
+    `output` for one tensor, `output_0`... by position)."""
+    # a program's module takes its inputs by position (its placeholders' names are not kwargs)
+    keyword = program is None and _by_keyword(module, decls)
+    model = TorchModel(module, decls, [], program=program, by_keyword=keyword)
+    example = model.example()
+    args = [torch.from_numpy(example[d.name]) for d in decls]
+    try:
+        with torch.inference_mode():
+            out = (
+                module(**dict(zip([d.name for d in decls], args, strict=True)))
+                if (model.by_keyword)
+                else module(*args)
+            )
+    except Exception as e:  # the user's forward on the declared inputs: any type
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(
+            f"'{ref}' fails on inputs {[f'{d.name}:{d.shape}:{d.dtype}' for d in decls]} "
+            f"({type(e).__name__}: {msg}); check --input"
+        ) from None
+    found = named_outputs(out)
+    if not found:
+        raise InvalidInput(f"'{ref}' returns no tensor (got {type(out).__name__})")
+    if given and len(given) != len(found):
+        raise InvalidInput(
+            f"'{ref}' returns {len(found)} outputs ({', '.join(n for n, _ in found)}) but "
+            f"{len(given)} output names were given ({', '.join(given)})"
+        )
+    names = list(given) or [n for n, _ in found]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"'{ref}': output names must be unique, got {names}")
+    model.output_names = names
+    return model
 
 
 def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
@@ -178,19 +245,62 @@ def _load_program(spec: SourceSpec) -> TorchModel:
         decls.append(
             InputDecl(name, tuple(shape), str(val.dtype).removeprefix("torch."), tuple(dyn))
         )
-    outputs = list(spec.outputs) or [str(o) for o in sig.user_outputs]
-    return TorchModel(program.module(), decls, outputs, program=program)
+    return named_model(program.module(), decls, list(spec.outputs), spec.model, program)
+
+
+def named_outputs(out: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """A module's outputs as (name, tensor) in torch.export's order: a tensor is `output`;
+    dicts (Hugging Face ModelOutput too) give their keys, namedtuples and dataclasses their
+    fields, sequences their position; nested names join with '_'; None is skipped."""
+    import dataclasses
+
+    def join(key: Any) -> str:
+        return f"{prefix}_{key}" if prefix else str(key)
+
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "output", out)]
+    if out is None:
+        return []
+    if isinstance(out, dict):  # before dataclasses: a ModelOutput is both, its keys skip None
+        items = list(out.items())
+    elif hasattr(out, "_fields"):
+        items = list(zip(out._fields, out, strict=True))
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        items = [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
+    elif isinstance(out, list | tuple):
+        items = [(i if prefix else f"output_{i}", o) for i, o in enumerate(out)]
+    else:
+        raise InvalidInput(
+            f"model output of type {type(out).__name__} is not a tensor, tuple, list, dict, "
+            "namedtuple or dataclass of tensors"
+        )
+    return [pair for k, o in items for pair in named_outputs(o, join(k))]
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict) or hasattr(out, "to_tuple"):
-        out = list(out.values()) if isinstance(out, dict) else list(out.to_tuple())
-    flat: list[torch.Tensor] = []
-    for o in out:
-        flat += flatten_outputs(o)
-    return flat
+    return [t for _, t in named_outputs(out)]
+
+
+def export_view(module: torch.nn.Module, input_names: list[str], call: Any) -> torch.nn.Module:
+    """The module as torch.export should see it: forward(<input names>) -> a flat tuple.
+
+    A shallow copy whose own `forward` calls `call(*args)`: it shares the module's parameters
+    and submodules, so the ONNX initializers keep the module's own names (a wrapping module
+    would prefix each of them), and the user's module is not changed.
+    """
+    import copy
+    import inspect
+
+    view = copy.copy(module)
+
+    def forward(*args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kwargs.update(zip(input_names, args, strict=False))
+        return tuple(call(*(kwargs[n] for n in input_names)))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    forward.__signature__ = inspect.Signature([inspect.Parameter(n, kind) for n in input_names])
+    view.forward = forward
+    return view
 
 
 @contextlib.contextmanager
@@ -215,14 +325,6 @@ class TorchRunner:
         self.model = model
         self.threads = threads
         first = self._run(model.example())
-        names = model.output_names or (
-            ["output"] if len(first) == 1 else [f"output_{i}" for i in range(len(first))]
-        )
-        if len(names) != len(first):
-            raise InvalidInput(
-                f"model returns {len(first)} outputs but {len(names)} names were given"
-            )
-        model.output_names = names
         batch_dyn = any(0 in d.dynamic for d in model.inputs)
         self.io = IoSpec(
             tuple(
@@ -244,15 +346,15 @@ class TorchRunner:
                     str(t.dtype).removeprefix("torch."),
                     tuple("batch" if (i == 0 and batch_dyn) else s for i, s in enumerate(t.shape)),
                 )
-                for n, t in zip(names, first, strict=True)
+                for n, t in zip(model.output_names, first, strict=True)
             ),
         )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[d.name])) for d in self.model.inputs]
         with torch_threads(self.threads), torch.inference_mode():
-            out = self.model.module(*args)
-        return [t.detach().cpu().numpy() for t in flatten_outputs(out)]
+            out = self.model.call(*args)
+        return [t.detach().cpu().numpy() for t in out]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.model.output_names, self._run(feeds), strict=True))
@@ -277,14 +379,19 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
     """Export to `out` (a .onnx path); weights over 2 GB go to external data beside it."""
     example = model.example()
     args = tuple(torch.from_numpy(example[d.name]) for d in model.inputs)
-    src = model.program if model.program is not None else model.module
+    names = [d.name for d in model.inputs]
+    if model.program is not None:
+        src = model.program
+    else:
+        src = export_view(model.module, names, model.call)
     kwargs: dict[str, Any] = {}
     if model.program is None and any(d.dynamic for d in model.inputs):
         batch = torch.export.Dim("batch")  # one object: inputs share their batch axis
-        kwargs["dynamic_shapes"] = tuple(
-            {i: batch if i == 0 else torch.export.Dim(f"{d.name}_{i}") for i in d.dynamic} or None
+        kwargs["dynamic_shapes"] = {
+            d.name: {i: batch if i == 0 else torch.export.Dim(f"{d.name}_{i}") for i in d.dynamic}
+            or None
             for d in model.inputs
-        )
+        }
     # Inline weights unless the protobuf 2 GB limit forces external data.
     params = sum(p.numel() * p.element_size() for p in model.module.parameters())
     kwargs["external_data"] = params > EXTERNAL_DATA_BYTES
