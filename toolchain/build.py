@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +9,7 @@ from typing import Any, Literal
 from targets.base import BuildConfig
 from toolchain.core.artifact import Format, ModelInfo
 from toolchain.core.errors import InvalidInput, TargetUnavailable
-from toolchain.core.files import sha256_path
+from toolchain.core.files import carry_preprocessing, sha256_path
 from toolchain.core.recipe import StageConfig
 from toolchain.core.registry import get_target
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
@@ -50,31 +49,6 @@ def info_with_carried(info: ModelInfo, carried: list[str], out: Path) -> ModelIn
     """The info of a model whose folder now holds the carried files: its tokenizer is there."""
     has_tokenizer = any(n in carried for n in ("tokenizer.json", "tokenizer_config.json"))
     return info.inherit(tokenizer=str(out)) if has_tokenizer else info
-
-
-# Files a deployment needs beside the model to turn raw input into tensors (Hugging Face names).
-PREPROCESSING_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "merges.txt",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-)
-
-
-def carry_preprocessing(src_dir: Path, out: Path) -> list[str]:
-    """Copy the tokenizer/config files beside the model into the engine: it ships complete."""
-    carried = []
-    for name in PREPROCESSING_FILES:
-        if (src_dir / name).is_file() and not (out / name).exists():
-            shutil.copy2(src_dir / name, out / name)
-            carried.append(name)
-    return carried
 
 
 STAGE = Stage(

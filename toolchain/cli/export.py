@@ -39,6 +39,13 @@ def command(
     rtol: Annotated[
         float | None, typer.Option(help=f"Relative tolerance of the check (default {D('rtol')}).")
     ] = None,
+    exporter: Annotated[
+        str | None,
+        typer.Option(
+            help="Hugging Face exporter: torch (torch.onnx dynamo; transformers 4 and 5) or "
+            "optimum (needs optimum-onnx, transformers < 4.58). Default torch."
+        ),
+    ] = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Export a fine-tuned model to ONNX and check it against the source (exit 1 if it differs)."""
@@ -51,7 +58,14 @@ def command(
             "outputs": output or [],
             "task": task,
         },
-        {"kind": "export", "out": str(out), "opset": opset, "atol": atol, "rtol": rtol},
+        {
+            "kind": "export",
+            "out": str(out),
+            "opset": opset,
+            "atol": atol,
+            "rtol": rtol,
+            "exporter": exporter,
+        },
         "export",
     )
     execute(recipe, print_recipe)

@@ -176,3 +176,32 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+
+
+# Files a deployment needs beside the model to turn raw input into tensors (Hugging Face names).
+PREPROCESSING_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
+
+
+def carry_preprocessing(src_dir: Path, out: Path) -> list[str]:
+    """Copy the tokenizer/config files beside the model into the engine: it ships complete."""
+    carried = []
+    for name in PREPROCESSING_FILES:
+        src = src_dir / name
+        # a link is not followed: it could name any file on the machine
+        if src.is_file() and not src.is_symlink() and not (out / name).exists():
+            shutil.copy2(src, out / name)
+            carried.append(name)
+    return carried

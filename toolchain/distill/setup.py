@@ -136,7 +136,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
     io = HfRunner(hf).io
     inputs, dynamic = _decls_from_io(io)
     return Teacher(
-        HfOutputs(hf.model, hf.onnx_config),
+        HfOutputs(hf.model, hf.signature),
         io,
         io.input_names,
         inputs,
@@ -257,7 +257,7 @@ def derived_student(cfg, src: ModelArtifact, teacher: Teacher, log) -> Student:
     layers = [(kept[i], teacher_stack[t]) for i, t in enumerate(keep)]
     log(f"student: teacher layers {keep} of 0..{n - 1}, initialised from the teacher")
     return Student(
-        HfOutputs(shf.model, shf.onnx_config),
+        HfOutputs(shf.model, shf.signature),
         shf.model,
         {"layers": keep},
         DEFAULT_LR_DERIVED,

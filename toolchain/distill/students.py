@@ -176,25 +176,19 @@ class TorchOutputs(nn.Module):
 
 
 class HfOutputs(nn.Module):
-    """A Hugging Face model run through optimum's export patch, so its outputs are the ONNX ones.
+    """A Hugging Face model called as it is exported (export/hf.py HfSignature): the task's
+    inputs by name, its outputs by name (for sentence-transformers: the pooled, normalised
+    `sentence_embedding`), so the loss is computed on exactly what will be exported."""
 
-    The patch is what the exporter traces (for sentence-transformers: the pooled, normalised
-    `sentence_embedding`), so the loss is computed on exactly what will be exported.
-    """
-
-    def __init__(self, model: nn.Module, onnx_config: Any) -> None:
+    def __init__(self, model: nn.Module, signature: Any) -> None:
         super().__init__()
         self.model = model
-        self.outputs = list(onnx_config.outputs)
-        self.inputs = list(onnx_config.inputs)
-        # Built once, before any other patch is active: a patcher records the original ops
-        # when it is constructed and restores those on exit.
-        self._patcher = onnx_config.patch_model_for_export(model)
+        self.signature = signature
+        self.outputs = list(signature.outputs)
+        self.inputs = list(signature.inputs)
 
     def forward(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self._patcher:
-            out = self.model(**feeds)
-        return {n: out[n] for n in self.outputs}
+        return self.signature.call(self.model, feeds)
 
     def lengths(self, feeds: dict[str, Any]) -> Any:
         """Tokens per sample (from the padding mask), or None when the inputs have no mask."""

@@ -25,6 +25,11 @@ class ExportStage(StageConfig):
     atol: float = Field(default=1e-4, gt=0)
     rtol: float = Field(default=1e-3, ge=0)
     check_samples: int = Field(default=2, ge=1)  # each at another batch (and sequence) size
+    exporter: Literal["torch", "optimum"] | None = Field(
+        default=None,
+        description="Hugging Face exporter: torch (torch.onnx dynamo, transformers 4 and 5) or "
+        "optimum (optimum-onnx, transformers < 4.58); default torch",
+    )
 
 
 def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
@@ -57,14 +62,17 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
 
 
 def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
-    from toolchain.export.hf import HfRunner, load_hf, onnx_from_hf
+    from toolchain.export.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
 
+    exporter = cfg.exporter or default_exporter()
     hf = load_hf(src.path, src.info.task)
-    path = onnx_from_hf(hf, out, cfg.opset)
+    path = onnx_from_hf(hf, out, cfg.opset, exporter)
     samples = [hf.example(batch=1 + i, seq=16 + 8 * i, seed=i) for i in range(cfg.check_samples)]
     # the tokenizer and config files are beside model.onnx now (onnx_from_hf)
-    info = src.info.inherit(task=hf.task, tokenizer=str(out))
-    return path, HfRunner(hf), samples, info, {"task": hf.task, "library": hf.library}
+    tokenizer = str(out) if (out / "tokenizer_config.json").is_file() else src.info.tokenizer
+    info = src.info.inherit(task=hf.task, tokenizer=tokenizer)
+    meta = {"task": hf.task, "library": hf.library, "exporter": exporter}
+    return path, HfRunner(hf), samples, info, meta
 
 
 def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):

@@ -380,21 +380,30 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
     example = model.example()
     args = tuple(torch.from_numpy(example[d.name]) for d in model.inputs)
     names = [d.name for d in model.inputs]
-    if model.program is not None:
-        src = model.program
-    else:
-        src = export_view(model.module, names, model.call)
-    kwargs: dict[str, Any] = {}
+    src = (
+        model.program if model.program is not None else export_view(model.module, names, model.call)
+    )
+    shapes = None
     if model.program is None and any(d.dynamic for d in model.inputs):
         batch = torch.export.Dim("batch")  # one object: inputs share their batch axis
-        kwargs["dynamic_shapes"] = {
+        shapes = {
             d.name: {i: batch if i == 0 else torch.export.Dim(f"{d.name}_{i}") for i in d.dynamic}
             or None
             for d in model.inputs
         }
-    # Inline weights unless the protobuf 2 GB limit forces external data.
-    params = sum(p.numel() * p.element_size() for p in model.module.parameters())
-    kwargs["external_data"] = params > EXTERNAL_DATA_BYTES
+    return export_onnx(src, args, out, opset, (names, model.output_names), shapes)
+
+
+def export_onnx(
+    src: Any, args: tuple, out: Path, opset: int, names: tuple[list[str], list[str]], shapes: Any
+) -> Path:
+    """torch.onnx's dynamo exporter on `src` (a module or a torch.export program), its errors
+    as one line; inline weights unless the protobuf 2 GB limit forces external data."""
+    module = src.module() if hasattr(src, "graph_signature") else src
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    kwargs: dict[str, Any] = {"external_data": params > EXTERNAL_DATA_BYTES}
+    if shapes is not None:
+        kwargs["dynamic_shapes"] = shapes
     try:
         with _quiet():
             torch.onnx.export(
@@ -403,8 +412,8 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
                 str(out),
                 dynamo=True,
                 opset_version=opset,
-                input_names=[d.name for d in model.inputs],
-                output_names=model.output_names,
+                input_names=names[0],
+                output_names=names[1],
                 **kwargs,
             )
     except Exception as e:  # the exporter raises many types; surface one line

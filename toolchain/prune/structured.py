@@ -105,7 +105,7 @@ class EncoderCandidate:
         from toolchain.prune.encoder import encoder_layers, head_counts, parameter_counts
 
         self.hf, self.source = hf, source
-        self.outputs = HfOutputs(hf.model, hf.onnx_config)
+        self.outputs = HfOutputs(hf.model, hf.signature)
         self.parameters = parameter_counts(hf.model)
         self.structure = {
             "heads": head_counts(hf.model),
@@ -137,7 +137,7 @@ class EncoderPruner:
 
         self.hf, self.path, self.task = hf, hf.path, hf.task
         self.cfg, self.output, self.log = cfg, output, log
-        self.wrapped = wrapped or HfOutputs(hf.model, hf.onnx_config)
+        self.wrapped = wrapped or HfOutputs(hf.model, hf.signature)
         self.layers = encoder_layers(self.hf.model)
         self.before = {
             "heads": head_counts(self.hf.model),
@@ -180,9 +180,7 @@ class EncoderPruner:
             for i, kept in enumerate(plan.heads)
         }
         prune_encoder(model, drop, dict(enumerate(plan.ffn)))
-        ctor = type(self.hf.onnx_config)
-        onnx_config = ctor(model.config, task=self.hf.onnx_config.task)
-        hf = HfModel(self.path, self.task, self.hf.library, model.eval(), onnx_config)
+        hf = HfModel(self.path, self.task, self.hf.library, model.eval(), self.hf.signature)
         return EncoderCandidate(hf, Path(self.path))
 
 
