@@ -200,8 +200,7 @@ def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     from toolchain.build import info_with_carried
-    from toolchain.core.files import carry_preprocessing
-    from toolchain.core.files import write_json
+    from toolchain.core.files import carry_preprocessing, write_json
     from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
     from toolchain.quantize.calibrate import calibration_data, load_checked
     from toolchain.quantize.loop import AccuracyLoop
