@@ -71,7 +71,8 @@ def test_a_pruned_folder_reloads_to_the_same_outputs(tiny_classifier, tmp_path):
     pruned.save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["edgesmith_pruning"]["ffn"] == [88, 88]  # 128 * 0.7 = 89.6, to a multiple of 8
-    assert all(len(v) == 2 for v in config["pruned_heads"].values())
+    heads = config["edgesmith_pruning"]["heads"]
+    assert [len(h) for h in heads] == [2, 2] and all(h == sorted(set(h)) for h in heads)
     feeds = {k: v[:8] for k, v in data.feeds.items()}
     want = HfRunner(pruned.hf).infer(feeds)["logits"]
     got = HfRunner(load_hf(tmp_path)).infer(feeds)["logits"]

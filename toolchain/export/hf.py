@@ -81,6 +81,8 @@ def _quiet():
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers 5 draws one while it loads weights
     loggers = [logging.getLogger(n) for n in ("optimum", "sentence_transformers")]
     old = [lg.level for lg in loggers]
     for lg in loggers:
@@ -90,6 +92,8 @@ def _quiet():
             yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
         for lg, lv in zip(loggers, old, strict=True):
             lg.setLevel(lv)
 

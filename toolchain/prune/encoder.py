@@ -6,13 +6,12 @@ one stack of repeated layers (as distill finds it), and in each layer the four
 hidden→hidden Linears of attention (the three that read the same input are Q, K and V, the
 other is the output projection) and the hidden→I / I→hidden pair of the FFN.
 
-Heads are removed through the model's own `prune_heads` (transformers' PreTrainedModel API:
-it slices Q, K, V and the output projection together, updates the attention's head count and
-records `pruned_heads` in the config, which transformers re-applies when it loads the
-folder). FFN neurons are removed here (transformers has no per-layer FFN sizes); the folder's
-config records them under `edgesmith_pruning`, and `rebuild_shapes` (called by
-export/hf.py: load_hf) gives a freshly loaded model those shapes before its weights are
-read. Nothing from the folder is executed.
+Heads and FFN neurons are removed here: a head's rows of Q, K and V and its columns of the
+output projection go together, and the attention module's head count follows. transformers 4
+had `prune_heads` for this; transformers 5 removed it, and neither has per-layer FFN sizes.
+The folder's config records the kept heads and FFN sizes under `edgesmith_pruning`, and
+`rebuild_shapes` (called by export/hf.py: load_hf) gives a freshly loaded model those shapes
+before its weights are read. Nothing from the folder is executed.
 """
 
 from __future__ import annotations
@@ -25,7 +24,11 @@ from torch import nn
 
 from toolchain.core.errors import InvalidInput
 
-CONFIG_KEY = "edgesmith_pruning"  # in config.json: {"ffn": [kept neurons per layer], ...}
+# in config.json: {"ffn": [FFN size per layer], "heads": [[original head indices kept] per layer]}
+CONFIG_KEY = "edgesmith_pruning"
+# attributes of an attention module that hold its head count or its heads' total width
+HEAD_COUNTS = ("num_attention_heads", "num_heads", "n_heads")
+HEAD_WIDTHS = ("all_head_size", "inner_dim")
 
 
 @dataclass
@@ -42,6 +45,7 @@ class EncoderLayer:
     ffn_in_name: str
     ffn_out_name: str
     module: nn.Module
+    attention_names: tuple[str, str, str, str] = ("", "", "", "")  # Q, K, V, output
 
     @property
     def ffn_size(self) -> int:
@@ -126,8 +130,13 @@ def encoder_layers(model: nn.Module) -> list[EncoderLayer]:
             qkv, (_, o), ((up_name, ffn_in), (down_name, ffn_out)) = _roles(layer, hidden)
         except InvalidInput as e:
             raise InvalidInput(f"layer {i}: {e}") from None
-        (_, q), (_, k), (_, v) = qkv
-        out.append(EncoderLayer(i, q, k, v, o, ffn_in, ffn_out, up_name, down_name, layer))
+        (qn, q), (kn, k), (vn, v) = qkv
+        on = next(n for n, m in layer.named_modules() if m is o)
+        out.append(
+            EncoderLayer(
+                i, q, k, v, o, ffn_in, ffn_out, up_name, down_name, layer, (qn, kn, vn, on)
+            )
+        )
     return out
 
 
@@ -142,11 +151,38 @@ def head_dim(model: nn.Module) -> int:
 
 
 def remaining_heads(model: nn.Module, layer: int) -> list[int]:
-    """The original indices of a layer's heads still there (transformers' numbering)."""
+    """The original indices of a layer's heads still there (the config's numbering)."""
     config = _config(model)
-    # transformers' config keeps pruned_heads by int layer (it converts a loaded file's keys)
+    kept = (getattr(config, CONFIG_KEY, None) or {}).get("heads")
+    if kept is not None and layer < len(kept):
+        return list(kept[layer])
+    # transformers 4's own record, in a folder its prune_heads wrote
     pruned = set((getattr(config, "pruned_heads", {}) or {}).get(layer, []))
     return [h for h in range(config.num_attention_heads) if h not in pruned]
+
+
+def shrink_heads(layer: EncoderLayer, keep: list[int], dim: int) -> None:
+    """Keep the heads at positions `keep` (of those still there): their rows of Q, K, V and
+    columns of the output projection; the attention module's head count follows."""
+    from transformers.pytorch_utils import prune_linear_layer
+
+    index = torch.cat([torch.arange(p * dim, (p + 1) * dim) for p in sorted(keep)])
+    names = layer.attention_names
+    for name, lin, axis in zip(
+        names, (layer.query, layer.key, layer.value, layer.output), (0, 0, 0, 1), strict=True
+    ):
+        layer.module.set_submodule(name, prune_linear_layer(lin, index, dim=axis))
+    layer.query, layer.key, layer.value, layer.output = (
+        layer.module.get_submodule(n) for n in names
+    )
+    owner = names[0].rpartition(".")[0]
+    attention = layer.module.get_submodule(owner) if owner else layer.module
+    for attr in HEAD_COUNTS:
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, len(keep))
+    for attr in HEAD_WIDTHS:
+        if isinstance(getattr(attention, attr, None), int):
+            setattr(attention, attr, len(keep) * dim)
 
 
 def shrink_ffn(layer: EncoderLayer, keep: torch.Tensor) -> None:
@@ -167,19 +203,23 @@ def prune_encoder(model: nn.Module, heads: dict[int, list[int]], ffn: dict[int, 
     from toolchain.distill.students import pretrained_part
 
     base = pretrained_part(model)
-    remaining = {i: remaining_heads(model, i) for i in heads}
-    for i, hs in heads.items():
-        if len(hs) >= len(remaining[i]):
-            raise InvalidInput(f"layer {i}: pruning {len(hs)} heads would leave none")
-    if any(heads.values()):
-        # transformers numbers a head by its original index (config.pruned_heads)
-        base.prune_heads({i: list(hs) for i, hs in heads.items() if hs})
     layers = encoder_layers(model)
+    dim = head_dim(model)
+    kept = [remaining_heads(model, i) for i in range(len(layers))]
+    for i, hs in heads.items():
+        if len(set(hs) & set(kept[i])) >= len(kept[i]):
+            raise InvalidInput(f"layer {i}: pruning {len(hs)} heads would leave none")
+        if hs:
+            keep = [p for p, h in enumerate(kept[i]) if h not in set(hs)]
+            shrink_heads(layers[i], keep, dim)
+            kept[i] = [kept[i][p] for p in keep]
     for i, keep in ffn.items():
         if len(keep) == 0:
             raise InvalidInput(f"layer {i}: pruning every FFN neuron would leave none")
         shrink_ffn(layers[i], torch.as_tensor(keep))
-    setattr(base.config, CONFIG_KEY, {"ffn": [layer.ffn_size for layer in layers]})
+    base.config.pruned_heads = {}  # the record below is what a loader applies
+    record = {"ffn": [layer.ffn_size for layer in layers], "heads": kept}
+    setattr(base.config, CONFIG_KEY, record)
 
 
 def rebuild_shapes(model: nn.Module, record: dict[str, Any]) -> None:
@@ -190,9 +230,26 @@ def rebuild_shapes(model: nn.Module, record: dict[str, Any]) -> None:
         raise InvalidInput(
             f"config.json {CONFIG_KEY}.ffn: expected {len(layers)} positive sizes, got {sizes!r}"
         )
-    for layer, size in zip(layers, sizes, strict=True):
+    heads = record.get("heads")
+    total = _config(model).num_attention_heads
+    if heads is not None and (
+        not isinstance(heads, list)
+        or len(heads) != len(layers)
+        or not all(
+            isinstance(h, list) and h and all(isinstance(x, int) and 0 <= x < total for x in h)
+            for h in heads
+        )
+    ):
+        raise InvalidInput(
+            f"config.json {CONFIG_KEY}.heads: expected {len(layers)} non-empty lists of head "
+            f"indices below {total}, got {heads!r}"
+        )
+    dim = head_dim(model)
+    for i, (layer, size) in enumerate(zip(layers, sizes, strict=True)):
         if size != layer.ffn_size:
             shrink_ffn(layer, torch.arange(size))
+        if heads is not None and len(heads[i]) != layer.query.out_features // dim:
+            shrink_heads(layer, list(range(len(heads[i]))), dim)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
