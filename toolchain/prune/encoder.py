@@ -66,9 +66,11 @@ def _stack(model: nn.Module) -> nn.ModuleList:
 
 def _calls(layer: nn.Module, linears: list[tuple[str, nn.Linear]], hidden: int):
     """For each Linear of a layer, in the order a forward calls them: (name, input tensor id)."""
-    seen: list[tuple[str, int]] = []
+    # the tensors themselves are kept until the probe ends: a freed tensor's id can be reused
+    # by the next one, which would make two different inputs look like one
+    seen: list[tuple[str, torch.Tensor]] = []
     hooks = [
-        m.register_forward_hook(lambda _m, args, _o, n=n: seen.append((n, id(args[0]))))
+        m.register_forward_hook(lambda _m, args, _o, n=n: seen.append((n, args[0])))
         for n, m in linears
     ]
     try:
@@ -77,12 +79,19 @@ def _calls(layer: nn.Module, linears: list[tuple[str, nn.Linear]], hidden: int):
     finally:
         for h in hooks:
             h.remove()
-    return seen
+    return [(n, id(t)) for n, t in seen]
 
 
 def _probe(layer: nn.Module, hidden: int) -> None:
     """One forward of a layer on a dummy [1, 4, hidden] input (the layer's own signature)."""
-    layer(torch.zeros(1, 4, hidden))
+    try:
+        layer(torch.zeros(1, 4, hidden))
+    except (TypeError, RuntimeError, ValueError) as e:  # a layer that needs more than its input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(
+            f"nothing prunable here: a {type(layer).__name__} cannot run on its hidden states "
+            f"alone ({first})"
+        ) from None
 
 
 def _roles(layer: nn.Module, hidden: int) -> tuple[list, tuple[str, nn.Linear], tuple]:

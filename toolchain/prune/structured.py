@@ -48,8 +48,9 @@ def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
 
 def timing_seq(hf, cfg) -> int:
     """Engines are timed at the configured sequence length, or the model's longest."""
-    longest = getattr(hf.model.config, "max_position_embeddings", None) or cfg.latency_seq
-    return min(cfg.latency_seq, longest)
+    longest = getattr(hf.model.config, "max_position_embeddings", None) or cfg.latency_seq + 2
+    # RoBERTa-like families number positions from after the padding index: 2 fewer tokens
+    return min(cfg.latency_seq, longest - 2)
 
 
 def _taylor_batches(wrapped, data, cfg, log) -> list[tuple[dict, torch.Tensor]]:
