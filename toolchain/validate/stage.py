@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from calibration.sources import TEXT_SUFFIXES, load_dataset
 from toolchain.bench import latency, size_bytes
-from toolchain.core.artifact import ModelArtifact
+from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.files import sha256_path
 from toolchain.core.recipe import Gated
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
@@ -61,9 +62,24 @@ def _describe(art: ModelArtifact, runner, feeds) -> dict:
     }
 
 
+def _declared_like(ref: ModelArtifact, candidate: ModelArtifact) -> ModelArtifact:
+    """A factory reference given without input declarations takes the candidate's when the
+    candidate was made from the same factory (its manifest records the inputs the export
+    was given, and the output names)."""
+    info = ref.info
+    if ref.format is Format.torch and info.factory and not info.inputs:
+        if candidate.info.factory == info.factory and candidate.info.inputs:
+            c = candidate.info
+            same = info.inherit(
+                inputs=c.inputs, dynamic=c.dynamic, outputs=info.outputs or c.outputs
+            )
+            return replace(ref, info=same)
+    return ref
+
+
 def run(inputs: Inputs, cfg: ValidateStage, work: Workdir) -> StageResult:
     check_metric_names(cfg.metrics)
-    src, ref_art = inputs.model, inputs["reference"]
+    src, ref_art = inputs.model, _declared_like(inputs["reference"], inputs.model)
     if ref_art.sha256 == src.sha256 and ref_art.format == src.format:
         work.log("note: the candidate is the reference itself; every drop will be 0")
     text = Path(cfg.data).suffix in TEXT_SUFFIXES
