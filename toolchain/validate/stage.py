@@ -66,15 +66,13 @@ def _declared_like(ref: ModelArtifact, candidate: ModelArtifact) -> ModelArtifac
     """A factory reference given without input declarations takes the candidate's when the
     candidate was made from the same factory (its manifest records the inputs the export
     was given, and the output names)."""
-    info = ref.info
-    if ref.format is Format.torch and info.factory and not info.inputs:
-        if candidate.info.factory == info.factory and candidate.info.inputs:
-            c = candidate.info
-            same = info.inherit(
-                inputs=c.inputs, dynamic=c.dynamic, outputs=info.outputs or c.outputs
-            )
-            return replace(ref, info=same)
-    return ref
+    info, c = ref.info, candidate.info
+    if ref.format is not Format.torch or not info.factory or info.inputs:
+        return ref
+    if c.factory != info.factory or not c.inputs:
+        return ref
+    same = info.inherit(inputs=c.inputs, dynamic=c.dynamic, outputs=info.outputs or c.outputs)
+    return replace(ref, info=same)
 
 
 def run(inputs: Inputs, cfg: ValidateStage, work: Workdir) -> StageResult:
