@@ -211,7 +211,15 @@ class OrtRunner:
     io: IoSpec
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.io.output_names, feeds)
+        try:
+            outs = self.session.run(self.io.output_names, feeds)
+        except RuntimeError as e:  # onnxruntime's errors on what it was fed: one line
+            what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
+            raise InvalidInput(
+                f"the model does not run on these inputs ({shapes}): "
+                f"{what.removeprefix('[ONNXRuntimeError] : ')}"
+            ) from None
         return dict(zip(self.io.output_names, outs, strict=True))
 
     @property

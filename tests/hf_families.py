@@ -27,7 +27,7 @@ IMAGE = dict(image_size=32, num_channels=3)
 VIT = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, patch_size=8
 )
-CONV = dict(num_channels=3)
+CONV = dict(num_channels=3, image_size=32)
 AUDIO = dict(
     hidden_size=32,
     num_hidden_layers=2,
@@ -182,6 +182,8 @@ def data(onnx_inputs: list[tuple[str, list]], n: int = 24, seed: int = 1) -> dic
     for name, dims in onnx_inputs:
         size = 4 * 1600 if name == "input_values" and len(dims) == 2 else 16
         shape = [n] + [d if isinstance(d, int) else size for d in dims[1:]]
+        if name == "pixel_values":  # an exporter may leave every axis dynamic
+            shape = [n, 3, 32, 32]
         if name == "input_ids":
             out[name] = rng.integers(3, VOCAB, shape).astype(np.int64)
         elif name == "attention_mask":

@@ -457,6 +457,22 @@ def _optimum_export(hf: HfModel, out_dir: Path, opset: int) -> Path:
                 preprocessors=maybe_load_preprocessors(str(hf.path)),
                 library_name=hf.library,
             )
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise InvalidInput(f"{hf.path}: optimum export failed ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # optimum raises many types; surface one line
+        from toolchain.export.torch import _caused_by
+
+        cause = _caused_by(e, (KeyboardInterrupt, OSError))
+        if cause is not None:
+            raise cause from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidInput(f"{hf.path}: optimum export failed ({first})") from None
+    _follow_inputs(hf.signature, out_dir / "model.onnx")
     return out_dir / "model.onnx"
+
+
+def _follow_inputs(sig: HfSignature, path: Path) -> None:
+    """optimum's family configs leave out inputs a model takes with a default (RoBERTa's
+    token_type_ids): the source is then run without them too, as the ONNX is."""
+    import onnx
+
+    names = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    sig.inputs = {n: axes for n, axes in sig.inputs.items() if n in names}
