@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo text-classifier test test-gpu lint bench clean
+.PHONY: setup demo text-classifier test test-tf4 test-gpu lint bench support-table clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,28 @@ text-classifier: setup build/text_classifier/model/model.safetensors
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+# The Hugging Face tests again on transformers 4.57, the architecture matrix through
+# optimum-onnx's exporter (it requires transformers < 4.58): CI's second job.
+VENV_TF4 := .venv-tf4
+$(VENV_TF4)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_TF4)
+	$(VENV_TF4)/bin/pip install -q --upgrade pip
+	$(VENV_TF4)/bin/pip install -q torch==2.13.0
+	$(VENV_TF4)/bin/pip install -q -e '.[dev,optimum]' 'transformers>=4.57,<4.58'
+	touch $@
+
+test-tf4: $(VENV_TF4)/.installed
+	EDGESMITH_EXPORTER=optimum $(VENV_TF4)/bin/python -m pytest -q -m "not gpu" \
+		tests/export tests/prune/test_prune.py tests/distill/test_minilm.py
+
+# docs/support.md: every family of tests/hf_families.py through every stage, on this venv's
+# transformers (torch exporter) and on transformers 4.57 (torch and optimum exporters).
+support-table: setup $(VENV_TF4)/.installed
+	$(BIN)/python benchmarks/support_matrix.py --exporter torch
+	$(VENV_TF4)/bin/python benchmarks/support_matrix.py --exporter torch
+	$(VENV_TF4)/bin/python benchmarks/support_matrix.py --exporter optimum
+	$(BIN)/python benchmarks/support_matrix.py --render docs/support.md
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu

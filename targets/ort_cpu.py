@@ -213,7 +213,7 @@ class OrtRunner:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             outs = self.session.run(self.io.output_names, feeds)
-        except RuntimeError as e:  # onnxruntime's errors on what it was fed: one line
+        except (RuntimeError, ValueError) as e:  # onnxruntime's errors on its feeds: one line
             what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
             raise InvalidInput(

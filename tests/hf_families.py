@@ -58,7 +58,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("bert", "BertConfig", "BertForSequenceClassification", "text-classification",
            {**TEXT, **LABELS}, structured=True),
     Family("roberta", "RobertaConfig", "RobertaForTokenClassification", "token-classification",
-           {**TEXT, **LABELS, "pad_token_id": 1}),
+           {**TEXT, **LABELS, "pad_token_id": 1, "type_vocab_size": 1}),
     Family("distilbert", "DistilBertConfig", "DistilBertForQuestionAnswering", "question-answering",
            dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=2, hidden_dim=48,
                 max_position_embeddings=64)),
@@ -69,7 +69,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("deberta-v2", "DebertaV2Config", "DebertaV2ForSequenceClassification",
            "text-classification", {**TEXT, **LABELS}),
     Family("xlm-roberta", "XLMRobertaConfig", "XLMRobertaForSequenceClassification",
-           "text-classification", {**TEXT, **LABELS, "pad_token_id": 1}, structured=True),
+           "text-classification", {**TEXT, **LABELS, "pad_token_id": 1, "type_vocab_size": 1},
+           structured=True),
     Family("mpnet", "MPNetConfig", "MPNetModel", "feature-extraction", {**TEXT, "pad_token_id": 1}),
     Family("modernbert", "ModernBertConfig", "ModernBertForSequenceClassification",
            "text-classification",
@@ -190,6 +191,8 @@ def data(onnx_inputs: list[tuple[str, list]], n: int = 24, seed: int = 1) -> dic
             out[name] = (np.arange(shape[-1]) < lengths[:, None]).astype(np.int64)
         elif name == "token_type_ids":
             out[name] = np.zeros(shape, dtype=np.int64)
+        elif name == "position_ids":
+            out[name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(np.int64)
         else:
             out[name] = rng.standard_normal(shape).astype(np.float32)
     return out

@@ -14,11 +14,20 @@ from tests import hf_families
 
 EXPORTER = os.environ.get("EDGESMITH_EXPORTER", "torch")
 pytestmark = [pytest.mark.slow, pytest.mark.hf]
+# What optimum-onnx 0.1.0's exporter cannot do, each an exit 2 with its reason (docs/support.md):
+# DINOv2 fails inside optimum; its Llama and Qwen2 graphs hold onnxruntime's
+# SimplifiedLayerNormalization in the ONNX domain, which the build's strict check refuses.
+OPTIMUM_CANNOT = {"dinov2": "export", "llama": "build", "qwen2": "build"}
 
 
 @pytest.mark.parametrize("family", hf_families.FAMILIES, ids=lambda f: f.name)
 def test_family_from_the_command_line(cli, family, tmp_path):
     outcomes = hf_families.run_family(cli, family, tmp_path, EXPORTER)
+    stuck = OPTIMUM_CANNOT.get(family.name) if EXPORTER == "optimum" else None
+    if stuck:
+        assert outcomes[stuck].code == 2, outcomes[stuck]
+        assert list(outcomes)[-1] == stuck and outcomes[stuck].message.startswith("edgesmith:")
+        return
     failed = {k: o.message for k, o in outcomes.items() if o.code != 0}
     assert not failed, failed
     expected = ["export", "quantize", "build", "validate"]

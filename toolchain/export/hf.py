@@ -43,6 +43,7 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
 SENTENCE_OUTPUTS = ("token_embeddings", "sentence_embedding")  # a sentence-transformers folder
 EXPORTERS = ("torch", "optimum")
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+INT_INPUTS = (*TEXT_INPUTS, "position_ids")
 AUDIO_SAMPLES = 1600  # samples per "sequence" step of a raw-waveform example (0.1 s at 16 kHz)
 
 
@@ -151,6 +152,8 @@ class HfModel:
                 feeds[name] = np.ones(shape, dtype=np.int64)
             elif name == "token_type_ids":
                 feeds[name] = np.zeros(shape, dtype=np.int64)
+            elif name == "position_ids":
+                feeds[name] = np.broadcast_to(np.arange(shape[-1]), shape).astype(np.int64)
             else:
                 feeds[name] = rng.standard_normal(shape).astype(np.float32)
         return feeds
@@ -368,7 +371,7 @@ class HfRunner:
             tuple(
                 TensorSpec(
                     n,
-                    "int64" if n in TEXT_INPUTS else "float32",
+                    "int64" if n in INT_INPUTS else "float32",
                     tuple(axes.get(i, d) for i, d in enumerate(sig.shapes[n])),
                 )
                 for n, axes in sig.inputs.items()
@@ -474,5 +477,15 @@ def _follow_inputs(sig: HfSignature, path: Path) -> None:
     token_type_ids): the source is then run without them too, as the ONNX is."""
     import onnx
 
-    names = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    text = {n: a for n, a in sig.inputs.items() if n in TEXT_INPUTS}
+    if "position_ids" in names and text:  # decoders: optimum exports their positions
+        axes = next(iter(text.values()))
+        sig.inputs["position_ids"], sig.shapes["position_ids"] = dict(axes), sig.shapes["input_ids"]
+    unknown = [n for n in names if n not in sig.inputs]
+    if unknown:
+        raise InvalidInput(
+            f"optimum's export takes inputs edgesmith does not feed ({', '.join(unknown)}); "
+            "use --exporter torch"
+        )
     sig.inputs = {n: axes for n, axes in sig.inputs.items() if n in names}
