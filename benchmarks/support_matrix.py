@@ -12,6 +12,7 @@ Records: build/support/<transformers major>-<exporter>.json (host, ISA, versions
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,10 +60,8 @@ def measure(exporter: str) -> Path:
             shutil.rmtree(root)
             print(f.name, {k: v["code"] for k, v in families[f.name]["stages"].items()})
     versions = {p: metadata.version(p) for p in ("torch", "onnxruntime", "transformers")}
-    try:
+    with contextlib.suppress(metadata.PackageNotFoundError):
         versions["optimum-onnx"] = metadata.version("optimum-onnx")
-    except metadata.PackageNotFoundError:
-        pass
     record = {
         "exporter": exporter,
         "versions": versions,
