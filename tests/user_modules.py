@@ -87,3 +87,16 @@ def record():
 
 def mixed():
     return Mixed()
+
+
+class Branchy(One):
+    """Data-dependent control flow: torch.export cannot trace it."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def branchy():
+    return Branchy()

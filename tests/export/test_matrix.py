@@ -50,3 +50,18 @@ def test_prune_of_a_family_it_does_not_apply_to_says_why(cli, tmp_path):
     assert r.code == 2, r.stderr
     assert "nothing prunable" in r.stderr and "Qwen2DecoderLayer" in r.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_bad_hugging_face_input_exits_2_with_nothing_written(cli, tmp_path):
+    """Custom code in config.json, an unknown task: one line each, nothing written."""
+    import json
+
+    hf = hf_families.build(hf_families.BY_NAME["bert"], tmp_path / "hf")
+    r = cli("export", hf, "-o", tmp_path / "a", "--task", "summarisation")
+    assert r.code == 2 and "unknown task 'summarisation'" in r.stderr
+    config = json.loads((hf / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (hf / "config.json").write_text(json.dumps(config))
+    r = cli("export", hf, "-o", tmp_path / "b")
+    assert r.code == 2 and "custom code (auto_map)" in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

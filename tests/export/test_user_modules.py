@@ -124,3 +124,15 @@ def test_a_forward_that_fails_on_the_declared_inputs_exits_2(cli, tmp_path):
             "-o", tmp_path / "bad")  # fmt: skip
     assert r.code == 2 and "fails on inputs" in r.stderr and "--input" in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_data_dependent_control_flow_exits_2_in_one_line(cli, tmp_path):
+    out = tmp_path / "onnx"
+    r = cli("export", "tests.user_modules:branchy", "--input", "x:1x12", "-o", out)
+    assert r.code == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("edgesmith: error: torch.onnx export failed")
+        and "Traceback" not in r.stderr
+    )
+    assert not out.exists()
