@@ -53,7 +53,11 @@ def measure(exporter: str) -> Path:
                 "task": f.task,
                 "modality": f.modality,
                 "stages": {
-                    k: {"code": o.code, "seconds": round(o.seconds, 2), "message": o.message}
+                    k: {
+                        "code": o.code,
+                        "seconds": round(o.seconds, 2),
+                        "message": o.message.replace(str(root), "."),  # no temporary paths
+                    }
                     for k, o in outcomes.items()
                 },
             }

@@ -86,7 +86,7 @@ def _probe(layer: nn.Module, hidden: int) -> None:
     """One forward of a layer on a dummy [1, 4, hidden] input (the layer's own signature)."""
     try:
         layer(torch.zeros(1, 4, hidden))
-    except (TypeError, RuntimeError, ValueError) as e:  # a layer that needs more than its input
+    except (TypeError, RuntimeError, ValueError, AttributeError) as e:  # it needs more inputs
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInput(
             f"nothing prunable here: a {type(layer).__name__} cannot run on its hidden states "
