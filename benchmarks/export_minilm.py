@@ -112,7 +112,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
         engines[name] = timed_runner(e, threads=2)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(str(src))
     sentences = held_out_sentences(256)
     ref = _pytorch_embeddings(src, sentences)
     print("  int8 ort-cpu engine from each exporter (2 threads, interleaved medians):")
@@ -141,7 +141,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
 def _pytorch_embeddings(src: str, sentences: list[str]) -> dict[str, np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(src, device="cpu")
+    model = SentenceTransformer(str(src), device="cpu")
     emb = model.encode(sentences, batch_size=32, convert_to_numpy=True)
     return dict(zip(sentences, emb, strict=True))
 
@@ -157,7 +157,7 @@ def max_abs_diff(src: str, onnx_path: Path) -> dict[str, float]:
     from targets.ort_cpu import runner_from_onnx
     from toolchain.export.hf import HfRunner, load_hf
 
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(str(src))
     sentences = held_out_sentences(64)
     ref, ours = HfRunner(load_hf(Path(src))), runner_from_onnx(onnx_path)
     worst = {"sentence_embedding": 0.0, "token_embeddings": 0.0, "padding positions": 0.0}
