@@ -60,6 +60,7 @@ test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup
+	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolchain.bench import interleaved  # noqa: F401  (the one timer, re-exported here)
+from toolchain.core.timing import interleaved  # noqa: F401  (the one timer, re-exported here)
 
 
 def isa() -> str:

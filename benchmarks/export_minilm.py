@@ -96,7 +96,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
     """quantize → build each export the same way; their int8 engines timed side by side and
     compared with PyTorch (cosine of sentence_embedding on 256 held-out sentences)."""
     from calibration.sentences import split_sentences
-    from toolchain.bench import interleaved
+    from toolchain.core.timing import interleaved
     from toolchain.prune.latency import timed_runner
 
     train, _ = split_sentences()
@@ -155,7 +155,7 @@ def max_abs_diff(src: str, onnx_path: Path) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     from targets.ort_cpu import runner_from_onnx
-    from toolchain.export.hf import HfRunner, load_hf
+    from toolchain.models.hf import HfRunner, load_hf
 
     tok = AutoTokenizer.from_pretrained(str(src))
     sentences = held_out_sentences(64)

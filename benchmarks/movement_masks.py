@@ -49,7 +49,7 @@ def run(mode: str, sparsity: float, end: int, steps: int) -> list[tuple[int, flo
     import torch
     from transformers import AutoTokenizer
 
-    from toolchain.export.hf import load_hf
+    from toolchain.models.hf import load_hf
     from toolchain.prune.sparsity import Sparsifier, cubic, encoder_targets
 
     torch.manual_seed(0)

@@ -72,7 +72,7 @@ def variants(sparsities: list[float], epochs: int) -> dict[str, Path]:
 def accuracy(engine: Path) -> float:
     from calibration.sources import load_dataset
     from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.runners import runner_for
+    from toolchain.models.runners import runner_for
 
     runner = runner_for(ModelArtifact(engine, Format.engine), threads=THREADS)
     data = load_dataset(TC / "test.jsonl", runner.io, tokenizer=engine, seq_len=128)

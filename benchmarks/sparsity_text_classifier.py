@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.prune_text_classifier import TC, THREADS, accuracy, isa  # noqa: E402
 from benchmarks.prune_text_classifier import run_recipe as tc_recipe  # noqa: E402
-from toolchain.bench import interleaved  # noqa: E402
+from toolchain.core.timing import interleaved  # noqa: E402
 
 OUT = Path("build/bench_sparsity")
 SEQ = 128
@@ -79,7 +79,7 @@ def variants(
 
 
 def main() -> None:
-    from toolchain.prune.audit import audit
+    from toolchain.core.audit import audit
     from toolchain.prune.latency import timed_runner, timing_feeds
 
     ap = argparse.ArgumentParser()

@@ -98,9 +98,9 @@ def int8_setting(
 
 def sparse_setting(requested: bool | None, model: onnx.ModelProto) -> tuple[bool, dict[str, Any]]:
     """Whether to build with SPARSE_WEIGHTS, and what engine.json records about it: the layers
-    whose weights follow 2:4 along their reduction axis (toolchain/prune/audit.py), which are
+    whose weights follow 2:4 along their reduction axis (toolchain/core/audit.py), which are
     the ones TensorRT may run on sparse tensor cores (Ampere and later)."""
-    from toolchain.prune.audit import weight_layers
+    from toolchain.core.audit import weight_layers
 
     layers = [r for r in weight_layers(model) if r["two_four"]]
     on = bool(layers) if requested is None else requested

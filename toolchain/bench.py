@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from targets.base import Runner
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact
+from toolchain.core.artifact import Format, IoSpec
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import write_json
-from toolchain.core.recipe import StageConfig
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
+from toolchain.core.timing import latency
 
 DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is benchmarked at this size
 BENCH_FILE = "bench.json"
@@ -54,60 +50,6 @@ def synthetic_feeds(io: IoSpec, batch: int, seed: int = 0) -> dict[str, np.ndarr
     return feeds
 
 
-def latency(
-    runner: Runner, feeds: dict[str, np.ndarray], warmup: int = 10, iterations: int = 50
-) -> dict:
-    """Milliseconds per call: p50/p90/p99 and mean, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        runner.infer(feeds)
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        runner.infer(feeds)
-        times.append((time.perf_counter() - t) * 1e3)
-    a = np.asarray(times)
-    return {
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-        "p99": float(np.percentile(a, 99)),
-        "mean": float(a.mean()),
-        "iterations": iterations,
-    }
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3
-) -> dict[str, float]:
-    """Median ms per call of each fn, timed in alternation so load drifts hit all alike: the
-    one timer for side-by-side figures (quantize's fallback cost, benchmarks/). onnxruntime
-    sessions timed this way are made with spinning=False (core/ort_session.py says why)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    order = list(fns.items())
-    for r in range(rounds):
-        # every other round in reverse (A B, B A): a slot's own bias (the first call after
-        # another model's ran, with colder caches) falls on each fn alike
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - t) * 1e3 / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
-def size_bytes(art: ModelArtifact) -> int:
-    """Bytes a deployment ships: the engine directory, the .onnx (+ external data), the weights."""
-    p = Path(art.path)
-    if art.format is Format.onnx:
-        p = p.parent if (p.parent / "manifest.json").exists() else p
-    if p.is_file():
-        return p.stat().st_size
-    skip = {"manifest.json", "report.json", "junit.xml", "summary.md", BENCH_FILE}
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.name not in skip)
-
-
 def bench(
     runner: Runner, batches: list[int], warmup: int, iterations: int, threads: int | None
 ) -> dict:
@@ -119,7 +61,7 @@ def bench(
 
 
 def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
-    from toolchain.runners import runner_for
+    from toolchain.models.runners import runner_for
 
     src = inputs.model
     if src.format is Format.onnx and cfg.target != "ort-cpu":

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from targets.base import BuildConfig
-from toolchain.core.artifact import Format, ModelInfo
+from toolchain.core.artifact import Format, info_with_carried
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import carry_preprocessing, sha256_path
-from toolchain.core.recipe import StageConfig
 from toolchain.core.registry import get_target
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
 
 
 class BuildStage(StageConfig):
@@ -43,12 +42,6 @@ def run(inputs: Inputs, cfg: BuildStage, work: Workdir) -> StageResult:
         {"target": cfg.target, "size_bytes": size, "carried": carried},
         summary=f"{cfg.target} engine, {size / 1e6:.2f} MB",
     )
-
-
-def info_with_carried(info: ModelInfo, carried: list[str], out: Path) -> ModelInfo:
-    """The info of a model whose folder now holds the carried files: its tokenizer is there."""
-    has_tokenizer = any(n in carried for n in ("tokenizer.json", "tokenizer_config.json"))
-    return info.inherit(tokenizer=str(out)) if has_tokenizer else info
 
 
 STAGE = Stage(

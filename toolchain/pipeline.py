@@ -33,10 +33,10 @@ from toolchain.core.artifact import (
 )
 from toolchain.core.errors import GateFailed, InvalidInput
 from toolchain.core.files import atomic_dir, check_output_not_input, dir_lock, sha256_json
-from toolchain.core.recipe import Recipe, StageConfig
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir, get_stage, stages
-from toolchain.export.source import SourceSpec, resolve_source, with_spec_digest
-from toolchain.progress import log
+from toolchain.core.progress import log
+from toolchain.core.recipe import Recipe
+from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir, get_stage, stages
+from toolchain.models.source import SourceSpec, resolve_source, with_spec_digest
 
 STATE_DIR = ".edgesmith"  # under the run's root: scratch/<stage output name>, cache/<kind>
 

@@ -12,8 +12,16 @@ from pydantic import Field
 
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import StageConfig, recipe_from_dict
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir, register, unregister
+from toolchain.core.recipe import recipe_from_dict
+from toolchain.core.stage import (
+    Inputs,
+    Stage,
+    StageConfig,
+    StageResult,
+    Workdir,
+    register,
+    unregister,
+)
 
 CALLS: list[float] = []
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from toolchain.distill.checkpoints import latest_checkpoint
+from toolchain.training.checkpoints import latest_checkpoint
 
 STUDENT = "examples.digits_student:make_student"
 EDGESMITH = Path(sys.executable).parent / "edgesmith"

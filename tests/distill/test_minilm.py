@@ -18,7 +18,7 @@ INHERITED = ("tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.js
 def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp_path):
     from toolchain import pipeline
     from toolchain.core.recipe import recipe_from_dict
-    from toolchain.export.hf import HfRunner, load_hf
+    from toolchain.models.hf import HfRunner, load_hf
 
     train, held_out = split_sentences()
     (tmp_path / "train.txt").write_text("\n".join(train[:240]) + "\n")
@@ -73,9 +73,9 @@ def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp
 @pytest.mark.slow
 def test_a_per_token_output_is_refused(minilm, tmp_path):
     from toolchain.core.errors import InvalidInput
-    from toolchain.distill.setup import prepare
     from toolchain.distill.stage import DistillStage
-    from toolchain.export.source import SourceSpec, resolve_source
+    from toolchain.models.source import SourceSpec, resolve_source
+    from toolchain.training.setup import prepare
 
     (tmp_path / "t.txt").write_text("One sentence here.\nAnd another one there.\n")
     spec = SourceSpec(str(minilm))

@@ -57,7 +57,7 @@ def test_structured_prune_shrinks_the_graph_recovers_and_caches(cli, tiny_classi
 
 def test_a_pruned_folder_reloads_to_the_same_outputs(tiny_classifier, tmp_path):
     from calibration.sources import load_dataset
-    from toolchain.export.hf import HfRunner, load_hf
+    from toolchain.models.hf import HfRunner, load_hf
     from toolchain.prune.stage import PruneStage
     from toolchain.prune.structured import EncoderPruner
 

@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from tests.conftest import tree_digest
-from toolchain.prune.audit import two_four, weight_layers
+from toolchain.core.audit import two_four, weight_layers
 
 
 def _prune(cli, digits, out, *flags):

@@ -170,7 +170,7 @@ def command(
     )
     speed = contextlib.nullcontext()
     if threads and not print_recipe:  # not part of the recipe: it changes the speed only
-        from toolchain.export.torch import torch_threads
+        from toolchain.models.torch import torch_threads
 
         speed = torch_threads(threads)
     with speed:  # under torchrun every process runs the pipeline (pipeline.py)

@@ -8,7 +8,7 @@ import typer
 
 from toolchain.cli._run import dump
 from toolchain.core.artifact import read_manifest
-from toolchain.export.source import SourceSpec, resolve_source
+from toolchain.models.source import SourceSpec, resolve_source
 
 
 def command(
@@ -22,7 +22,7 @@ def command(
     )
     typer.echo(f"sha256:    {art.sha256}\nparent:    {art.parent}")
     if art.io is None and art.format.value in ("onnx", "engine"):
-        from toolchain.runners import runner_for
+        from toolchain.models.runners import runner_for
 
         art = replace(art, io=runner_for(art).io)
     if art.io is not None:
@@ -32,7 +32,7 @@ def command(
             typer.echo(f"output:    {t.describe()}")
     onnx_file = _onnx_file(art)
     if onnx_file is not None:
-        from toolchain.prune.audit import audit, describe
+        from toolchain.core.audit import audit, describe
 
         for line in describe(audit(onnx_file)):
             typer.echo(line)

@@ -120,6 +120,12 @@ class ModelInfo:
         return replace(self, **changes)
 
 
+def info_with_carried(info: ModelInfo, carried: list[str], out: Path) -> ModelInfo:
+    """The info of a model whose folder now holds the carried files: its tokenizer is there."""
+    has_tokenizer = any(n in carried for n in ("tokenizer.json", "tokenizer_config.json"))
+    return info.inherit(tokenizer=str(out)) if has_tokenizer else info
+
+
 @dataclass(frozen=True)
 class ModelArtifact:
     """A model on disk: an .onnx file, an engine directory, a .pt2, a Hugging Face folder."""

@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import tomllib
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
     ValidationError,
     field_validator,
 )
 
 from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_path
+from toolchain.core.stage import StageConfig, Strict, stages
 
-# a source named package.module:factory (export/source.py imports it)
+# a source named package.module:factory (models/source.py imports it)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Source(Strict):
@@ -39,34 +32,6 @@ class Source(Strict):
     dynamic: list[str] = []
     outputs: list[str] = []
     task: str | None = None
-
-
-class StageConfig(Strict):
-    """The base of every stage's config (toolchain/core/stage.py): `kind` and `out`."""
-
-    kind: str
-    out: str | None = Field(default=None, description="output directory; default OUT/<i>-<kind>")
-    # Fields that name files whose contents the stage reads: hashed into its cache key.
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ()
-    # Fields that name models the stage reads besides the flowing one, each with the field of
-    # its weights (or None). The pipeline resolves them (inputs.named), hashes them into the
-    # cache key and refuses an output that is one of them. The value "source" names the
-    # recipe's source model.
-    MODEL_FIELDS: ClassVar[dict[str, str | None]] = {}
-
-    def files_digest(self) -> dict[str, str]:
-        """sha256 of each FILE_FIELDS file that exists (what the cache key and resume check)."""
-        out = {}
-        for name in self.FILE_FIELDS:
-            value = getattr(self, name, None)
-            if isinstance(value, str) and Path(value).exists():
-                out[name] = sha256_path(Path(value))
-        return out
-
-    @classmethod
-    def default(cls, name: str) -> Any:
-        """A field's default: what a CLI option left out means (one place, no drift)."""
-        return cls.model_fields[name].get_default(call_default_factory=True)
 
 
 class Gated(StageConfig):
@@ -101,8 +66,6 @@ class Recipe(Strict):
     def _typed_stages(cls, items: Any) -> list[StageConfig]:
         if not isinstance(items, list) or not items:
             raise ValueError("expected a non-empty list of [[stages]] tables")
-        from toolchain.core.stage import stages
-
         known = stages()
         out = []
         for i, item in enumerate(items):

@@ -24,13 +24,46 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from toolchain.core.artifact import ModelArtifact
 from toolchain.core.errors import InvalidInput
+from toolchain.core.files import sha256_path
 
-if TYPE_CHECKING:
-    from toolchain.core.recipe import StageConfig
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StageConfig(Strict):
+    """The base of every stage's config (toolchain/core/stage.py): `kind` and `out`."""
+
+    kind: str
+    out: str | None = Field(default=None, description="output directory; default OUT/<i>-<kind>")
+    # Fields that name files whose contents the stage reads: hashed into its cache key.
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # Fields that name models the stage reads besides the flowing one, each with the field of
+    # its weights (or None). The pipeline resolves them (inputs.named), hashes them into the
+    # cache key and refuses an output that is one of them. The value "source" names the
+    # recipe's source model.
+    MODEL_FIELDS: ClassVar[dict[str, str | None]] = {}
+
+    def files_digest(self) -> dict[str, str]:
+        """sha256 of each FILE_FIELDS file that exists (what the cache key and resume check)."""
+        out = {}
+        for name in self.FILE_FIELDS:
+            value = getattr(self, name, None)
+            if isinstance(value, str) and Path(value).exists():
+                out[name] = sha256_path(Path(value))
+        return out
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """A field's default: what a CLI option left out means (one place, no drift)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
 
 # kind → the module whose STAGE registers it. Adding a stage: its module and one line here.
 BUILTIN_STAGES: dict[str, str] = {

@@ -13,8 +13,7 @@ from pydantic import Field
 
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import StageConfig
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
 
 MODEL_FILE = "model.onnx"
 
@@ -62,7 +61,7 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
 
 
 def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
-    from toolchain.export.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
+    from toolchain.models.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
 
     exporter = cfg.exporter or default_exporter()
     hf = load_hf(src.path, src.info.task)
@@ -76,8 +75,8 @@ def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
 
 
 def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):
-    from toolchain.export.source import torch_spec
-    from toolchain.export.torch import TorchRunner, load_torch, onnx_from_torch
+    from toolchain.models.source import torch_spec
+    from toolchain.models.torch import TorchRunner, load_torch, onnx_from_torch
 
     tm = load_torch(torch_spec(src))  # its output names are fixed here, before the export
     path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)

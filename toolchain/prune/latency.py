@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from targets.base import BuildConfig
-from toolchain.bench import interleaved
 from toolchain.core.artifact import Format, ModelArtifact
+from toolchain.core.timing import interleaved
 
 
 @dataclass

@@ -1,78 +1,20 @@
 """The prune stage's work (prune/stage.py declares it). structured: score, choose the amount,
 prune, recover, measure, report; the weight-sparsity methods (prune/weights.py) share the
-set-up, the recovery, the accuracy and the artifact written here."""
+set-up, the recovery, the accuracy and the artifact written (prune/common.py)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_file, sha256_json, sha256_path, write_json
-from toolchain.core.stage import Inputs, StageResult, Workdir
-from toolchain.distill.setup import choose_output, load_data, load_teacher, train_config
+from toolchain.core.artifact import Format
+from toolchain.core.files import sha256_json, write_json
+from toolchain.core.stage import StageResult, Workdir
+from toolchain.prune.common import Setup, accuracy, artifact, recover, shared
 from toolchain.prune.latency import Engine, compare, engine_of, search_fraction
 from toolchain.prune.structured import ChannelPruner, EncoderPruner, choose_importance
 
 REPORT, PLOT = "report.json", "prune.png"
-DEFAULT_LR = 5e-5  # recovery fine-tunes a model that was trained: a fine-tuning rate
-DEFAULT_LR_CNN = 1e-3  # the same for a small CNN trained with Adam (examples/digits.py: 2e-3)
-
-
-def _check_source(src: ModelArtifact) -> None:
-    if src.format is Format.hf or (src.format is Format.torch and src.info.factory):
-        return
-    raise InvalidInput(
-        f"{src.path}: structured pruning takes a Hugging Face encoder folder or a PyTorch "
-        f"model from package.module:factory + safetensors, got {src.format.value}"
-        + (" (a .pt2 program cannot be resized)" if src.format is Format.torch else "")
-        + "; put prune before export in a recipe"
-    )
-
-
-@dataclass
-class Setup:
-    """What every method works from: the source, the teacher, the data and the loss."""
-
-    src: ModelArtifact
-    teacher: Any  # distill/setup.py: Teacher
-    train: Any
-    evals: Any
-    output: str
-    lr: float
-    loss: str
-    own_teacher: bool  # the teacher is the unpruned model itself (no teacher given)
-
-    def unpruned(self):
-        """The unpruned model, loaded (the teacher's, when it is the same model): an HfModel
-        or a TorchModel, and its outputs module."""
-        if self.own_teacher:
-            t = self.teacher
-            return (t.hf if self.src.format is Format.hf else t.torch), t.module
-        if self.src.format is Format.hf:
-            from toolchain.export.hf import load_hf
-
-            return load_hf(self.src.path, self.src.info.task), None
-        from toolchain.export.source import torch_spec
-        from toolchain.export.torch import TorchRunner, load_torch
-
-        tm = load_torch(torch_spec(self.src))
-        TorchRunner(tm)  # names the outputs
-        return tm, None
-
-
-def setup(inputs: Inputs, cfg) -> Setup:
-    src = inputs.model
-    _check_source(src)
-    teacher = load_teacher(inputs.get("teacher") or src, cfg)
-    train, evals = load_data(cfg, teacher.io, teacher.tokenizer)
-    output = choose_output(teacher, train, cfg.output)
-    lr = cfg.lr or (DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN)
-    loss = train_config(cfg, lr, output, teacher.task).loss
-    return Setup(src, teacher, train, evals, output, lr, loss, inputs.get("teacher") is None)
 
 
 def _pruner(s: Setup, cfg, kind: str, log):
@@ -103,36 +45,6 @@ def _choose_plan(pruner, cfg, work: Workdir, base: Engine, report: dict):
     return pruner.plan(search.chosen)
 
 
-def recover(candidate, s: Setup, cfg, work: Workdir, fingerprint: str, callbacks=()) -> dict:
-    """Distil the unpruned model into the pruned one (the distill stage's trainer)."""
-    from toolchain.distill.trainer import Pair, Trainer
-
-    tcfg = train_config(cfg, s.lr, s.output, s.teacher.task)
-    trainer = Trainer(
-        Pair(candidate.outputs, s.teacher.module), s.train, s.evals, tcfg,
-        checkpoints=work.scratch / "recovery", fingerprint=fingerprint, log=work.log,
-        callbacks=callbacks,
-    )  # fmt: skip
-    result = trainer.fit(resume=cfg.resume)
-    return {"loss": tcfg.loss, "epochs": cfg.epochs, **result.to_dict()}
-
-
-def accuracy(s: Setup, unpruned, pruned) -> dict[str, Any]:
-    """The distillation loop's eval metric (accuracy with labels) of the unpruned model and of
-    the pruned one before recovery (outputs modules; `unpruned` None: the teacher is it)."""
-    from toolchain.distill.parallel import outputs_of
-    from toolchain.distill.steps import evaluate
-
-    def outputs(module):
-        return outputs_of(module, s.evals, s.output, batch_size=256)
-
-    ref = outputs(s.teacher.module)
-    base = ref if unpruned is None or unpruned is s.teacher.module else outputs(unpruned)
-    name, before = evaluate(base, ref, s.evals.labels, s.loss)
-    _, after_pruning = evaluate(outputs(pruned), ref, s.evals.labels, s.loss)
-    return {"metric": name, "before_pruning": before, "after_pruning": after_pruning}
-
-
 def _finish(plan, pruner, candidate, base: Engine, cfg, work: Workdir, report: dict) -> None:
     from toolchain.prune.report import plot
 
@@ -152,46 +64,11 @@ def _finish(plan, pruner, candidate, base: Engine, cfg, work: Workdir, report: d
         report["plot"] = "not drawn: matplotlib is not installed"
 
 
-def artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> ModelArtifact:
-    if src.format is Format.hf:
-        info = src.info.inherit(task=task, tokenizer=str(path), structure=structure)
-        return ModelArtifact(path, Format.hf, sha256=sha256_path(path), parent=src.sha256,
-                             info=info)  # fmt: skip
-    from toolchain.distill.setup import code_digest
-
-    digest = sha256_json({"factory": src.info.factory, "weights": sha256_file(path),
-                          "code": code_digest(src.info.factory)})  # fmt: skip
-    info = src.info.inherit(outputs=tuple(candidate.tm.output_names), structure=structure)
-    return ModelArtifact(path, Format.torch, sha256=digest, parent=src.sha256, info=info)
-
-
-def shared(plan, work: Workdir):
-    """Rank 0's plan on every torchrun process. The processes join the group only now: rank 0
-    chose the plan by timing engines, and the others, waiting to join, took no core from it."""
-    import torch.distributed as dist
-
-    from toolchain.distill.parallel import init_distributed
-
-    _, world = init_distributed()
-    if world == 1:
-        return plan
-    work.log(f"distributed: {world} processes ({dist.get_backend()})")
-    box = [plan]
-    dist.broadcast_object_list(box, src=0)  # between our own processes, not from a file
-    return box[0]
-
-
-def prune(inputs: Inputs, cfg, work: Workdir) -> StageResult:
+def prune_structured(s: Setup, cfg, work: Workdir, start: float) -> StageResult:
     """Score, choose the plan (rank 0), prune and recover (every torchrun process), then
     measure, save and report (rank 0)."""
-    from toolchain.distill.parallel import close_distributed
+    from toolchain.training.parallel import close_distributed
 
-    start = time.perf_counter()
-    s = setup(inputs, cfg)
-    if cfg.method != "structured":
-        from toolchain.prune.weights import prune_weights
-
-        return prune_weights(s, cfg, work, start)
     kind = choose_importance(cfg.importance, s.train.labels is not None, s.loss)
     pruner = _pruner(s, cfg, kind, work.log)
     report: dict[str, Any] = {"name": "prune", "method": cfg.method, "importance": kind,

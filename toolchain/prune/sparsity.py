@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from toolchain.core.errors import InvalidInput
-from toolchain.distill.trainer import Callback
+from toolchain.training.trainer import Callback
 
 METHODS = ("magnitude", "movement", "2:4")
 
@@ -116,8 +116,8 @@ class Target:
 
 def encoder_targets(model: nn.Module) -> list[Target]:
     """A transformer encoder's weight matrices: Q, K, V, the attention output and the FFN's
-    two, in every layer (prune/encoder.py finds them); embeddings and the head stay dense."""
-    from toolchain.prune.encoder import encoder_layers
+    two, in every layer (models/encoder.py finds them); embeddings and the head stay dense."""
+    from toolchain.models.encoder import encoder_layers
 
     names = {id(m): n for n, m in model.named_modules()}
     out = []

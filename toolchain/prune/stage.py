@@ -1,6 +1,6 @@
 """The prune stage: a fine-tuned Hugging Face encoder in, a physically smaller one out.
 
-`method = "structured"` removes attention heads and FFN neurons (toolchain/prune/encoder.py:
+`method = "structured"` removes attention heads and FFN neurons (toolchain/models/encoder.py:
 smaller Linear layers, so the exported graph and the engine shrink), chosen by importance
 (prune/importance.py), by a fraction or by a latency target searched on the ort-cpu engine
 (prune/latency.py), then recovers accuracy by distillation from the unpruned model through
@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.distill.stage import Training
+from toolchain.training.config import Training
 
 REPORT = "report.json"
 PLOT = "prune.png"
@@ -135,9 +135,19 @@ class PruneStage(Training):
 
 
 def run(inputs: Inputs, cfg: PruneStage, work: Workdir) -> StageResult:
-    from toolchain.prune.run import prune
+    import time
 
-    return prune(inputs, cfg, work)
+    from toolchain.prune.common import setup
+
+    start = time.perf_counter()
+    s = setup(inputs, cfg)
+    if cfg.method == "structured":
+        from toolchain.prune.run import prune_structured
+
+        return prune_structured(s, cfg, work, start)
+    from toolchain.prune.weights import prune_weights
+
+    return prune_weights(s, cfg, work, start)
 
 
 STAGE = Stage(

@@ -3,9 +3,9 @@ at any fraction (the latency search makes several, the stage keeps one).
 
 Two kinds of model, one interface (`Pruner.plan`, `Pruner.apply` → `Candidate`):
 - a Hugging Face encoder (`EncoderPruner`): attention heads and FFN neurons
-  (prune/encoder.py); the pruned copy is a Hugging Face folder;
+  (models/encoder.py); the pruned copy is a Hugging Face folder;
 - a PyTorch model from `package.module:factory` + safetensors (`ChannelPruner`): conv
-  channels and Linear features with their dependents (prune/channels.py); the pruned copy is
+  channels and Linear features with their dependents (models/channels.py); the pruned copy is
   a safetensors file that records its shapes, loaded by the same factory.
 """
 
@@ -21,7 +21,6 @@ import torch
 
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_json
-from toolchain.distill.parallel import to_tensors
 from toolchain.prune.importance import (
     Scores,
     accumulate_taylor,
@@ -30,6 +29,7 @@ from toolchain.prune.importance import (
     select_units,
     taylor_scores,
 )
+from toolchain.training.parallel import to_tensors
 
 WEIGHTS = "model.safetensors"
 
@@ -102,8 +102,8 @@ class EncoderCandidate:
     """A pruned copy of a Hugging Face encoder."""
 
     def __init__(self, hf, source: Path) -> None:
-        from toolchain.distill.students import HfOutputs
-        from toolchain.prune.encoder import encoder_layers, head_counts, parameter_counts
+        from toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
+        from toolchain.models.students import HfOutputs
 
         self.hf, self.source = hf, source
         self.outputs = HfOutputs(hf.model, hf.signature)
@@ -114,12 +114,12 @@ class EncoderCandidate:
         }
 
     def export(self, directory: Path, opset: int) -> Path:
-        from toolchain.export.hf import onnx_from_hf
+        from toolchain.models.hf import onnx_from_hf
 
         return onnx_from_hf(self.hf, directory, opset)
 
     def save(self, out: Path) -> Path:
-        from toolchain.distill.students import save_hf_student
+        from toolchain.models.students import save_hf_student
 
         save_hf_student(self.hf.model, self.source, out)
         return out
@@ -133,8 +133,8 @@ class EncoderPruner:
     def __init__(self, hf, train_data, output: str, cfg, kind: str, log, wrapped=None):
         """`hf`: the unpruned model that pruned copies are made from (left as it is);
         `wrapped`: its HfOutputs, when the caller has one (the recovery's teacher)."""
-        from toolchain.distill.students import HfOutputs
-        from toolchain.prune.encoder import encoder_layers, head_counts, parameter_counts
+        from toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
+        from toolchain.models.students import HfOutputs
 
         self.hf, self.path, self.task = hf, hf.path, hf.task
         self.cfg, self.output, self.log = cfg, output, log
@@ -158,7 +158,7 @@ class EncoderPruner:
         )
 
     def plan(self, heads_fraction: float, ffn_fraction: float | None = None) -> Plan:
-        from toolchain.prune.encoder import remaining_heads
+        from toolchain.models.encoder import remaining_heads
 
         ffn_fraction = heads_fraction if ffn_fraction is None else ffn_fraction
         keep_h, keep_f = select(
@@ -172,8 +172,8 @@ class EncoderPruner:
 
     def apply(self, plan: Plan) -> EncoderCandidate:
         """A pruned copy of the model (the unpruned one is left as it is)."""
-        from toolchain.export.hf import HfModel
-        from toolchain.prune.encoder import prune_encoder, remaining_heads
+        from toolchain.models.encoder import prune_encoder, remaining_heads
+        from toolchain.models.hf import HfModel
 
         model = copy.deepcopy(self.hf.model)
         drop = {
@@ -211,7 +211,7 @@ class ChannelCandidate:
     """A pruned copy of a PyTorch factory model (the module, its inputs and outputs)."""
 
     def __init__(self, tm, rec: dict[str, Any], plan: ChannelPlan | None) -> None:
-        from toolchain.distill.students import TorchOutputs, parameter_count
+        from toolchain.models.students import TorchOutputs, parameter_count
 
         self.tm, self.record = tm, rec
         names = [d.name for d in tm.inputs]
@@ -224,14 +224,14 @@ class ChannelCandidate:
         }
 
     def export(self, directory: Path, opset: int) -> Path:
-        from toolchain.export.torch import onnx_from_torch
+        from toolchain.models.torch import onnx_from_torch
 
         return onnx_from_torch(self.tm, directory / "model.onnx", opset)
 
     def save(self, out: Path) -> Path:
         from safetensors.torch import save_file
 
-        from toolchain.prune.channels import metadata
+        from toolchain.models.channels import metadata
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.tm.module.state_dict().items()}
         save_file(state, str(out / WEIGHTS), metadata=metadata(self.record))
@@ -244,8 +244,8 @@ class ChannelPruner:
     format = "torch"
 
     def __init__(self, tm, train_data, output: str, cfg, kind: str, log, wrapped=None):
-        from toolchain.distill.students import TorchOutputs, parameter_count
-        from toolchain.prune.channels import channel_groups
+        from toolchain.models.channels import channel_groups
+        from toolchain.models.students import TorchOutputs, parameter_count
 
         if cfg.heads is not None or cfg.ffn is not None:
             raise InvalidInput(
@@ -273,7 +273,7 @@ class ChannelPruner:
         self.unpruned = ChannelCandidate(tm, {"method": "channels", "modules": []}, None)
 
     def _scores(self, kind: str, data) -> list[np.ndarray]:
-        from toolchain.prune.channels import group_scores
+        from toolchain.models.channels import group_scores
 
         module = self.tm.module
 
@@ -295,7 +295,7 @@ class ChannelPruner:
     def apply(self, plan: ChannelPlan) -> ChannelCandidate:
         from dataclasses import replace
 
-        from toolchain.prune.channels import apply_groups, record
+        from toolchain.models.channels import apply_groups, record
 
         module = copy.deepcopy(self.tm.module)
         apply_groups(module, self.groups, plan.keep)

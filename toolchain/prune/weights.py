@@ -56,9 +56,9 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
 
     import torch
 
-    from toolchain.distill.parallel import close_distributed
-    from toolchain.prune.run import accuracy, artifact, recover, shared
+    from toolchain.prune.common import accuracy, artifact, recover, shared
     from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
+    from toolchain.training.parallel import close_distributed
 
     unpruned_model, unpruned_outputs = s.unpruned()  # loaded once: copied, then timed
     candidate, module = _dense_copy(s, cfg, unpruned_model)
@@ -143,7 +143,7 @@ def _movement_warning(cfg, acc: dict[str, Any]) -> str:
 def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
     """Audit both ONNX exports and time both ort-cpu engines side by side."""
     from toolchain.core.artifact import Format
-    from toolchain.prune.audit import audit
+    from toolchain.core.audit import audit
     from toolchain.prune.structured import ChannelCandidate, EncoderCandidate, timing_seq
 
     if s.src.format is Format.hf:

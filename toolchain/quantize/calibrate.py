@@ -29,7 +29,7 @@ from calibration.statistics import (
 )
 from toolchain.core.artifact import IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
-from toolchain.progress import track
+from toolchain.core.progress import track
 from toolchain.quantize import qdq, rewrites
 from toolchain.quantize.plan import Plan
 from toolchain.quantize.presets import Preset

@@ -108,7 +108,7 @@ class EngineTimer:
         (medians), each call repeated to at least ~5 ms so microsecond models time steadily."""
         import time
 
-        from toolchain.bench import interleaved
+        from toolchain.core.timing import interleaved
 
         if self._fp32 is None:
             self._fp32 = self.session(self.source)

@@ -12,8 +12,9 @@ import onnx
 
 from calibration.sources import Dataset
 from targets.ort_cpu import runner_from_onnx
-from toolchain.bench import interleaved
-from toolchain.progress import track
+from toolchain.core.progress import track
+from toolchain.core.timing import interleaved
+from toolchain.evaluate.gate import Evaluator
 from toolchain.quantize import qdq
 from toolchain.quantize.calibrate import Prepared
 from toolchain.quantize.presets import Preset
@@ -23,7 +24,6 @@ from toolchain.quantize.sensitivity import (
     plot_sensitivity,
     switchable_model,
 )
-from toolchain.validate.gate import Evaluator
 
 MODEL_FILE = "model.onnx"
 PLOT = "sensitivity.png"

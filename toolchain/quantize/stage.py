@@ -199,14 +199,14 @@ def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: 
 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
-    from toolchain.build import info_with_carried
+    from toolchain.core.artifact import info_with_carried
     from toolchain.core.files import carry_preprocessing, write_json
     from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
+    from toolchain.evaluate.metrics import check_metric_names
+    from toolchain.models.source import find_tokenizer
     from toolchain.quantize.calibrate import calibration_data, load_checked
     from toolchain.quantize.loop import AccuracyLoop
     from toolchain.quantize.plan import make_plan
-    from toolchain.validate.metrics import check_metric_names
-    from toolchain.validate.stage import find_tokenizer
 
     src, out = inputs.model, work.out
     if src.format is not Format.onnx:

@@ -7,7 +7,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from toolchain.core.files import write_json
-from toolchain.validate.gate import GateResult
+from toolchain.evaluate.gate import GateResult
 
 REPORT = "report.json"
 JUNIT = "junit.xml"

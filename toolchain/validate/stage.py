@@ -9,14 +9,15 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from calibration.sources import TEXT_SUFFIXES, load_dataset
-from toolchain.bench import latency, size_bytes
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.files import sha256_path
 from toolchain.core.recipe import Gated
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.runners import runner_for
-from toolchain.validate.gate import Evaluator
-from toolchain.validate.metrics import check_metric_names
+from toolchain.core.timing import latency, size_bytes
+from toolchain.evaluate.gate import Evaluator
+from toolchain.evaluate.metrics import check_metric_names
+from toolchain.models.runners import runner_for
+from toolchain.models.source import find_tokenizer
 from toolchain.validate.report import write_reports
 
 
@@ -34,22 +35,6 @@ class ValidateStage(Gated):
 
 
 LATENCY_WARMUP, LATENCY_ITERATIONS = 5, 30
-
-
-def find_tokenizer(given: str | None, *models: ModelArtifact) -> Path | None:
-    """The tokenizer for text data: the one given, else the first model that names one, else
-    the first folder beside a model that holds one."""
-    if given:
-        return Path(given)
-    for art in models:
-        if art.info.tokenizer:
-            return Path(art.info.tokenizer)
-    for art in models:
-        p = Path(art.path)
-        folder = p if p.is_dir() else p.parent
-        if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
-            return folder
-    return None
 
 
 def _describe(art: ModelArtifact, runner, feeds) -> dict:

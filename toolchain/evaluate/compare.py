@@ -9,7 +9,7 @@ import numpy as np
 from calibration.sources import Dataset
 from targets.base import Runner
 from toolchain.core.errors import InvalidInput
-from toolchain.progress import track
+from toolchain.core.progress import track
 
 
 @dataclass

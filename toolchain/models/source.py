@@ -261,3 +261,19 @@ def with_spec_digest(art: ModelArtifact, spec: SourceSpec) -> ModelArtifact:
     if not any(flags.values()):
         return art
     return replace(art, sha256=sha256_json({"artifact": art.sha256, **flags}))
+
+
+def find_tokenizer(given: str | None, *models: ModelArtifact) -> Path | None:
+    """The tokenizer for text data: the one given, else the first model that names one, else
+    the first folder beside a model that holds one."""
+    if given:
+        return Path(given)
+    for art in models:
+        if art.info.tokenizer:
+            return Path(art.info.tokenizer)
+    for art in models:
+        p = Path(art.path)
+        folder = p if p.is_dir() else p.parent
+        if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+            return folder
+    return None

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from calibration.sources import Dataset
-from toolchain.distill.parallel import to_tensors
+from toolchain.training.parallel import to_tensors
 
 BUCKET_BATCHES = 16  # batches sorted by length together (text); see epoch_batches
 

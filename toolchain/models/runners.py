@@ -17,10 +17,10 @@ def runner_for(art: ModelArtifact, threads: int | None = None) -> Runner:
         target = get_target(read_engine_config(art.path)["target"])
         return target.load(art, threads=threads)
     if art.format is Format.hf:
-        from toolchain.export.hf import HfRunner, load_hf
+        from toolchain.models.hf import HfRunner, load_hf
 
         return HfRunner(load_hf(art.path, art.info.task), threads=threads)
-    from toolchain.export.source import torch_spec
-    from toolchain.export.torch import TorchRunner, load_torch
+    from toolchain.models.source import torch_spec
+    from toolchain.models.torch import TorchRunner, load_torch
 
     return TorchRunner(load_torch(torch_spec(art)), threads=threads)

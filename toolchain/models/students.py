@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from toolchain.core.errors import InvalidInput
-from toolchain.export.source import PICKLE_SUFFIXES, import_factory
+from toolchain.models.source import PICKLE_SUFFIXES, import_factory
 
 # Teacher files a derived student does not inherit: its weights (the student writes its own),
 # its config (rewritten with the new depth) and its model card (it describes the teacher).
@@ -159,7 +159,7 @@ class TorchOutputs(nn.Module):
         self.outputs = list(outputs)
 
     def forward(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        from toolchain.export.torch import flatten_outputs
+        from toolchain.models.torch import flatten_outputs
 
         out = flatten_outputs(self.module(*(feeds[n] for n in self.inputs)))
         if len(out) != len(self.outputs):
@@ -176,7 +176,7 @@ class TorchOutputs(nn.Module):
 
 
 class HfOutputs(nn.Module):
-    """A Hugging Face model called as it is exported (export/hf.py HfSignature): the task's
+    """A Hugging Face model called as it is exported (models/hf.py HfSignature): the task's
     inputs by name, its outputs by name (for sentence-transformers: the pooled, normalised
     `sentence_embedding`), so the loss is computed on exactly what will be exported."""
 

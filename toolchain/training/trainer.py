@@ -37,7 +37,8 @@ from torch import nn
 
 from calibration.sources import Dataset
 from toolchain.core.errors import InvalidInput
-from toolchain.distill.checkpoints import (
+from toolchain.models.students import capture_outputs, set_dropout
+from toolchain.training.checkpoints import (
     OPTIMIZER_FILE,
     STATE_FILE,
     STUDENT_FILE,
@@ -46,8 +47,8 @@ from toolchain.distill.checkpoints import (
     weights_digest,
     write_checkpoint,
 )
-from toolchain.distill.losses import LOSS_KINDS, hidden_state_loss, make_loss
-from toolchain.distill.parallel import (
+from toolchain.training.losses import LOSS_KINDS, hidden_state_loss, make_loss
+from toolchain.training.parallel import (
     close_distributed,
     device_for_rank,
     init_distributed,
@@ -55,8 +56,7 @@ from toolchain.distill.parallel import (
     sum_all,
     to_tensors,
 )
-from toolchain.distill.steps import epoch_batches, evaluate, freeze_unused, lr_at
-from toolchain.distill.students import capture_outputs, set_dropout
+from toolchain.training.steps import epoch_batches, evaluate, freeze_unused, lr_at
 
 __all__ = [
     "Callback", "Pair", "TrainConfig", "TrainResult", "Trainer", "close_distributed",
@@ -332,7 +332,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float, float]:
         """One epoch's steps; returns the summed loss parts, samples seen and seconds."""
-        from toolchain.progress import track
+        from toolchain.core.progress import track
 
         cfg = self.cfg
         self.sampler.set_epoch(epoch)

@@ -23,7 +23,8 @@ from calibration.sources import TEXT_SUFFIXES, Dataset, load_dataset
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json, sha256_path
-from toolchain.distill.students import (
+from toolchain.models.source import import_factory, torch_spec
+from toolchain.models.students import (
     HfOutputs,
     TorchOutputs,
     default_layers,
@@ -35,8 +36,7 @@ from toolchain.distill.students import (
     save_hf_student,
     student_from_factory,
 )
-from toolchain.distill.trainer import Callback, Pair, TrainConfig, Trainer
-from toolchain.export.source import import_factory, torch_spec
+from toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer
 
 # A student trained from its own initialisation takes a larger step than one initialised
 # from the teacher's weights (fine-tuning rates for transformers are ~1e-4 and below).
@@ -79,7 +79,7 @@ class Teacher:
     tokenizer: Path | None
     task: str | None = None
     hf: Any = None  # the loaded Hugging Face model, for derived students and pruning
-    torch: Any = None  # the loaded TorchModel (export/torch.py), for pruning
+    torch: Any = None  # the loaded TorchModel (models/torch.py), for pruning
 
 
 @dataclass
@@ -111,7 +111,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
         )
     given = Path(cfg.tokenizer) if cfg.tokenizer else None
     if src.format is Format.torch:
-        from toolchain.export.torch import TorchRunner, load_torch
+        from toolchain.models.torch import TorchRunner, load_torch
 
         if getattr(cfg, "student_layers", None):
             raise InvalidInput(
@@ -130,7 +130,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
             given,
             torch=tm,
         )
-    from toolchain.export.hf import HfRunner, load_hf
+    from toolchain.models.hf import HfRunner, load_hf
 
     hf = load_hf(src.path, src.info.task)
     io = HfRunner(hf).io
@@ -238,7 +238,7 @@ def factory_student(cfg, teacher: Teacher, output: str, data: Dataset) -> Studen
 
 def derived_student(cfg, src: ModelArtifact, teacher: Teacher, log) -> Student:
     """K of a Hugging Face teacher's layers, initialised from them."""
-    from toolchain.export.hf import load_hf
+    from toolchain.models.hf import load_hf
 
     n = hidden_layers(teacher.hf.model)
     keep = list(cfg.keep_layers) or default_layers(n, cfg.student_layers)

@@ -18,7 +18,7 @@ import torch
 
 from toolchain.core.artifact import IoSpec, TensorSpec
 from toolchain.core.errors import InvalidInput
-from toolchain.export.source import InputDecl, SourceSpec, import_factory, parse_inputs
+from toolchain.models.source import InputDecl, SourceSpec, import_factory, parse_inputs
 
 SPEC_ATTR = "EDGESMITH_SPEC"  # a model family's spec, beside its factory (see examples/digits.py)
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -174,7 +174,7 @@ def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from toolchain.prune.channels import read_record, rebuild_shapes
+    from toolchain.models.channels import read_record, rebuild_shapes
 
     try:
         with safe_open(str(weights), framework="pt") as f:

@@ -260,7 +260,7 @@ def _output_axes(model: Any, sig: HfSignature) -> dict[str, dict[int, str]]:
 
 
 def _pruning_record(path: Path) -> dict | None:
-    from toolchain.prune.encoder import CONFIG_KEY
+    from toolchain.models.encoder import CONFIG_KEY
 
     record = _config(path).get(CONFIG_KEY)
     if record is not None and not isinstance(record, dict):
@@ -272,8 +272,8 @@ def _load_pruned_weights(model: Any, path: Path, record: dict) -> None:
     """The recorded shapes, then the folder's weights, every tensor checked (strict)."""
     from safetensors.torch import load_file
 
-    from toolchain.distill.students import pretrained_part
-    from toolchain.prune.encoder import rebuild_shapes
+    from toolchain.models.encoder import rebuild_shapes
+    from toolchain.models.students import pretrained_part
 
     rebuild_shapes(model, record)
     base = pretrained_part(model)
@@ -384,7 +384,7 @@ class HfRunner:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from toolchain.export.torch import torch_threads
+        from toolchain.models.torch import torch_threads
 
         args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         with torch_threads(self.threads), torch.inference_mode():
@@ -413,7 +413,7 @@ def onnx_from_hf(hf: HfModel, out_dir: Path, opset: int, exporter: str = "torch"
 def _torch_export(hf: HfModel, out: Path, opset: int) -> Path:
     import torch
 
-    from toolchain.export.torch import export_onnx, export_view
+    from toolchain.models.torch import export_onnx, export_view
 
     sig = hf.signature
     names = list(sig.inputs)
@@ -461,7 +461,7 @@ def _optimum_export(hf: HfModel, out_dir: Path, opset: int) -> Path:
                 library_name=hf.library,
             )
     except Exception as e:  # optimum raises many types; surface one line
-        from toolchain.export.torch import _caused_by
+        from toolchain.models.torch import _caused_by
 
         cause = _caused_by(e, (KeyboardInterrupt, OSError))
         if cause is not None:

@@ -10,7 +10,7 @@ Heads and FFN neurons are removed here: a head's rows of Q, K and V and its colu
 output projection go together, and the attention module's head count follows. transformers 4
 had `prune_heads` for this; transformers 5 removed it, and neither has per-layer FFN sizes.
 The folder's config records the kept heads and FFN sizes under `edgesmith_pruning`, and
-`rebuild_shapes` (called by export/hf.py: load_hf) gives a freshly loaded model those shapes
+`rebuild_shapes` (called by models/hf.py: load_hf) gives a freshly loaded model those shapes
 before its weights are read. Nothing from the folder is executed.
 """
 
@@ -53,13 +53,13 @@ class EncoderLayer:
 
 
 def _config(model: nn.Module) -> Any:
-    from toolchain.distill.students import pretrained_part
+    from toolchain.models.students import pretrained_part
 
     return pretrained_part(model).config
 
 
 def _stack(model: nn.Module) -> nn.ModuleList:
-    from toolchain.distill.students import hidden_layers, layer_stack
+    from toolchain.models.students import hidden_layers, layer_stack
 
     return layer_stack(model, hidden_layers(model))[1]
 
@@ -209,7 +209,7 @@ def shrink_ffn(layer: EncoderLayer, keep: torch.Tensor) -> None:
 def prune_encoder(model: nn.Module, heads: dict[int, list[int]], ffn: dict[int, Any]) -> None:
     """Remove `heads` (layer → original head indices) and keep `ffn` (layer → neuron indices);
     the config records both (pruned_heads, edgesmith_pruning.ffn)."""
-    from toolchain.distill.students import pretrained_part
+    from toolchain.models.students import pretrained_part
 
     base = pretrained_part(model)
     layers = encoder_layers(model)
@@ -262,7 +262,7 @@ def rebuild_shapes(model: nn.Module, record: dict[str, Any]) -> None:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    from toolchain.distill.students import parameter_count
+    from toolchain.models.students import parameter_count
 
     def count(*modules: nn.Module) -> int:
         return sum(p.numel() for m in modules for p in m.parameters())

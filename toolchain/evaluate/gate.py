@@ -9,8 +9,8 @@ import numpy as np
 from calibration.sources import Dataset
 from targets.base import Runner
 from toolchain.core.errors import InvalidInput
-from toolchain.validate.compare import Outputs, batch_limit, check_outputs, outputs_of
-from toolchain.validate.metrics import (
+from toolchain.evaluate.compare import Outputs, batch_limit, check_outputs, outputs_of
+from toolchain.evaluate.metrics import (
     CLASS_METRICS,
     METRICS,
     MetricValue,

@@ -1,0 +1,70 @@
+"""The one timer: every latency figure edgesmith reports (validate, bench, quantize's latency
+check and fallback cost, prune's engine search, benchmarks/) comes from these."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolchain.core.artifact import Format, ModelArtifact
+
+# what a stage writes beside a model that does not ship with it
+REPORT_FILES = {"manifest.json", "report.json", "junit.xml", "summary.md", "bench.json"}
+
+
+def latency(
+    runner: Any, feeds: dict[str, np.ndarray], warmup: int = 10, iterations: int = 50
+) -> dict:
+    """Milliseconds per call: p50/p90/p99 and mean, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        runner.infer(feeds)
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        runner.infer(feeds)
+        times.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(times)
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "iterations": iterations,
+    }
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, inner: int = 1, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms per call of each fn, timed in alternation so load drifts hit all alike: the
+    one timer for side-by-side figures (quantize's fallback cost, benchmarks/). onnxruntime
+    sessions timed this way are made with spinning=False (core/ort_session.py says why)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns.items())
+    for r in range(rounds):
+        # every other round in reverse (A B, B A): a slot's own bias (the first call after
+        # another model's ran, with colder caches) falls on each fn alike
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[name].append((time.perf_counter() - t) * 1e3 / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def size_bytes(art: ModelArtifact) -> int:
+    """Bytes a deployment ships: the engine directory, the .onnx (+ external data), the weights."""
+    p = Path(art.path)
+    if art.format is Format.onnx:
+        p = p.parent if (p.parent / "manifest.json").exists() else p
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.name not in REPORT_FILES)

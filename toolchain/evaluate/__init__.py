@@ -1,0 +1,1 @@
+"""The accuracy gate shared by validate and quantize: metrics and the comparison."""

@@ -1,0 +1,1 @@
+"""Training shared by distill and prune's recovery: the loop, its losses, data parallelism."""
