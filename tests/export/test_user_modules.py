@@ -136,3 +136,39 @@ def test_data_dependent_control_flow_exits_2_in_one_line(cli, tmp_path):
         and "Traceback" not in r.stderr
     )
     assert not out.exists()
+
+
+def test_gelu_is_written_the_way_onnxruntime_fuses_it(cli, tmp_path):
+    """torch writes x * (0.5 * (1 + erf(x/√2))); reordered to (x * (1 + erf(x/√2))) * 0.5 the
+    engine fuses it into one kernel, with the same bits out (×0.5 is exact)."""
+    import onnxruntime as ort
+
+    from toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
+
+    class Mlp(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(12, 64), torch.nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.gelu(self.a(x)))
+
+    torch.manual_seed(0)
+    raw = tmp_path / "raw.onnx"
+    torch.onnx.export(Mlp().eval(), (torch.randn(2, 12),), str(raw), dynamo=True, opset_version=18)
+    model = onnx.load(str(raw))
+    assert gelu_as_onnxruntime_fuses(model) == 1
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(0).standard_normal((2, 12)).astype(np.float32) * 4
+    outs = [
+        ort.InferenceSession(str(p), opts).run(None, {model.graph.input[0].name: x})[0]
+        for p in (raw, tmp_path / "fused.onnx")
+    ]
+    assert np.array_equal(outs[0], outs[1])
+    # through the command line: the ort-cpu engine holds a fused GELU, no Erf
+    r = cli("build", tmp_path / "fused.onnx", "-o", tmp_path / "engine")
+    assert r.code == 0, r.stderr
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "engine" / "model.onnx")).graph.node}
+    assert "Erf" not in ops and ops & {"Gelu", "BiasGelu", "FastGelu"}

@@ -422,7 +422,20 @@ def export_onnx(
             raise cause from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInput(f"torch.onnx export failed: {msg}") from e
+    if not kwargs["external_data"]:
+        _for_onnxruntime(out)
     return out
+
+
+def _for_onnxruntime(path: Path) -> None:
+    """The exported graph in the forms onnxruntime's fusions match (same outputs, same bits)."""
+    import onnx
+
+    from toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
+
+    model = onnx.load(str(path))
+    if gelu_as_onnxruntime_fuses(model):
+        onnx.save(model, str(path))
 
 
 def _caused_by(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
