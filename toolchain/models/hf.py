@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import io
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,23 +78,19 @@ def infer_task(path: Path) -> str:
 def _quiet():
     from transformers.utils import logging as hf_logging
 
+    from toolchain.models.torch import quiet
+
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # transformers 5 draws one while it loads weights
-    loggers = [logging.getLogger(n) for n in ("optimum", "sentence_transformers")]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with quiet(("optimum", "sentence_transformers")):
             yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
-        for lg, lv in zip(loggers, old, strict=True):
-            lg.setLevel(lv)
 
 
 @dataclass

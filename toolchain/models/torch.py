@@ -361,9 +361,10 @@ class TorchRunner:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """torch.onnx prints progress lines to stdout; keep our output to our own lines."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+def quiet(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "torch.export")):
+    """Exporters print progress lines to stdout and log at INFO; keep our output to our own
+    lines (stdout swallowed, the named loggers at ERROR) for a block."""
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -405,7 +406,7 @@ def export_onnx(
     if shapes is not None:
         kwargs["dynamic_shapes"] = shapes
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 src,
                 args,
