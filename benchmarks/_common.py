@@ -8,7 +8,8 @@ from toolchain.core.timing import interleaved  # noqa: F401  (the one timer, re-
 def isa() -> str:
     """The host's instruction set as every benchmark prints it: arch, the ort-cpu preset it
     gets and why, and the int8-relevant flags."""
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
+    from targets.ort_cpu import cpu_preset as cpu_preset_name
+    from toolchain.core.presets import detect_isa
 
     i = detect_isa()
     name, why = cpu_preset_name(i)

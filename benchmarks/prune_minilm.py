@@ -44,7 +44,8 @@ from benchmarks.distill_minilm import (  # noqa: E402
 
 
 def isa() -> str:
-    from toolchain.quantize.presets import cpu_preset_name, detect_isa
+    from targets.ort_cpu import cpu_preset as cpu_preset_name
+    from toolchain.core.presets import detect_isa
 
     i = detect_isa()
     return f"{i.arch}, {cpu_preset_name(i)[1]}"

@@ -15,6 +15,7 @@ from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
 from toolchain.core.ort_session import DISABLED_OPTIMIZERS, OPT_LEVELS, ort_session
+from toolchain.core.presets import Isa, Preset
 
 __all__ = ["DISABLED_OPTIMIZERS", "OrtCpu", "runner_from_onnx", "session_from_onnx"]
 
@@ -246,6 +247,46 @@ def runner_from_onnx(
     return OrtRunner(session, io)
 
 
+# The ort-cpu quantization presets, one per instruction-set family (core/presets.py: Preset;
+# why each is what it is: toolchain/quantize/presets.py).
+CPU_PRESETS: dict[str, Preset] = {
+    "ort-cpu-vnni": Preset(
+        name="ort-cpu-vnni",
+        target="ort-cpu",
+        why="x86 with VNNI/AMX: int8 dot products accumulate in int32 without saturation, "
+        "so weights use the full int8 range; activations asymmetric uint8 (all 256 steps)",
+    ),
+    "ort-cpu-avx2": Preset(
+        name="ort-cpu-avx2",
+        target="ort-cpu",
+        reduce_range=True,
+        why="x86 without VNNI: u8·s8 pairs are summed into a saturating int16 "
+        "(VPMADDUBSW); 7-bit weights (|w| <= 64) keep 2·255·64 = 32640 within int16",
+    ),
+    "ort-cpu-arm64": Preset(
+        name="ort-cpu-arm64",
+        target="ort-cpu",
+        activation_type="int8",
+        activation_symmetric=True,
+        why="ARM64: signed dot-product kernels (SDOT/I8MM); symmetric int8 activations and "
+        "weights, no saturation, so full range",
+    ),
+}
+
+
+def cpu_preset(isa: Isa) -> tuple[str, str]:
+    """The ort-cpu preset for this instruction set, and the reason in words."""
+    if isa.arch == "arm64":
+        return "ort-cpu-arm64", "ARM64 CPU"
+    if isa.vnni:
+        which = "AMX" if isa.amx else "VNNI"
+        found = ", ".join(sorted(isa.flags & {"avx512_vnni", "avx_vnni", "amx_int8"}))
+        return "ort-cpu-vnni", f"x86 CPU with {which} ({found})"
+    if "avx2" in isa.flags or isa.arch == "x86_64":
+        return "ort-cpu-avx2", "x86 CPU without VNNI"
+    return "ort-cpu-avx2", f"unrecognised CPU '{isa.arch}': the saturation-safe preset"
+
+
 class OrtCpu:
     """Target `ort-cpu`.
 
@@ -258,6 +299,12 @@ class OrtCpu:
     DEFAULT_OPT_LEVEL: ClassVar[str] = "extended"
     RUNTIME_OPT_LEVEL: ClassVar[str] = "all"
     OPTIONS: ClassVar[tuple[str, ...]] = ("opt_level", "ort_format", "threads")
+    PRESETS: ClassVar[dict[str, Preset]] = CPU_PRESETS  # quantization presets, by ISA
+
+    def default_preset(self, isa: Isa) -> tuple[str, str]:
+        """The preset for this CPU, and how it was chosen (recorded in the manifest)."""
+        name, reason = cpu_preset(isa)
+        return name, f"detected: {reason}"
 
     def unavailable_reason(self) -> str | None:
         try:

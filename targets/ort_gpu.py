@@ -36,11 +36,13 @@ from targets.tensorrt_options import (
     profile_options,
     profile_shapes,
 )
+from targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
 from toolchain.core.artifact import Format, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import sha256_file, sha256_json
 from toolchain.core.onnx_model import check_onnx, io_from_onnx
 from toolchain.core.ort_session import ort_session
+from toolchain.core.presets import Isa, Preset
 
 MODEL_FILE = "model.onnx"
 CUDA, TRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -111,6 +113,28 @@ class OrtGpu:
     """
 
     name: ClassVar[str] = "ort-gpu"
+    # int8 runs on this target through its TensorRT provider, which takes TensorRT's Q/DQ
+    # form (symmetric int8, Q/DQ on weighted layers' inputs); the CUDA provider runs the same
+    # model with its Q/DQ pairs dequantized into float kernels
+    PRESETS: ClassVar[dict[str, Preset]] = {
+        "ort-gpu": Preset(
+            **{
+                **TRT_PRESET,
+                "name": "ort-gpu",
+                "target": "ort-gpu",
+                "why": "onnxruntime-gpu runs int8 through its TensorRT provider: TensorRT's "
+                "explicit quantization form (symmetric int8, per-channel weight scales, Q/DQ "
+                "on the inputs of weighted layers only, float biases)",
+            }
+        )
+    }
+
+    def default_preset(self, isa: Isa) -> tuple[str, str]:
+        return "ort-gpu", "target"
+
+    def check_quantized(self, path: Path) -> None:
+        check_qdq_rules(path)
+
     OPTIONS: ClassVar[tuple[str, ...]] = (
         "provider", "device_id", "fp16", "fp32_layers", "cudnn_conv_algo_search",
         "workspace_mb", "min_batch", "opt_batch", "max_batch", "shapes", "trt_cache_dir",

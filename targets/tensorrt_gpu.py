@@ -46,11 +46,13 @@ from targets.tensorrt_options import (
     profiles_to_json,
     trtexec_command,
 )
+from targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
 from targets.tensorrt_runner import TrtRunner, device, runner_from_plan, trt_logger, trt_module
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import dir_lock
 from toolchain.core.onnx_model import check_onnx, io_from_onnx
+from toolchain.core.presets import Isa, Preset
 
 ENGINE_FILE = "engine.plan"
 TIMING_CACHE_FILE = "timing.cache"
@@ -225,6 +227,15 @@ class TrtGpu:
     """
 
     name: ClassVar[str] = "trt-gpu"
+    PRESETS: ClassVar[dict[str, Preset]] = {"trt-gpu": Preset(**TRT_PRESET)}
+
+    def default_preset(self, isa: Isa) -> tuple[str, str]:
+        return "trt-gpu", "target"
+
+    def check_quantized(self, path: Path) -> None:
+        """A model quantized for this target follows TensorRT's Q/DQ rules."""
+        check_qdq_rules(path)
+
     DEFAULT_MIN_BATCH: ClassVar[int] = 1
     DEFAULT_OPT_BATCH: ClassVar[int] = 1
     DEFAULT_MAX_BATCH: ClassVar[int] = 32

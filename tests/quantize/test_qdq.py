@@ -17,7 +17,7 @@ from tests.quantize import models
 from toolchain.core.errors import InvalidInput
 from toolchain.quantize import qdq, rewrites
 from toolchain.quantize.plan import activation_matmuls, make_plan
-from toolchain.quantize.presets import PRESETS
+from toolchain.quantize.presets import preset as named_preset
 
 # Tests that measure a preset's effect name the preset: the default follows this CPU's
 # instruction set, and CI may run on a VNNI host or an AVX2-only one. The 7-bit-weight preset
@@ -59,6 +59,22 @@ def test_trt_gpu_qdq_follows_tensorrt_rules(cli, conv_net, tmp_path):
     assert "zero points 0" in manifest["metrics"]["why"]
 
 
+def test_ort_gpu_takes_the_form_its_tensorrt_provider_runs(cli, conv_net, tmp_path):
+    """The target declares its preset (targets/ort_gpu.py PRESETS); quantize asks it."""
+    out = tmp_path / "ortgpu"
+    model = _quantized_conv_net(cli, conv_net, out, "--target", "ort-gpu")
+    assert tensorrt_violations(model) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["preset"]["name"] == "ort-gpu"
+    zero_points = [
+        numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("zero_point")
+    ]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    r = cli("quantize", conv_net["model"], "-o", tmp_path / "x", "--calibration",
+            conv_net["calib"], "--target", "ort-gpu", "--preset", "ort-cpu-vnni")  # fmt: skip
+    assert r.code == 2 and "is for target ort-cpu, not ort-gpu" in r.stderr
+
+
 def test_tensorrt_rules_catch_a_cpu_model(cli, conv_net, tmp_path):
     """Negative control: the ort-cpu preset's uint8, asymmetric QDQ breaks the rules."""
     model = _quantized_conv_net(cli, conv_net, tmp_path / "cpu", "--preset", "ort-cpu-vnni")
@@ -71,7 +87,7 @@ def _split_model(tmp_path, outlier: float, ratio: float | None):
     path = models.residual_block(tmp_path / "block.onnx")
     calib = Dataset({"x": models.residual_data(64, seed=1, outlier=outlier)})
     model = onnx.load(str(path))
-    preset = PRESETS["ort-cpu-vnni"]
+    preset = named_preset("ort-cpu-vnni")
     plan = make_plan(model, preset)
     masked = {}
     if ratio:
@@ -155,7 +171,7 @@ def test_smoothing_is_exact_in_float_and_rescues_narrow_channels(cli, tmp_path):
 
 def test_plan_exclude_op_types_and_their_errors(conv_net):
     model = onnx.load(str(conv_net["model"]))
-    preset = PRESETS["ort-cpu-vnni"]
+    preset = named_preset("ort-cpu-vnni")
     plan = make_plan(model, preset, exclude=["conv*"])
     assert "conv1" in plan.excluded and "conv2" in plan.excluded and "fc" in plan.quantized(model)
     plan = make_plan(model, preset, op_types=["Gemm"])
@@ -181,8 +197,8 @@ def test_attention_style_matmuls_stay_float_on_cpu(tmp_path):
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     assert activation_matmuls(model) == ["qk"]
     with pytest.raises(InvalidInput, match="nothing to quantize"):
-        make_plan(model, PRESETS["ort-cpu-vnni"])
-    assert make_plan(model, PRESETS["trt-gpu"]).quantized(model) == ["qk"]
+        make_plan(model, named_preset("ort-cpu-vnni"))
+    assert make_plan(model, named_preset("trt-gpu")).quantized(model) == ["qk"]
 
 
 def test_dynamic_method_needs_no_calibration(cli, conv_net, tmp_path):

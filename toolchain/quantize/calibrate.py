@@ -29,10 +29,10 @@ from calibration.statistics import (
 )
 from toolchain.core.artifact import IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
+from toolchain.core.presets import Preset
 from toolchain.core.progress import track
 from toolchain.quantize import qdq, rewrites
 from toolchain.quantize.plan import Plan
-from toolchain.quantize.presets import Preset
 
 
 def load_checked(path: str, what: str, io: IoSpec, cfg, tok: Path | None, limit=None) -> Dataset:

@@ -12,12 +12,12 @@ import onnx
 
 from calibration.sources import Dataset
 from targets.ort_cpu import runner_from_onnx
+from toolchain.core.presets import Preset
 from toolchain.core.progress import track
 from toolchain.core.timing import interleaved
 from toolchain.evaluate.gate import Evaluator
 from toolchain.quantize import qdq
 from toolchain.quantize.calibrate import Prepared
-from toolchain.quantize.presets import Preset
 from toolchain.quantize.sensitivity import (
     fallback_loop,
     node_sensitivity,

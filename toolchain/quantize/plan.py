@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from toolchain.core.errors import InvalidInput
-from toolchain.quantize.presets import Preset
+from toolchain.core.presets import Preset
 
 
 def constants(model: onnx.ModelProto) -> set[str]:

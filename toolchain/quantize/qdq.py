@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 
 from toolchain.core.errors import InvalidInput
+from toolchain.core.presets import Preset
 from toolchain.quantize.plan import Plan
-from toolchain.quantize.presets import Preset
 from toolchain.quantize.rewrites import isolate_quantized_inputs
 
 TWO_GB = 2**31

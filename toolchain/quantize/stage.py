@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from toolchain.core.artifact import Format, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput
 from toolchain.core.recipe import Gated
+from toolchain.core.registry import get_target
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 
 MODEL_FILE = "model.onnx"
@@ -251,10 +252,9 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     qproto = check_onnx(model_path)
-    if cfg.target == "trt-gpu":
-        from targets.tensorrt_qdq import check_qdq_rules
-
-        check_qdq_rules(model_path)
+    check = getattr(get_target(cfg.target), "check_quantized", None)
+    if check is not None:  # the target's own rules for the Q/DQ it takes
+        check(model_path)
     quantized = _report_nodes(report, qproto, plan)
     float_nodes = [  # a new list: the report's own lists stay as they were
         *report.get("fallback", {}).get("float_nodes", []),
