@@ -83,13 +83,14 @@ def accuracy(engine: Path) -> float:
 
 
 def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict[str, float]]:
-    from toolchain.prune.latency import timed_runner, timing_feeds
+    from toolchain.core.timing import synthetic_feeds
+    from toolchain.prune.latency import timed_runner
 
     runners = {k: timed_runner(p, THREADS) for k, p in engines.items()}
     out = {}
     for seq in (64, 128):
         for batch in (1, 8):
-            feeds = timing_feeds(next(iter(runners.values())).io, batch, seq)
+            feeds = synthetic_feeds(next(iter(runners.values())).io, batch, seq)
             fns = {k: (lambda r=r, f=feeds: r.infer(f)) for k, r in runners.items()}
             out[(batch, seq)] = interleaved(
                 fns, rounds if batch == 1 else max(8, rounds // 2), warmup=3

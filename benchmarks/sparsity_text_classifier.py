@@ -80,7 +80,8 @@ def variants(
 
 def main() -> None:
     from toolchain.core.audit import audit
-    from toolchain.prune.latency import timed_runner, timing_feeds
+    from toolchain.core.timing import synthetic_feeds
+    from toolchain.prune.latency import timed_runner
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
@@ -101,7 +102,7 @@ def main() -> None:
     acc = {k: accuracy(engine) for k, (engine, _) in built.items()}
     ms = {}
     for batch in (1, 8):
-        feeds = timing_feeds(runners["unpruned"].io, batch, SEQ)
+        feeds = synthetic_feeds(runners["unpruned"].io, batch, SEQ)
         fns = {k: (lambda r=r, f=feeds: r.infer(f)) for k, r in runners.items()}
         ms[batch] = interleaved(fns, args.rounds if batch == 1 else max(8, args.rounds // 2))
     audits = {k: audit(onnx) for k, (_, onnx) in built.items()}

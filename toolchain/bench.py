@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from targets.base import Runner
-from toolchain.core.artifact import Format, IoSpec
+from toolchain.core.artifact import Format
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import write_json
 from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
-from toolchain.core.timing import latency
+from toolchain.core.timing import latency, synthetic_feeds
 
-DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is benchmarked at this size
 BENCH_FILE = "bench.json"
 
 
@@ -26,28 +24,6 @@ class BenchStage(StageConfig):
     warmup: int = Field(default=10, ge=0)
     iterations: int = Field(default=50, ge=1)
     threads: int | None = None
-
-
-def synthetic_feeds(io: IoSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for timing: normal floats, ones for integer inputs (valid ids and masks)."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for t in io.inputs:
-        shape = [
-            batch if i == 0 else (d if isinstance(d, int) else DEFAULT_SEQ)
-            for i, d in enumerate(t.dims)
-        ]
-        if isinstance(t.dims[0], int) and t.dims[0] != batch:
-            raise InvalidInput(
-                f"input '{t.name}' has a fixed batch of {t.dims[0]}; cannot bench batch {batch}"
-            )
-        dtype = np.dtype(t.dtype)
-        feeds[t.name] = (
-            rng.standard_normal(shape).astype(dtype)
-            if np.issubdtype(dtype, np.floating)
-            else np.ones(shape, dtype=dtype)
-        )
-    return feeds
 
 
 def bench(

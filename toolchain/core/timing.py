@@ -13,6 +13,7 @@ import numpy as np
 
 from toolchain.core.artifact import Format, ModelArtifact
 
+DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is timed at this size
 # what a stage writes beside a model that does not ship with it
 REPORT_FILES = {"manifest.json", "report.json", "junit.xml", "summary.md", "bench.json"}
 
@@ -68,3 +69,31 @@ def size_bytes(art: ModelArtifact) -> int:
     if p.is_file():
         return p.stat().st_size
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.name not in REPORT_FILES)
+
+
+def synthetic_feeds(io: Any, batch: int, seq: int | None = None, seed: int = 0) -> dict:
+    """Seeded inputs to time a model with (bench, prune's engine search, benchmarks/): `batch`
+    on axis 0, `seq` (default DEFAULT_SEQ) on the other symbolic axes; floats standard
+    normal, masks ones, token types zeros, other integers ids below 50 (in every vocabulary;
+    the ids do not change an encoder's time)."""
+    from toolchain.core.errors import InvalidInput
+
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in io.inputs:
+        if isinstance(t.dims[0], int) and t.dims[0] != batch:
+            raise InvalidInput(
+                f"input '{t.name}' has a fixed batch of {t.dims[0]}; cannot time batch {batch}"
+            )
+        shape = [batch if i == 0 else (d if isinstance(d, int) else seq or DEFAULT_SEQ)
+                 for i, d in enumerate(t.dims)]  # fmt: skip
+        dtype = np.dtype(t.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[t.name] = rng.standard_normal(shape).astype(dtype)
+        elif "mask" in t.name or dtype == np.bool_:
+            feeds[t.name] = np.ones(shape, dtype=dtype)
+        elif "type" in t.name:
+            feeds[t.name] = np.zeros(shape, dtype=dtype)
+        else:
+            feeds[t.name] = rng.integers(3, 50, size=shape).astype(dtype)
+    return feeds

@@ -17,7 +17,7 @@ import numpy as np
 
 from targets.base import BuildConfig
 from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.timing import interleaved
+from toolchain.core.timing import interleaved, synthetic_feeds
 
 
 @dataclass
@@ -55,26 +55,6 @@ def timed_runner(engine_dir: Path, threads: int | None):
     return OrtCpu().load(art, threads=threads, spinning=False)
 
 
-def timing_feeds(io, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs at `batch` (and `seq` for a dynamic second axis): token ids below 50 (in
-    every vocabulary; the ids do not change an encoder's time), full attention masks, zero
-    token types; floats standard normal."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for t in io.inputs:
-        dims = [batch if i == 0 else (d if isinstance(d, int) else seq or 1)
-                for i, d in enumerate(t.dims)]  # fmt: skip
-        if np.issubdtype(np.dtype(t.dtype), np.floating):
-            feeds[t.name] = rng.standard_normal(dims).astype(t.dtype)
-        elif "mask" in t.name:
-            feeds[t.name] = np.ones(dims, dtype=t.dtype)
-        elif "type" in t.name:
-            feeds[t.name] = np.zeros(dims, dtype=t.dtype)
-        else:
-            feeds[t.name] = rng.integers(3, 50, size=dims).astype(t.dtype)
-    return feeds
-
-
 def compare(
     engines: dict[str, Engine], batches: list[int], seq: int | None, rounds: int
 ) -> dict[str, dict[str, float]]:
@@ -82,7 +62,7 @@ def compare(
     out = {}
     io = next(iter(engines.values())).runner.io
     for b in batches:
-        feeds = timing_feeds(io, b, seq)
+        feeds = synthetic_feeds(io, b, seq)
         fns = {n: (lambda e=e, f=feeds: e.runner.infer(f)) for n, e in engines.items()}
         out[str(b)] = {k: round(v, 4) for k, v in interleaved(fns, rounds, warmup=3).items()}
     return out
