@@ -3,11 +3,13 @@ the fine-tuned text classifier, with everything else held equal.
 
 Each mode starts from the same fine-tuned model and trains it on the same batches (cross-entropy
 on the labels, AdamW 5e-5, batch 32, sequence 64) while the same cubic schedule raises the
-sparsity of the encoder's matrices to --sparsity by step --end, masks updated every 10 steps:
+sparsity of the encoder's matrices to --sparsity by step --end (movement masks follow the
+scores every step, as the prune stage's do; the others are updated every 10 steps):
 - movement: the prune stage's scores (prune/sparsity.py: Adam's steps on W·∂L/∂W');
 - random: seeded random scores, fixed (what movement's masks would be with no signal);
 - magnitude: |w|, masked weights set to zero (Zhu & Gupta).
-Accuracy on the first 400 calibration sentences is printed at every 40th step.
+Accuracy on 400 calibration sentences drawn stratified (every class in its proportion; the
+file is written class by class) is printed at every 40th step.
 
     .venv/bin/python benchmarks/movement_masks.py [--sparsity 0.8] [--end 120] [--steps 130]
 
@@ -29,6 +31,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.prune_text_classifier import TC, isa  # noqa: E402
 
 BATCH, SEQ, INTERVAL, LR, EVAL = 32, 64, 10, 5e-5, 400
+
+
+def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """n rows with every label in its proportion of `rows` (seeded draw within each label)."""
+    import random
+
+    by: dict = {}
+    for r in rows:
+        by.setdefault(r["label"], []).append(r)
+    rng = random.Random(seed)
+    out = []
+    for label, group in sorted(by.items()):
+        take = max(1, round(n * len(group) / len(rows)))
+        out += rng.sample(group, min(take, len(group)))
+    return out
 
 
 @dataclass
@@ -68,7 +85,8 @@ def run(mode: str, sparsity: float, end: int, steps: int) -> list[tuple[int, flo
         return enc, torch.tensor([r["label"] for r in rows])
 
     train = [json.loads(line) for line in (TC / "train.jsonl").read_text().splitlines()]
-    evals = [json.loads(line) for line in (TC / "calib.jsonl").read_text().splitlines()][:EVAL]
+    rows = [json.loads(line) for line in (TC / "calib.jsonl").read_text().splitlines()]
+    evals = stratified(rows, EVAL)
     x_eval, y_eval = encode(evals)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
@@ -83,7 +101,7 @@ def run(mode: str, sparsity: float, end: int, steps: int) -> list[tuple[int, flo
         opt.step()
         if mode == "movement":
             sp.accumulate(world=1)
-        if step % INTERVAL == 0:
+        if mode == "movement" or step % INTERVAL == 0:
             s = cubic(step, 0, end, sparsity)
             if mode == "magnitude":
                 sp.update_magnitude(s)
@@ -106,14 +124,14 @@ def main() -> None:
     args = ap.parse_args()
     results = {m: run(m, args.sparsity, args.end, args.steps)
                for m in ("movement", "random", "magnitude")}  # fmt: skip
-    print(f"ISA: {isa()}; cross-entropy, batch {BATCH}, lr {LR}, sequence {SEQ}; masks every "
-          f"{INTERVAL} steps, cubic to {args.sparsity:.0%} at step {args.end}")  # fmt: skip
+    print(f"ISA: {isa()}; cross-entropy, batch {BATCH}, lr {LR}, sequence {SEQ}; movement "
+          f"masks every step, the others every {INTERVAL} steps, cubic to {args.sparsity:.0%} at step {args.end}")  # fmt: skip
     print("| step | sparsity | " + " | ".join(results) + " |")
     print("|---|---|" + "---|" * len(results))
     for i, (step, s, _) in enumerate(results["movement"]):
         accs = " | ".join(f"{results[m][i][2]:.3f}" for m in results)
         print(f"| {step} | {s:.2f} | {accs} |")
-    print(f"(accuracy on the first {EVAL} calibration sentences)")
+    print(f"(accuracy on {EVAL} calibration sentences, every class in proportion)")
 
 
 if __name__ == "__main__":

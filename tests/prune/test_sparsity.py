@@ -4,6 +4,7 @@ sparse flag, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -226,3 +227,92 @@ def test_movement_below_one_shot_magnitude_is_flagged():
     assert _movement_warning(cfg, {"after_pruning": 0.21, "after_recovery": 0.50}) == ""
     mag = PruneStage(data="d.npz", method="magnitude", sparsity=0.8)
     assert _movement_warning(mag, {"after_pruning": 0.21, "after_recovery": 0.10}) == ""
+
+
+class _MovementCfg:
+    method, scope, schedule, movement = "movement", "layer", "cubic", "hard"
+
+    def weight_sparsity(self):
+        return 0.8
+
+
+class _Trainer:
+    steps_per_epoch, world = 10, 1
+
+
+def test_movement_masks_follow_the_scores_at_every_step():
+    """Each step the dropped count is the schedule's and every kept score >= every dropped
+    one (a mask recomputed every 10 steps let dropped weights come back in bulk)."""
+    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target, cubic
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(32, 16)
+    sp = Sparsifier([Target("lin", lin)], _MovementCfg())
+    cb = ScheduleCallback(sp, start=0.0, end=2.0, interval=10)
+    p = sp.targets[0].param
+    for step in range(25):
+        lin(torch.randn(8, 32) + step % 3).pow(2).sum().backward()
+        cb.on_step(_Trainer(), step)
+        dropped = int((p.mask == 0).sum())
+        assert dropped == round(p.mask.numel() * cubic(step + 1, 0, 20, 0.8)), step
+        if dropped:
+            assert p.scores[p.mask == 1].min() >= p.scores[p.mask == 0].max()
+
+
+def test_the_probe_pass_does_not_reach_the_scores():
+    """The trainer's probe for unused parameters runs a backward through the masks before
+    training; its gradient is dropped before the first score step."""
+    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target
+
+    lin = torch.nn.Linear(32, 16)
+    sp = Sparsifier([Target("lin", lin)], _MovementCfg())
+    cb = ScheduleCallback(sp, start=0.0, end=2.0, interval=10)
+    lin(torch.randn(4, 32) * 100).sum().backward()  # the probe
+    assert sp.targets[0].param.delta.abs().sum() > 0
+    cb.on_train_begin(_Trainer())
+    assert sp.targets[0].param.delta.abs().sum() == 0
+
+
+def test_the_trainer_calls_on_train_begin_after_its_probe(monkeypatch):
+    from toolchain.training import trainer as tr
+
+    calls = []
+    monkeypatch.setattr(tr, "freeze_unused", lambda *a: calls.append("probe") or 0)
+
+    class Cb(tr.Callback):
+        def on_train_begin(self, trainer):
+            calls.append("begin")
+
+    class Pair:
+        student = teacher = torch.nn.Linear(2, 2)
+
+    class Cfg:
+        dropout, seed, output, lr, weight_decay = None, 0, "x", 1e-3, 0.0
+
+    t = tr.Trainer.__new__(tr.Trainer)
+    t.cfg, t.device, t.pair, t.train_data, t.callbacks = (
+        Cfg(),
+        torch.device("cpu"),
+        Pair(),
+        None,
+        [Cb()],
+    )
+    t.say = lambda *_: None
+    # the rest of the set-up needs a real run; the order is what is checked
+    with contextlib.suppress(Exception):
+        t._prepare_models()
+    assert calls[:2] == ["probe", "begin"]
+
+
+def test_score_ties_go_to_the_larger_weight():
+    """At the first step every score is ±lr: ties are broken by |W|, not by position."""
+    from toolchain.prune.sparsity import masks_by_score
+
+    w = torch.tensor([[0.1, -5.0, 0.2, 3.0], [4.0, 0.3, -0.05, 2.0]])
+    scores = torch.full_like(w, 0.01)
+    for scope in ("layer", "global"):
+        (mask,) = masks_by_score([scores], 0.5, scope, [w.abs()])
+        assert mask.tolist() == [[0, 1, 0, 1], [1, 0, 0, 1]]
+    scores[0, 0] = 1.0  # a higher score is kept whatever its weight
+    (mask,) = masks_by_score([scores], 0.5, "layer", [w.abs()])
+    assert mask[0, 0] == 1 and int(mask.sum()) == 4

@@ -164,22 +164,43 @@ def cubic(step: int, start: int, end: int, final: float) -> float:
     return final * (1 - (1 - (step - start) / (end - start)) ** 3)
 
 
-def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """A 0/1 mask keeping the (1 − sparsity) highest scores (ties: exactly k kept)."""
+def _keep_top(scores: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | None = None):
+    """A 0/1 mask keeping the (1 − sparsity) highest scores: exactly that many, every kept
+    score >= every dropped one. Scores tied at the threshold go to the larger `tiebreak` (|W|);
+    the first movement step leaves every score at ±lr, and a positional tie-break would drop
+    whole contiguous rows. A selection (kthvalue), not a sort: it runs at every step."""
     n = scores.numel()
     drop = int(round(n * sparsity))
+    flat = scores.reshape(-1)
     mask = torch.ones(n, dtype=scores.dtype)
-    if drop > 0:
-        idx = torch.topk(scores.reshape(-1), drop, largest=False).indices
-        mask[idx] = 0
+    if drop <= 0:
+        return mask.reshape(scores.shape)
+    threshold = flat.kthvalue(drop).values
+    below = flat < threshold
+    mask[below] = 0
+    ties = (flat == threshold).nonzero().squeeze(1)
+    need = drop - int(below.sum())
+    if need > 0:
+        key = tiebreak.reshape(-1)[ties] if tiebreak is not None else ties.to(flat.dtype)
+        mask[ties[torch.topk(key, need, largest=False).indices]] = 0
     return mask.reshape(scores.shape)
 
 
-def masks_by_score(scores: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
+def masks_by_score(
+    scores: list[torch.Tensor],
+    sparsity: float,
+    scope: str,
+    tiebreak: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
     """Per layer (top scores of each) or global (one threshold over all)."""
     if scope == "layer":
-        return [_keep_top(s, sparsity) for s in scores]
-    flat = _keep_top(torch.cat([s.reshape(-1) for s in scores]), sparsity)
+        ties = tiebreak or [None] * len(scores)
+        return [_keep_top(s, sparsity, t) for s, t in zip(scores, ties, strict=True)]
+
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in ts])
+
+    flat = _keep_top(cat(scores), sparsity, cat(tiebreak) if tiebreak else None)
     out, at = [], 0
     for s in scores:
         out.append(flat[at : at + s.numel()].reshape(s.shape))
@@ -249,9 +270,18 @@ class Sparsifier:
 
     def update_movement(self, sparsity: float) -> None:
         scores = [t.param.scores for t in self.targets]
+        weights = [_original(t).detach().abs() for t in self.targets]
         scope = "global" if self.cfg.movement == "soft" else self.cfg.scope
-        self._set(masks_by_score(scores, sparsity, scope), zero=False)
+        self._set(masks_by_score(scores, sparsity, scope, weights), zero=False)
         self.current = sparsity
+
+    def reset_scores_gradient(self) -> None:
+        """Forget what a pass before training added to the scores' gradient (the trainer's
+        probe for unused parameters runs a backward through the masks)."""
+        with torch.no_grad():
+            for t in self.targets:
+                if t.param.movement:
+                    t.param.delta.zero_()
 
     def accumulate(self, world: int) -> None:
         """Move the scores by this step's −W·∂L/∂W' (an Adam step; the gradient averaged
@@ -272,9 +302,11 @@ class Sparsifier:
 
 class ScheduleCallback(Callback):
     """Trainer callback: the cubic schedule from epoch `start` to epoch `end` (fractions
-    allowed), masks updated every `interval` steps and when it ends (movement keeps updating
-    them from its scores after); an epoch before the schedule ends is not eligible as the
-    result."""
+    allowed). Magnitude masks are updated every `interval` steps and when it ends; movement
+    masks follow the scores at every step, during the schedule and after it (the scores take
+    a step every step: a mask recomputed only every few steps lets the weights it dropped
+    come back in bulk, as the authors' code, which takes the top-k at every forward, does
+    not). An epoch before the schedule ends is not eligible as the result."""
 
     def __init__(self, sparsifier: Sparsifier, start: float, end: float, interval: int) -> None:
         self.s, self.start_epoch, self.end_epoch, self.interval = sparsifier, start, end, interval
@@ -291,17 +323,22 @@ class ScheduleCallback(Callback):
         done = step + 1  # optimizer steps taken
         if done < start or (done > end and not self.s.movement):
             return
-        if done == end or (done - start) % self.interval == 0:
+        if self.s.movement or done == end or (done - start) % self.interval == 0:
             target = cubic(done, start, end, self.s.sparsity)
             if self.s.movement:
                 self.s.update_movement(target)
             else:
                 self.s.update_magnitude(target)
 
+    def on_train_begin(self, trainer) -> None:
+        if self.s.movement:
+            self.s.reset_scores_gradient()
+
     def selectable(self, trainer, epoch: int) -> bool:
         """Whether the weights after `epoch` (from 1) are at the final sparsity."""
         return epoch * trainer.steps_per_epoch >= self._bounds(trainer)[1]
 
     def describe(self) -> dict[str, Any]:
+        interval = 1 if self.s.movement else self.interval
         return {"kind": "cubic", "start_epoch": self.start_epoch, "end_epoch": self.end_epoch,
-                "mask_interval_steps": self.interval}  # fmt: skip
+                "mask_interval_steps": interval}  # fmt: skip

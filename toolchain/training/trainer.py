@@ -129,6 +129,9 @@ class Callback:
     """Hooks into the loop; every method is optional. Return True from on_epoch_end to stop
     the run after that epoch (as a kill would: its checkpoint is written first)."""
 
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """After the set-up (its probe pass included), before the first step."""
+
     def on_step(self, trainer: Trainer, step: int) -> None:
         """After an optimizer step (global step count `step`, from 0)."""
 
@@ -205,6 +208,8 @@ class Trainer:
             set_dropout(self.student, cfg.dropout)
         torch.manual_seed(cfg.seed)
         frozen = freeze_unused(self.student, self.train_data, cfg.output, device)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
         if frozen:
             self.say(
                 f"{frozen} student parameter tensors do not affect '{cfg.output}'; left untrained"
