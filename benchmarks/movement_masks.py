@@ -42,7 +42,7 @@ def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
         by.setdefault(r["label"], []).append(r)
     rng = random.Random(seed)
     out = []
-    for label, group in sorted(by.items()):
+    for _, group in sorted(by.items()):
         take = max(1, round(n * len(group) / len(rows)))
         out += rng.sample(group, min(take, len(group)))
     return out
@@ -125,7 +125,8 @@ def main() -> None:
     results = {m: run(m, args.sparsity, args.end, args.steps)
                for m in ("movement", "random", "magnitude")}  # fmt: skip
     print(f"ISA: {isa()}; cross-entropy, batch {BATCH}, lr {LR}, sequence {SEQ}; movement "
-          f"masks every step, the others every {INTERVAL} steps, cubic to {args.sparsity:.0%} at step {args.end}")  # fmt: skip
+          f"masks every step, the others every {INTERVAL} steps, cubic to "
+          f"{args.sparsity:.0%} at step {args.end}")  # fmt: skip
     print("| step | sparsity | " + " | ".join(results) + " |")
     print("|---|---|" + "---|" * len(results))
     for i, (step, s, _) in enumerate(results["movement"]):
