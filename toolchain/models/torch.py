@@ -362,14 +362,20 @@ class TorchRunner:
 
 @contextlib.contextmanager
 def quiet(names: tuple[str, ...] = ("torch.onnx", "onnxscript", "torch.export")):
-    """Exporters print progress lines to stdout and log at INFO; keep our output to our own
-    lines (stdout swallowed, the named loggers at ERROR) for a block."""
+    """Exporters print progress lines to stdout, log at INFO and warn about their own
+    internals (torch's pytree FutureWarning, its axis-renaming UserWarning); keep our output
+    to our own lines for a block: stdout swallowed, the named loggers at ERROR, those
+    warnings off."""
+    import warnings
+
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         for lg, lv in zip(loggers, levels, strict=True):
