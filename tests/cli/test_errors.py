@@ -158,3 +158,30 @@ def test_failure_keeps_the_previous_output(cli, export_tiny, tiny, tmp_path, mon
     assert r.code == 1
     assert tree_digest(tmp_path / "onnx") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]
+
+
+def test_ctrl_c_inside_an_import_is_an_interruption_not_a_bug(capsys):
+    """Ctrl-C landing in a lazily imported module surfaces as whatever the half-run code
+    raised next, with the KeyboardInterrupt as its context: exit 130, not an internal error."""
+    import typer
+
+    from toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE, guarded
+
+    @guarded
+    def work():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TypeError("half-initialised module") from None
+
+    @guarded
+    def bug():
+        raise TypeError("a real bug")
+
+    with pytest.raises(typer.Exit) as e:
+        work()
+    assert e.value.exit_code == INTERRUPTED
+    assert INTERRUPTED_LINE in capsys.readouterr().err
+    with pytest.raises(typer.Exit) as e:
+        bug()
+    assert e.value.exit_code == 70

@@ -47,7 +47,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = f" ({e.filename})" if e.filename else ""
             print(f"edgesmith: error: {e.strerror}{where}; nothing was written", file=sys.stderr)
             raise typer.Exit(2) from None
-        except Exception:
+        except Exception as e:
+            if _interrupted(e):  # Ctrl-C inside an import or a library's handler: raised anew
+                print(INTERRUPTED_LINE, file=sys.stderr)
+                raise typer.Exit(INTERRUPTED) from None
             traceback.print_exc()
             print(
                 "edgesmith: internal error (a bug in edgesmith; please report it)", file=sys.stderr
@@ -55,6 +58,19 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is in e's chain: Ctrl-C landing in the middle of an import
+    (torch loads modules lazily) surfaces as whatever that half-run code raised next."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _kind(e: EdgesmithError) -> str:
