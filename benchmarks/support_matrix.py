@@ -92,7 +92,10 @@ def cell(stage: dict | None) -> str:
 
 
 def render(out: Path) -> None:
-    records = [json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))]
+    # the default first: the newest transformers, the torch exporter
+    paths = sorted(RECORDS.glob("*.json"), key=lambda p: (-int(p.stem[12:].split("-")[0]),
+                                                          p.stem.endswith("optimum")))  # fmt: skip
+    records = [json.loads(p.read_text()) for p in paths]
     if not records:
         raise SystemExit(f"no records in {RECORDS}: run with --exporter first")
     stages = ("export", "prune", "quantize", "build", "validate")
