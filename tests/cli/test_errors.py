@@ -185,3 +185,16 @@ def test_ctrl_c_inside_an_import_is_an_interruption_not_a_bug(capsys):
     with pytest.raises(typer.Exit) as e:
         bug()
     assert e.value.exit_code == 70
+
+
+def test_version_and_debug_from_the_environment(cli, tmp_path, monkeypatch):
+    from importlib import metadata
+
+    r = cli("--version")
+    assert r.code == 0 and r.stdout.strip() == f"edgesmith {metadata.version('edgesmith')}"
+    monkeypatch.setenv("EDGESMITH_DEBUG", "1")
+    r = cli("export", tmp_path / "missing.onnx", "-o", tmp_path / "out")
+    assert r.code == 2 and "Traceback" in r.stderr
+    monkeypatch.setenv("EDGESMITH_DEBUG", "0")
+    r = cli("export", tmp_path / "missing.onnx", "-o", tmp_path / "out")
+    assert r.code == 2 and "Traceback" not in r.stderr

@@ -15,11 +15,26 @@ from toolchain.core.registry import load_object
 from toolchain.core.stage import Stage, stages
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        print(f"edgesmith {metadata.version('edgesmith')}")
+        raise typer.Exit(0)
+
+
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (also EDGESMITH_DEBUG=1).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
-    """Exit codes: 0 ok, 1 accuracy gate or check failed, 2 bad input, 3 target unavailable."""
-    _errors.debug["on"] = debug
+    """Exit codes: 0 ok, 1 accuracy gate or check failed, 2 bad input, 3 target unavailable,
+    70 internal error (a bug in edgesmith), 130 interrupted."""
+    _errors.debug["on"] = debug or os.environ.get("EDGESMITH_DEBUG", "") not in ("", "0")
 
 
 # Commands that are not stages; every stage's command comes from its registration.
