@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from toolchain.core.errors import CheckFailed, EdgesmithError
+from toolchain.core.errors import CheckFailed, EdgesmithError, caused_by
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in edgesmith, not in the user's input
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -48,7 +48,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             print(f"edgesmith: error: {e.strerror}{where}; nothing was written", file=sys.stderr)
             raise typer.Exit(2) from None
         except Exception as e:
-            if _interrupted(e):  # Ctrl-C inside an import or a library's handler: raised anew
+            if caused_by(e, (KeyboardInterrupt,)):  # Ctrl-C inside an import, raised anew
                 print(INTERRUPTED_LINE, file=sys.stderr)
                 raise typer.Exit(INTERRUPTED) from None
             traceback.print_exc()
@@ -58,19 +58,6 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(INTERNAL_ERROR) from None
 
     return wrapper
-
-
-def _interrupted(e: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is in e's chain: Ctrl-C landing in the middle of an import
-    (torch loads modules lazily) surfaces as whatever that half-run code raised next."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, KeyboardInterrupt):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
 
 
 def _kind(e: EdgesmithError) -> str:

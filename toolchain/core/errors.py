@@ -38,3 +38,17 @@ class TargetUnavailable(EdgesmithError):
     """A target that cannot build or run on this machine (the message says why)."""
 
     exit_code = 3
+
+
+def caused_by(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of `kinds` in e's chain (its causes and the exceptions it was raised
+    while handling): torch's exporter wraps what it catches, and Ctrl-C landing inside an
+    import surfaces as whatever the half-run code raised next."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kinds):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None

@@ -455,9 +455,9 @@ def _optimum_export(hf: HfModel, out_dir: Path, opset: int) -> Path:
                 library_name=hf.library,
             )
     except Exception as e:  # optimum raises many types; surface one line
-        from toolchain.models.torch import _caused_by
+        from toolchain.core.errors import caused_by
 
-        cause = _caused_by(e, (KeyboardInterrupt, OSError))
+        cause = caused_by(e, (KeyboardInterrupt, OSError))
         if cause is not None:
             raise cause from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from toolchain.core.artifact import IoSpec, TensorSpec
-from toolchain.core.errors import InvalidInput
+from toolchain.core.errors import InvalidInput, caused_by
 from toolchain.models.source import InputDecl, SourceSpec, import_factory, parse_inputs
 
 SPEC_ATTR = "EDGESMITH_SPEC"  # a model family's spec, beside its factory (see examples/digits.py)
@@ -424,7 +424,7 @@ def export_onnx(
                 **kwargs,
             )
     except Exception as e:  # the exporter raises many types; surface one line
-        cause = _caused_by(e, (KeyboardInterrupt, OSError))  # Ctrl-C, a full disk: not the model
+        cause = caused_by(e, (KeyboardInterrupt, OSError))  # Ctrl-C, a full disk: not the model
         if cause is not None:
             raise cause from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -443,15 +443,3 @@ def _for_onnxruntime(path: Path) -> None:
     model = onnx.load(str(path))
     if gelu_as_onnxruntime_fuses(model):
         onnx.save(model, str(path))
-
-
-def _caused_by(e: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of `kinds` in e's chain (torch's exporter wraps what it catches)."""
-    seen: set[int] = set()
-    cur: BaseException | None = e
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, kinds):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
