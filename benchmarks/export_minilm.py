@@ -97,7 +97,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
     compared with PyTorch (cosine of sentence_embedding on 256 held-out sentences)."""
     from calibration.sentences import split_sentences
     from toolchain.core.timing import interleaved
-    from toolchain.prune.latency import timed_runner
+    from toolchain.evaluate.engines import timed_runner
 
     train, _ = split_sentences()
     (work / "calib.txt").write_text("\n".join(train[:256]) + "\n")

@@ -97,7 +97,7 @@ def op_profile(engine: Path, batch: int, runs: int = 300) -> dict[str, float]:
 
 
 def main() -> None:
-    from toolchain.prune.latency import timed_runner
+    from toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])

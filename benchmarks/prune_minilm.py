@@ -56,7 +56,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from calibration.sentences import write_sentences
-    from toolchain.prune.latency import timed_runner
+    from toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.6, 0.7])

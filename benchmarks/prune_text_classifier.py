@@ -84,7 +84,7 @@ def accuracy(engine: Path) -> float:
 
 def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict[str, float]]:
     from toolchain.core.timing import synthetic_feeds
-    from toolchain.prune.latency import timed_runner
+    from toolchain.evaluate.engines import timed_runner
 
     runners = {k: timed_runner(p, THREADS) for k, p in engines.items()}
     out = {}

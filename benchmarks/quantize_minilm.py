@@ -209,7 +209,13 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
     import onnx
 
     from calibration.sources import load_dataset
-    from calibration.statistics import MethodSpec, activation_tensors, calibrate
+    from calibration.statistics import (
+        MethodSpec,
+        PassSettings,
+        Request,
+        activation_tensors,
+        calibrate,
+    )
     from toolchain.core.onnx_model import check_onnx, io_from_onnx
 
     model = WORK / "fp32" / "model.onnx"
@@ -219,7 +225,7 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
     if impl == "ours":
         proto = onnx.load(str(model), load_external_data=False)
         tensors = activation_tensors(proto, ["MatMul"])
-        calibrate(model, data, tensors, MethodSpec(method), batch_size=16, threads=THREADS)
+        calibrate(model, data, MethodSpec(method), Request(tensors), PassSettings(16, THREADS))
     else:  # onnxruntime's own calibrator, the way quantize_static runs it
         import tempfile
 

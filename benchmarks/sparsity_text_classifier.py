@@ -81,7 +81,7 @@ def variants(
 def main() -> None:
     from toolchain.core.audit import audit
     from toolchain.core.timing import synthetic_feeds
-    from toolchain.prune.latency import timed_runner
+    from toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,41 +281,59 @@ def _batch_size(io_dims: list[Any], wanted: int) -> int:
     return min(fixed) if fixed else wanted
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one calibration pass collects: the ranges of `tensors`, the channel maxima of
+    `channels`; `drop`: tensor → indices of its last axis left out of its statistics (outlier
+    channels computed in float elsewhere); `non_negative_levels`: quantization steps over
+    [0, threshold] for a tensor that is never negative (256 when activations are asymmetric
+    uint8, else 128)."""
+
+    tensors: Sequence[str] = ()
+    channels: Sequence[str] = ()
+    drop: dict[str, np.ndarray] = field(default_factory=dict)
+    non_negative_levels: int = 128
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """How a pass runs: batch size, intra-op threads, and a progress tracker."""
+
+    batch_size: int = 16
+    threads: int | None = None
+    track: Track | None = None
+
+
 def collect(
     model_path: Path,
     data: Dataset,
-    tensors: list[str],
-    *,
-    histogram: bool,
-    channel_tensors: Iterable[str] = (),
-    drop_channels: dict[str, np.ndarray] | None = None,
-    bins: int = DEFAULT_BINS,
-    batch_size: int = 16,
-    threads: int | None = None,
-    track: Track | None = None,
+    request: Request,
+    method: MethodSpec,
+    run: PassSettings = PassSettings(),
 ) -> dict[str, TensorStats]:
-    """Run `data` through the model once and return the running statistics of `tensors`.
-
-    `drop_channels`: tensor → indices of its last axis left out of its statistics (outlier
-    channels computed in float elsewhere). Graph inputs among `tensors` are read from the data
-    itself. Memory: the statistics (bins + channels per tensor) and one batch of activations,
-    whatever the sample count.
+    """Run `data` through the model once and return the running statistics the request names
+    (histograms when `method` needs them). Graph inputs among the tensors are read from the
+    data itself. Memory: the statistics (bins + channels per tensor) and one batch of
+    activations, whatever the sample count.
     """
-    drop = drop_channels or {}
+    drop, histogram, track = request.drop, method.needs_histogram, run.track
 
     if len(data) == 0:
         raise InvalidInput("calibration: the data holds no samples")
     check_finite(data)
-    chans = set(channel_tensors)
-    stats = {n: TensorStats(bins=bins) for n in dict.fromkeys(list(tensors) + sorted(chans))}
+    chans = set(request.channels)
+    stats = {
+        n: TensorStats(bins=method.bins)
+        for n in dict.fromkeys(list(request.tensors) + sorted(chans))
+    }
     proto = onnx.load(str(model_path), load_external_data=False)
     graph_inputs = {i.name for i in proto.graph.input}
     from_model = [n for n in stats if n not in graph_inputs]
     with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
         path = _augmented(Path(model_path), from_model, Path(tmp))
-        sess = ort_session(path, threads=threads)  # the engine's session settings
+        sess = ort_session(path, threads=run.threads)  # the engine's session settings
         names = [o.name for o in sess.get_outputs() if o.name in stats]
-        size = _batch_size([i.shape[0] for i in sess.get_inputs() if i.shape], batch_size)
+        size = _batch_size([i.shape[0] for i in sess.get_inputs() if i.shape], run.batch_size)
         total = (len(data) + size - 1) // size
         batches: Iterator = data.batches(size)
         if track is not None:
@@ -368,37 +386,16 @@ class Calibration:
 def calibrate(
     model_path: Path,
     data: Dataset,
-    tensors: list[str],
     method: MethodSpec,
-    *,
-    channel_tensors: Iterable[str] = (),
-    drop_channels: dict[str, np.ndarray] | None = None,
-    non_negative_levels: int = 128,
-    batch_size: int = 16,
-    threads: int | None = None,
-    track: Track | None = None,
+    request: Request,
+    run: PassSettings = PassSettings(),
 ) -> Calibration:
-    """Ranges of `tensors` by `method`, plus the channel maxima of `channel_tensors`.
-
-    `non_negative_levels`: quantization steps over [0, threshold] for a tensor that is never
-    negative (256 when activations are asymmetric uint8, else 128).
-    """
-    chans = list(channel_tensors)
-    stats = collect(
-        model_path,
-        data,
-        tensors,
-        histogram=method.needs_histogram,
-        channel_tensors=chans,
-        drop_channels=drop_channels,
-        bins=method.bins,
-        batch_size=batch_size,
-        threads=threads,
-        track=track,
-    )
+    """Ranges of the request's tensors by `method`, plus the channel maxima it asks for."""
+    chans, levels = list(request.channels), request.non_negative_levels
+    stats = collect(model_path, data, request, method, run)
     ranges = {
-        n: tensor_range(stats[n], method, non_negative_levels if stats[n].min >= 0 else 128)
-        for n in tensors
+        n: tensor_range(stats[n], method, levels if stats[n].min >= 0 else 128)
+        for n in request.tensors
     }
     return Calibration(
         method.key(),

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import tree_digest
 from toolchain.core.errors import InvalidInput
-from toolchain.prune.latency import search_fraction
+from toolchain.prune.latency import Bisection, search_fraction
 
 
 def _prune(cli, tc, out, *flags):
@@ -95,7 +95,7 @@ def test_the_latency_search_stops_at_the_target():
         calls.append(f)
         return 1 - 0.8 * f
 
-    s = search_fraction(measure, 0.6, steps=6)
+    s = search_fraction(measure, 0.6, bisection=Bisection(steps=6))
     assert s.chosen is not None and 1 - 0.8 * s.chosen <= 0.6
     assert s.chosen - 0.5 < 0.9 / 2**6 + 1e-9  # within one bisection step of 0.5
     assert [p.fraction for p in s.points] == sorted(set(calls), key=calls.index)
@@ -114,7 +114,7 @@ def test_a_point_near_the_target_is_decided_by_the_median_of_three():
             return next(noise)
         return 1 - 0.8 * f if f != 0.9 else 0.2
 
-    s = search_fraction(measure, 0.6, steps=1)
+    s = search_fraction(measure, 0.6, bisection=Bisection(steps=1))
     assert [p.to_dict() for p in s.points] == [
         {"fraction": 0.9, "ratio": 0.2},
         {"fraction": 0.45, "ratio": 0.63},

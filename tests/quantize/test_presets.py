@@ -77,12 +77,12 @@ def test_named_preset_and_errors():
 
 def _quantize(model_path, tmp_path, preset, data):
     from calibration.sources import Dataset
-    from calibration.statistics import MethodSpec, activation_tensors, calibrate
+    from calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
 
     proto = onnx.load(str(model_path))
     plan = make_plan(proto, preset)
     tensors = activation_tensors(proto, plan.op_types)
-    calib = calibrate(model_path, Dataset({"x": data}), tensors, MethodSpec("minmax"))
+    calib = calibrate(model_path, Dataset({"x": data}), MethodSpec("minmax"), Request(tensors))
     out = tmp_path / f"{preset.name}.onnx"
     qdq.quantize_static_qdq(model_path, out, calib.ranges, preset, plan)
     return onnx.load(str(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -11,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from calibration.sources import Dataset
-from calibration.statistics import MethodSpec, activation_tensors, calibrate
+from calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
 from targets.tensorrt_qdq import tensorrt_violations
 from tests.quantize import models
 from toolchain.core.errors import InvalidInput
@@ -92,14 +93,13 @@ def _split_model(tmp_path, outlier: float, ratio: float | None):
     masked = {}
     if ratio:
         targets = rewrites.split_targets(model, plan.quantized(model))
-        chans = calibrate(
-            path, calib, [], MethodSpec(), channel_tensors=[t.tensor for t in targets]
-        )
-        res = rewrites.split_outliers(model, targets, chans.channel_absmax, ratio, 8, 1.0)
+        chans = calibrate(path, calib, MethodSpec(), Request(channels=[t.tensor for t in targets]))
+        rule = replace(preset, outlier_ratio=ratio, outlier_channels=8, outlier_min_shrink=1.0)
+        res = rewrites.split_outliers(model, targets, chans.channel_absmax, rule)
         plan, masked = plan.with_float(res.float_nodes, "outliers"), res.masked
     prepared = qdq.save_model(model, tmp_path / f"prepared-{ratio}.onnx")
     tensors = activation_tensors(model, plan.op_types)
-    ranges = calibrate(prepared, calib, tensors, MethodSpec(), drop_channels=masked).ranges
+    ranges = calibrate(prepared, calib, MethodSpec(), Request(tensors, drop=masked)).ranges
     out = qdq.quantize_static_qdq(prepared, tmp_path / f"q-{ratio}.onnx", ranges, preset, plan)
     return path, prepared, out
 
@@ -160,7 +160,7 @@ def test_smoothing_is_exact_in_float_and_rescues_narrow_channels(cli, tmp_path):
     assert "smoothed" not in reports["0"]
     # in float the smoothed model is the original: X·W = (X/s)·(s·W)
     model = onnx.load(str(src))
-    chans = calibrate(src, Dataset({"x": x}), [], MethodSpec(), channel_tensors=["x"])
+    chans = calibrate(src, Dataset({"x": x}), MethodSpec(), Request(channels=["x"]))
     targets = rewrites.split_targets(model, ["proj"])
     res = rewrites.smooth_channels(model, targets, chans.channel_absmax, 0.75)
     assert res.renamed == {"x": "x_smooth"}

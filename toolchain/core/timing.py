@@ -1,5 +1,6 @@
 """The one timer: every latency figure edgesmith reports (validate, bench, quantize's latency
-check and fallback cost, prune's engine search, benchmarks/) comes from these."""
+check and fallback cost, prune's engine search, benchmarks/) comes from these. Engines timed
+side by side are ort-cpu engines loaded by toolchain/evaluate/engines.py."""
 
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ def interleaved(
                 fn()
             samples[name].append((time.perf_counter() - t) * 1e3 / inner)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def side_by_side(
+    fns: dict[str, Callable[[], object]], rounds: int, floor_ms: float = 5.0
+) -> dict[str, float]:
+    """interleaved(), each sample repeating its call until it takes about `floor_ms` (sized on
+    the first fn), each fn warmed for as long as three samples take: microsecond models time
+    steadily, and a new session's slow first calls (allocations, thread start) are not timed.
+    The timer of every side-by-side engine comparison (evaluate/engines.py)."""
+    first = next(iter(fns.values()))
+    t = time.perf_counter()
+    for _ in range(3):
+        first()
+    per_call = max((time.perf_counter() - t) / 3, 1e-7)
+    inner = max(1, int(floor_ms / 1e3 / per_call))
+    return interleaved(fns, rounds, inner=inner, warmup=3 * inner)
 
 
 def size_bytes(art: ModelArtifact) -> int:

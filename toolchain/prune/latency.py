@@ -1,6 +1,6 @@
 """What pruning buys, measured on the engine that ships: each model exported to ONNX, built
 for ort-cpu (targets/ort_cpu.py, the same build `edgesmith build` makes) and timed side by
-side with the unpruned engine (interleaved rounds, warmed up, medians; toolchain/bench.py).
+side with the unpruned engine (evaluate/engines.py: interleaved rounds, warmed up, medians).
 
 The amount to prune for a latency target is searched on those measurements, not estimated
 from FLOPs: the search takes any `measure(fraction) -> ratio` (tests inject their own).
@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from targets.base import BuildConfig
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.timing import interleaved, synthetic_feeds
+from toolchain.core.timing import synthetic_feeds
+from toolchain.evaluate.engines import build_engine, time_engines, timed_runner
 
 
 @dataclass
@@ -30,42 +29,20 @@ class Engine:
 
 def engine_of(candidate, directory: Path, opset: int, threads: int | None) -> Engine:
     """Export a candidate (prune/structured.py) into `directory` and build it for ort-cpu."""
-    import onnx
-
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.onnx_model import io_from_onnx
-
-    onnx_dir, engine_dir = directory / "onnx", directory / "engine"
+    onnx_dir = directory / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    engine_dir.mkdir(parents=True, exist_ok=True)
-    path = candidate.export(onnx_dir, opset)
-    art = ModelArtifact(
-        path, Format.onnx, io=io_from_onnx(onnx.load(str(path), load_external_data=False))
-    )
-    OrtCpu().build(art, BuildConfig({"threads": threads} if threads else {}), engine_dir)
+    engine_dir = build_engine(candidate.export(onnx_dir, opset), directory / "engine", threads)
     return Engine(engine_dir, timed_runner(engine_dir, threads))
-
-
-def timed_runner(engine_dir: Path, threads: int | None):
-    """An ort-cpu engine loaded to be timed beside others in this process: its options as
-    engine.json records them, intra-op spinning off (core/ort_session.py says why)."""
-    from targets.ort_cpu import OrtCpu
-
-    art = ModelArtifact(Path(engine_dir), Format.engine)
-    return OrtCpu().load(art, threads=threads, spinning=False)
 
 
 def compare(
     engines: dict[str, Engine], batches: list[int], seq: int | None, rounds: int
 ) -> dict[str, dict[str, float]]:
     """batch → {name: median ms}, every engine timed in alternation at each batch size."""
-    out = {}
     io = next(iter(engines.values())).runner.io
-    for b in batches:
-        feeds = synthetic_feeds(io, b, seq)
-        fns = {n: (lambda e=e, f=feeds: e.runner.infer(f)) for n, e in engines.items()}
-        out[str(b)] = {k: round(v, 4) for k, v in interleaved(fns, rounds, warmup=3).items()}
-    return out
+    feeds = {b: synthetic_feeds(io, b, seq) for b in batches}
+    times = time_engines({n: e.runner for n, e in engines.items()}, feeds, rounds)
+    return {str(b): t for b, t in times.items()}
 
 
 @dataclass
@@ -92,21 +69,30 @@ class Search:
         }
 
 
+@dataclass(frozen=True)
+class Bisection:
+    """Where and how finely search_fraction looks: fractions in [low, high], `steps` halvings;
+    a point within `near` (relative) of the target is measured twice more (median of three)."""
+
+    low: float = 0.0
+    high: float = 0.9
+    steps: int = 6
+    near: float = 0.05
+
+
 def search_fraction(
     measure: Callable[[float], float],
     target: float,
-    low: float = 0.0,
-    high: float = 0.9,
-    steps: int = 6,
     log: Callable[[str], None] = lambda _m: None,
-    near: float = 0.05,
+    bisection: Bisection = Bisection(),
 ) -> Search:
     """The smallest pruned fraction whose measured latency ratio is at most `target`.
 
     Bisection on [low, high], assuming more pruning is not slower; first `high` itself: if
     the most pruning allowed misses the target, nothing less will reach it. A point that
-    measures within `near` (relative) of the target decides which way the search goes on
-    noise, so it is measured twice more and the median of the three decides."""
+    measures near the target decides which way the search goes on noise, so it is measured
+    twice more and the median of the three decides."""
+    low, high, near = bisection.low, bisection.high, bisection.near
     search = Search(target)
 
     def probe(f: float) -> float:
@@ -120,7 +106,7 @@ def search_fraction(
     if probe(high) > target:
         return search
     search.chosen = high
-    for _ in range(steps):
+    for _ in range(bisection.steps):
         mid = (low + high) / 2
         if probe(mid) <= target:
             high = search.chosen = mid

@@ -21,34 +21,37 @@ import onnx
 from calibration.cache import CacheKey, CalibrationCache
 from calibration.sources import TEXT_SUFFIXES, Dataset, load_dataset
 from calibration.statistics import (
-    Calibration,
     MethodSpec,
+    PassSettings,
+    Request,
     activation_tensors,
     calibrate,
     dataset_digest,
 )
-from toolchain.core.artifact import IoSpec, ModelArtifact
+from toolchain.core.artifact import IoSpec
 from toolchain.core.errors import InvalidInput
-from toolchain.core.presets import Preset
 from toolchain.core.progress import track
 from toolchain.quantize import qdq, rewrites
+from toolchain.quantize.job import Job
 from toolchain.quantize.plan import Plan
 
 
-def load_checked(path: str, what: str, io: IoSpec, cfg, tok: Path | None, limit=None) -> Dataset:
-    """Data for the model's inputs, refused when text has no tokenizer or values are not finite."""
-    p = Path(path)
+def load_checked(which: str, io: IoSpec, cfg, tok: Path | None) -> Dataset:
+    """The config's `which` data ("calibration" or "eval") for the model's inputs, refused
+    when text has no tokenizer or values are not finite."""
+    p, what = Path(getattr(cfg, which)), f"{which} data"
     if p.suffix in TEXT_SUFFIXES and tok is None:
         raise InvalidInput(
             f"{what} {p}: text data needs --tokenizer (no tokenizer beside the model)"
         )
+    limit = cfg.eval_limit if which == "eval" else None
     return load_dataset(p, io, tokenizer=tok, seq_len=cfg.seq_len, limit=limit, image=cfg.image)
 
 
 def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:
     """The calibration samples: all of the data, or `samples` drawn with `seed`; refused if
     empty, short or not finite."""
-    data = load_checked(cfg.calibration, "calibration data", io, cfg, tok)
+    data = load_checked("calibration", io, cfg, tok)
     if cfg.samples is not None:
         if cfg.samples > len(data):
             raise InvalidInput(
@@ -57,27 +60,6 @@ def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:
             )
         data = data.take(cfg.samples, seed=cfg.seed)
     return data
-
-
-def _cached(
-    cache: CalibrationCache, key: CacheKey, tensors: list[str], channels: list[str], compute, log,
-    what: str,
-) -> tuple[Calibration, dict]:  # fmt: skip
-    start = time.perf_counter()
-    hit = cache.load(key, tensors, channels)
-    if hit is not None:
-        log(f"calibration ({what}): cached ({cache.path(key).name[:12]})")
-        return hit, {"pass": what, "cached": True, "entry": str(cache.path(key))}
-    calib = compute()
-    cache.save(key, calib)
-    seconds = time.perf_counter() - start
-    log(f"calibration ({what}): {calib.samples} samples in {seconds:.1f} s")
-    return calib, {
-        "pass": what,
-        "cached": False,
-        "seconds": round(seconds, 2),
-        "entry": str(cache.path(key)),
-    }
 
 
 @dataclass
@@ -94,12 +76,27 @@ class Prepared:
 class Calibrator:
     """The calibration passes of one quantize run: data, cache, preset and the pass settings."""
 
-    def __init__(self, src: ModelArtifact, data: Dataset, cfg, preset: Preset, cache, log):
-        self.src, self.data, self.cfg, self.preset = src, data, cfg, preset
-        self.cache, self.log = cache, log
-        self.method = MethodSpec(cfg.method, percentile=cfg.percentile)
+    def __init__(self, job: Job, data: Dataset, cache: CalibrationCache):
+        self.src, self.data, self.cfg, self.preset = job.src, data, job.cfg, job.preset
+        self.cache, self.log = cache, job.log
+        self.method = MethodSpec(job.cfg.method, percentile=job.cfg.percentile)
         self.digest = dataset_digest(data)
-        self.kw = {"batch_size": cfg.batch_size, "threads": cfg.threads, "track": track}
+        self.run = PassSettings(job.cfg.batch_size, job.cfg.threads, track)
+
+    def _cached(self, model: Path, key: CacheKey, request: Request, method: MethodSpec, what: str):
+        """(the pass's Calibration on `model`, its record): from the cache, or run and cached."""
+        start = time.perf_counter()
+        hit = self.cache.load(key, list(request.tensors), list(request.channels))
+        entry = str(self.cache.path(key))
+        if hit is not None:
+            self.log(f"calibration ({what}): cached ({self.cache.path(key).name[:12]})")
+            return hit, {"pass": what, "cached": True, "entry": entry}
+        calib = calibrate(model, self.data, method, request, self.run)
+        self.cache.save(key, calib)
+        seconds = time.perf_counter() - start
+        self.log(f"calibration ({what}): {calib.samples} samples in {seconds:.1f} s")
+        return calib, {"pass": what, "cached": False, "seconds": round(seconds, 2),
+                       "entry": entry}  # fmt: skip
 
     def channel_pass(self, model, proto, plan: Plan, info: dict) -> tuple[Plan, dict]:
         """Split the outlier channels off and smooth the rest, in `model` (in place)."""
@@ -108,28 +105,16 @@ class Calibrator:
         if not targets or not (preset.outlier_ratio or preset.smooth_alpha):
             return plan, masked
         chans = [t.tensor for t in targets]
-        chan, done = _cached(
-            self.cache,
+        chan, done = self._cached(
+            Path(self.src.path),
             CacheKey(self.src.sha256, self.digest, {"method": "channel-absmax"}),
-            [],
-            chans,
-            lambda: calibrate(
-                self.src.path,
-                self.data,
-                [],
-                MethodSpec("minmax"),
-                channel_tensors=chans,
-                **self.kw,
-            ),  # fmt: skip
-            self.log,
+            Request(channels=chans),
+            MethodSpec("minmax"),
             "channel maxima",
         )
         info["passes"].append(done)
         if preset.outlier_ratio:
-            split = rewrites.split_outliers(
-                model, targets, chan.channel_absmax, preset.outlier_ratio,
-                preset.outlier_channels, preset.outlier_min_shrink,
-            )  # fmt: skip
+            split = rewrites.split_outliers(model, targets, chan.channel_absmax, preset)
             plan = plan.with_float(
                 split.float_nodes, "float part of a split MatMul (outlier channels)"
             )
@@ -165,23 +150,8 @@ class Calibrator:
                 },
             },
         )
-        calib, done = _cached(
-            self.cache,
-            key,
-            tensors,
-            [],
-            lambda: calibrate(
-                prepared,
-                self.data,
-                tensors,
-                self.method,
-                drop_channels=masked,
-                non_negative_levels=levels,
-                **self.kw,
-            ),  # fmt: skip
-            self.log,
-            self.method.name,
-        )
+        request = Request(tensors, drop=masked, non_negative_levels=levels)
+        calib, done = self._cached(prepared, key, request, self.method, self.method.name)
         info["passes"].append(done)
         return dict(calib.ranges)
 

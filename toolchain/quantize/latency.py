@@ -17,10 +17,8 @@ another kind should quantize on its own kind (or pass --latency-batches off).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 import onnx
 
 from toolchain.core.onnx_model import GraphIndex
+from toolchain.evaluate.engines import engine_runner, time_engines
 
 MAX_TRIALS = 12
 # A trial is kept only if it improves the worst ratio by more than this: two runs of one
@@ -81,54 +80,56 @@ def trial_groups(model: onnx.ModelProto, nodes: Sequence[str]) -> list[tuple[str
 
 @dataclass
 class EngineTimer:
-    """ort-cpu engines of candidate models, timed against the fp32 engine of the source."""
+    """ort-cpu engines of candidate models, timed against the fp32 engine of the source
+    (evaluate/engines.py: one session per model for the whole check, so the incumbent is
+    timed by the same session in every trial)."""
 
     source: Path
     feeds: dict[int, dict[str, np.ndarray]]  # batch → feeds
     rounds: int = 30
     threads: int | None = None
-    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
-    _fp32: Any = None
-    _sessions: dict = field(default_factory=dict)
+    workdir: Path | None = None
+    _runners: dict = field(default_factory=dict)
 
-    def session(self, path: Path):
-        from targets.base import BuildConfig
-        from targets.ort_cpu import OrtCpu
-        from toolchain.core.artifact import Format, ModelArtifact
-
-        out = Path(tempfile.mkdtemp(prefix="engine-", dir=self.workdir))
-        try:
-            art = OrtCpu().build(ModelArtifact.at(path, Format.onnx), BuildConfig({}), out)
-            return OrtCpu().load(art, threads=self.threads, spinning=False).session
-        finally:
-            shutil.rmtree(out, ignore_errors=True)  # the session holds the model in memory
+    def _runner(self, path: Path):
+        if path not in self._runners:
+            self._runners[path] = engine_runner(path, self.threads, self.workdir)
+        return self._runners[path]
 
     def ratios(self, *paths: Path) -> list[dict[int, float]]:
-        """Each path's engine over the fp32 engine, per batch: all timed in one interleave
-        (medians), each call repeated to at least ~5 ms so microsecond models time steadily."""
-        import time
+        """Each path's engine over the fp32 engine, per batch: all timed in one interleave."""
+        runners = {"fp32": self._runner(self.source)}
+        runners.update({str(i): self._runner(p) for i, p in enumerate(paths)})
+        times = time_engines(runners, self.feeds, self.rounds)
+        return [{b: round(t[str(i)] / t["fp32"], 4) for b, t in times.items()}
+                for i in range(len(paths))]  # fmt: skip
 
-        from toolchain.core.timing import interleaved
 
-        if self._fp32 is None:
-            self._fp32 = self.session(self.source)
-        for p in paths:  # one session per model for the whole check: the incumbent is
-            if p not in self._sessions:  # timed by the same session in every trial
-                self._sessions[p] = self.session(p)
-        sessions = {"fp32": self._fp32, **{str(i): self._sessions[p] for i, p in enumerate(paths)}}
-        out: list[dict[int, float]] = [{} for _ in paths]
-        for batch, f in self.feeds.items():
-            fns = {k: (lambda s=s, f=f: s.run(None, f)) for k, s in sessions.items()}
-            t = time.perf_counter()
-            for _ in range(3):
-                fns["fp32"]()
-            inner = max(1, int(0.005 / max((time.perf_counter() - t) / 3, 1e-7)))
-            # a new session's first calls are slow (allocations, thread start): warm each
-            # for as long as several samples take, not a fixed few calls
-            times = interleaved(fns, self.rounds, inner=inner, warmup=3 * inner)
-            for i in range(len(paths)):
-                out[i][batch] = round(times[str(i)] / times["fp32"], 4)
-        return out
+@dataclass
+class LatencyCheck:
+    """What latency_fallback did: the ratios before and after, each trial, the verdict."""
+
+    batches: list[int]
+    rounds: int
+    int8_over_fp32: dict[int, float]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    final_int8_over_fp32: dict[int, float] = field(default_factory=dict)
+    float_nodes: list[str] = field(default_factory=list)
+    verdict: str = ""
+    isa: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What latency_fallback may put back to float: `nodes` of `model` (the float model the
+    quantizer read), and `make(float_nodes) -> path` that quantizes with those in float."""
+
+    model: onnx.ModelProto
+    nodes: Sequence[str]
+    make: Callable[[list[str]], Path]
 
 
 def feeds_from(data, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
@@ -138,17 +139,12 @@ def feeds_from(data, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]
 
 
 def latency_fallback(
-    first: Path,
-    make: Callable[[list[str]], Path],
-    nodes: Sequence[str],
-    model: onnx.ModelProto,
-    timer: EngineTimer,
-    log: Callable[[str], None],
-) -> tuple[Path | None, list[str], dict[str, Any]]:
-    """(model, nodes put back to float, report); model None: int8 never paid, ship fp32."""
+    first: Path, candidates: Candidates, timer: EngineTimer, log: Callable[[str], None]
+) -> tuple[Path | None, LatencyCheck]:
+    """(model, what happened); model None: int8 never paid, ship fp32."""
+    model, nodes = candidates.model, candidates.nodes
     (ratios,) = timer.ratios(first)
-    report: dict[str, Any] = {"batches": sorted(timer.feeds), "rounds": timer.rounds,
-                              "int8_over_fp32": ratios, "trials": []}  # fmt: skip
+    check = LatencyCheck(sorted(timer.feeds), timer.rounds, ratios)
     current, floated = first, []
     for label, group in trial_groups(model, nodes)[:MAX_TRIALS]:
         if max(ratios.values()) <= 1.0:
@@ -156,27 +152,26 @@ def latency_fallback(
         todo = [n for n in group if n not in floated]
         if not todo:
             continue
-        path = make([*floated, *todo])
+        path = candidates.make([*floated, *todo])
         now, trial = timer.ratios(current, path)  # the two side by side, against fp32
         kept = max(trial.values()) < max(now.values()) - KEEP_MARGIN
-        report["trials"].append({"float": label, "nodes": len(todo), "before": now,
-                                 "after": trial, "kept_float": kept})  # fmt: skip
+        check.trials.append({"float": label, "nodes": len(todo), "before": now,
+                             "after": trial, "kept_float": kept})  # fmt: skip
         log(f"latency: {label} in float: {now} -> {trial} ({'kept' if kept else 'undone'})")
         ratios = trial if kept else now
         if kept:
             current, floated = path, [*floated, *todo]
     worst = max(ratios.values())
-    report["final_int8_over_fp32"] = ratios
-    report["float_nodes"] = floated
+    check.final_int8_over_fp32, check.float_nodes = ratios, floated
     products = {n for n, size in weight_sizes(model, nodes).items() if size}
     if products <= set(floated):  # pass-through ops left alone in int8 only cost Q/DQ
-        report["verdict"] = "every quantized product went back to float: the model stays fp32"
-        return None, floated, report
+        check.verdict = "every quantized product went back to float: the model stays fp32"
+        return None, check
     if worst > 1.0:
-        report["verdict"] = (
+        check.verdict = (
             f"int8 is slower than fp32 here at batch {max(ratios, key=ratios.get)} "
             f"({worst:.2f}x) with every trial: the model stays fp32"
         )
-        return None, floated, report
-    report["verdict"] = f"int8 engine at {worst:.2f}x fp32 or better at every batch measured"
-    return current, floated, report
+        return None, check
+    check.verdict = f"int8 engine at {worst:.2f}x fp32 or better at every batch measured"
+    return current, check

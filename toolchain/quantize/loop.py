@@ -12,12 +12,12 @@ import onnx
 
 from calibration.sources import Dataset
 from targets.ort_cpu import runner_from_onnx
-from toolchain.core.presets import Preset
 from toolchain.core.progress import track
 from toolchain.core.timing import interleaved
 from toolchain.evaluate.gate import Evaluator
 from toolchain.quantize import qdq
 from toolchain.quantize.calibrate import Prepared
+from toolchain.quantize.job import Job
 from toolchain.quantize.sensitivity import (
     fallback_loop,
     node_sensitivity,
@@ -32,28 +32,36 @@ LATENCY_ROUNDS = 30
 
 @dataclass
 class Outcome:
-    path: Path  # the model that ships
+    """What the loop found: the model that ships, and its records for the stage's report."""
+
+    path: Path
     passed: bool
     summary: str
+    gate: dict[str, Any]  # the eval data and the all-int8 model's gate
+    sensitivity: dict[str, Any] | None = None  # the per-node ranking (after a failed gate)
+    fallback: dict[str, Any] | None = None  # the nodes put back to float, step by step
 
 
 class AccuracyLoop:
-    """One quantize run's gate and fallback loop; writes its findings into `report`."""
+    """One quantize run's gate and fallback loop."""
 
-    def __init__(self, src: Path, eval_data: Dataset, cfg, preset: Preset, work: Path, log):
-        self.src, self.data, self.cfg, self.preset = src, eval_data, cfg, preset
-        self.work, self.log = work, log
+    def __init__(self, job: Job, eval_data: Dataset):
+        cfg = job.cfg
+        self.src, self.data, self.cfg, self.preset = Path(job.src.path), eval_data, cfg, job.preset
+        self.work, self.log = job.tmp, job.log
         self.evaluator = Evaluator(
-            runner_from_onnx(src, threads=cfg.threads), eval_data, cfg, cfg.batch_size
+            runner_from_onnx(self.src, threads=cfg.threads), eval_data, cfg, cfg.batch_size
         )
 
     def check(self, path: Path) -> tuple[bool, str, list[dict]]:
         g = self.evaluator.gate(runner_from_onnx(path, threads=self.cfg.threads))
         return g.passed, g.verdict(), [c.to_dict() for c in g.checks]
 
-    def run(self, first: Path, prepared: Prepared | None, report: dict, out: Path) -> Outcome:
+    def run(self, first: Path, prepared: Prepared | None, out: Path) -> Outcome:
+        """Gate the all-int8 model `first`; if it fails, the fallback loop (its plot into
+        `out`)."""
         passed, verdict, checks = self.check(first)
-        report["gate"] = {
+        gate = {
             "data": self.cfg.eval,
             "samples": len(self.data),
             "metrics": self.evaluator.metrics,
@@ -61,13 +69,12 @@ class AccuracyLoop:
         }
         self.log(f"quantize: all-int8 model: {verdict}")
         if passed:
-            return Outcome(first, True, f"all-int8 {verdict}")
+            return Outcome(first, True, f"all-int8 {verdict}", gate)
         if prepared is None:
-            report["fallback"] = {"note": "the fallback loop works on calibrated (static) methods"}
-            return Outcome(
-                first, False, f"all-int8 {verdict}; dynamic has no fallback loop (try minmax)"
-            )
-        return self._fallback(first, prepared, verdict, report, out)
+            note = {"note": "the fallback loop works on calibrated (static) methods"}
+            summary = f"all-int8 {verdict}; dynamic has no fallback loop (try minmax)"
+            return Outcome(first, False, summary, gate, fallback=note)
+        return self._fallback(first, prepared, verdict, gate, out)
 
     def _ranking(self, prepared: Prepared):
         """Each quantized node's sensitivity, from one switchable model (a Q→DQ pair on every
@@ -106,7 +113,7 @@ class AccuracyLoop:
         return cost
 
     def _fallback(
-        self, first: Path, prepared: Prepared, verdict: str, report: dict, out: Path
+        self, first: Path, prepared: Prepared, verdict: str, gate: dict, out: Path
     ) -> Outcome:
         sens = self._ranking(prepared)
         ranking = [name for name, _ in sens.ranking]
@@ -121,23 +128,23 @@ class AccuracyLoop:
         loop = fallback_loop(ranking, make, self.check, self.cfg.max_fallback, self.log)
         final = loop.path or first
         cost = self._cost(first, final) if loop.steps else {}
-        report["sensitivity"] = sens.to_dict()
-        report["fallback"] = {
+        fallback = {
             "float_nodes": loop.float_nodes,
             "passed": loop.passed,
             "steps": [s.to_dict() for s in loop.steps],
             "latency_batch1": cost,
         }
+        sensitivity = sens.to_dict()
         try:  # matplotlib is an optional dependency (the dev extra); the ranking is in the JSON
             plot_sensitivity(sens.ranking, set(loop.float_nodes), out / PLOT)
-            report["sensitivity"]["plot"] = PLOT
+            sensitivity["plot"] = PLOT
         except ImportError:
-            report["sensitivity"]["plot"] = "not drawn: matplotlib is not installed"
+            sensitivity["plot"] = "not drawn: matplotlib is not installed"
         last = loop.steps[-1].verdict if loop.steps else verdict
         n = len(loop.float_nodes)
         if loop.passed:
             extra = f" (+{cost['cost_ms']:.3f} ms at batch 1)" if cost else ""
-            return Outcome(final, True, f"{n} node(s) back to float to pass: {last}{extra}")
-        return Outcome(
-            final, False, f"no fallback passed ({n} of {len(ranking)} nodes in float): {last}"
-        )
+            summary = f"{n} node(s) back to float to pass: {last}{extra}"
+        else:
+            summary = f"no fallback passed ({n} of {len(ranking)} nodes in float): {last}"
+        return Outcome(final, loop.passed, summary, gate, sensitivity, fallback)

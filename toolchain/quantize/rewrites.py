@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from toolchain.core.onnx_model import GraphIndex
+from toolchain.core.presets import Preset
 from toolchain.quantize.plan import constants
 
 
@@ -93,9 +94,7 @@ def split_outliers(
     model: onnx.ModelProto,
     targets: list[SplitTarget],
     channel_absmax: dict[str, np.ndarray],
-    ratio: float,
-    max_channels: int,
-    min_shrink: float = 1.0,
+    preset: Preset,
 ) -> SplitResult:
     """Compute the few outlier input channels of each target in float, the rest in int8.
 
@@ -108,7 +107,8 @@ def split_outliers(
     channel's scale into the weight) was measured on all-MiniLM-L6-v2 and did not help: the
     outlier is one token, so the weight row absorbs a range the other tokens never use.
 
-    `model` must hold its weights; it is modified and returned.
+    Which channels: outlier_channels() with the preset's outlier_ratio, outlier_channels and
+    outlier_min_shrink. `model` must hold its weights; it is modified and returned.
     """
     index = GraphIndex(model)
     inits = index.initializers
@@ -118,7 +118,9 @@ def split_outliers(
         a = channel_absmax.get(t.tensor)
         if a is None:
             continue
-        idx = outlier_channels(a, ratio, max_channels, min_shrink)
+        idx = outlier_channels(
+            a, preset.outlier_ratio, preset.outlier_channels, preset.outlier_min_shrink
+        )
         if idx.size == 0:
             continue
         base = t.tensor

@@ -16,7 +16,7 @@ import itertools
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -24,12 +24,14 @@ from pydantic import Field, model_validator
 
 from toolchain.core.artifact import Format, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput
+from toolchain.core.onnx_model import check_onnx
 from toolchain.core.recipe import Gated
 from toolchain.core.registry import get_target
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from toolchain.quantize.job import Job
+from toolchain.quantize.plan import Plan
 
 MODEL_FILE = "model.onnx"
-REPORT = "report.json"
 
 
 class QuantizeStage(Gated):
@@ -113,101 +115,171 @@ def _install(model_path: Path, out: Path) -> Path:
     return dest
 
 
-def _quantize(src, cfg, preset, plan, data, work: Workdir, tmp: Path, report: dict):
-    """The all-int8 model, and what calibration prepared (None for dynamic)."""
+@dataclass
+class QuantizeReport:
+    """report.json: what was quantized, how, the gate and the fallback, the latency check."""
+
+    input: dict[str, Any]
+    method: str
+    preset: dict[str, Any]
+    why: str
+    isa: dict[str, Any]
+    calibration: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    sensitivity: dict[str, Any] | None = None
+    fallback: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    nodes: dict[str, Any] | None = None
+    carried: list[str] | None = None
+    passed: bool = True
+    seconds: float = 0.0
+    summary: str = ""
+    name: str = "quantize"
+
+
+@dataclass
+class Quantized:
+    """The model as it stands after a step: the path, the plan it was quantized with, whether
+    it passes the gate, the summary line so far."""
+
+    path: Path
+    plan: Plan
+    passed: bool = True
+    summary: str = ""
+
+
+def _quantize(job: Job, plan: Plan, data, work: Workdir) -> tuple[Quantized, Any, dict]:
+    """The all-int8 model, what calibration prepared (None for dynamic), the calibration's
+    record."""
     from calibration.cache import CalibrationCache
     from toolchain.quantize import qdq
     from toolchain.quantize.calibrate import Calibrator
 
-    first = tmp / "int8" / MODEL_FILE
+    cfg = job.cfg
+    first = job.tmp / "int8" / MODEL_FILE
     first.parent.mkdir()
     if cfg.method == "dynamic":
-        qdq.quantize_dynamic_model(src.path, first, preset, plan)
-        report["calibration"] = {"method": "dynamic", "note": "ranges computed per call"}
+        qdq.quantize_dynamic_model(job.src.path, first, job.preset, plan)
+        info: dict[str, Any] = {"method": "dynamic", "note": "ranges computed per call"}
         if cfg.calibration:
-            work.log("note: --method dynamic computes ranges per call; --calibration is unused")
-            report["calibration"]["unused_data"] = cfg.calibration
-        return first, None
+            job.log("note: --method dynamic computes ranges per call; --calibration is unused")
+            info["unused_data"] = cfg.calibration
+        return Quantized(first, plan), None, info
     cache = CalibrationCache(Path(cfg.cache_dir) if cfg.cache_dir else work.cache)
-    prepared = Calibrator(src, data, cfg, preset, cache, work.log).prepare(plan, tmp)
-    report["calibration"] = prepared.info
-    qdq.quantize_static_qdq(prepared.path, first, prepared.ranges, preset, prepared.plan)
-    return first, prepared
+    prepared = Calibrator(job, data, cache).prepare(plan, job.tmp)
+    qdq.quantize_static_qdq(prepared.path, first, prepared.ranges, job.preset, prepared.plan)
+    return Quantized(first, prepared.plan), prepared, prepared.info
 
 
-def _report_nodes(report: dict, qproto, plan) -> list[str]:
+def _nodes(qproto, plan: Plan) -> dict[str, Any]:
     from toolchain.quantize import qdq
     from toolchain.quantize.gather import int8_tables, quantized_gathers
 
-    quantized = qdq.quantized_nodes(qproto)
-    report["nodes"] = {
-        "quantized": len(quantized),
+    return {
+        "quantized": len(qdq.quantized_nodes(qproto)),
         "float": dict(plan.excluded.items()),
-        "quantized_names": quantized,
+        "quantized_names": qdq.quantized_nodes(qproto),
         "int8_gathers": quantized_gathers(qproto),
         "int8_tables": int8_tables(qproto),
     }
-    return quantized
 
 
-def _latency(src, final, summary, cfg, preset, plan, prepared, data, loop, tmp: Path, work,
-             report):  # fmt: skip
+@dataclass
+class LatencyStep:
+    """What the latency check did: the model after it, its record, and the gate again when
+    the check changed the model (None otherwise)."""
+
+    model: Quantized
+    record: dict[str, Any]
+    gate_again: dict[str, Any] | None = None
+
+
+def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
     """Nodes back to float where int8 makes the engine slower (quantize/latency.py); the
-    source model itself if int8 never pays here. A model the check changed is gated again.
-    Returns (model, plan, passed, summary)."""
+    source model itself if int8 never pays here. A model the check changed is gated again."""
     import onnx
 
     from toolchain.quantize import qdq
-    from toolchain.quantize.latency import EngineTimer, feeds_from, latency_fallback
+    from toolchain.quantize.latency import Candidates, EngineTimer, feeds_from, latency_fallback
 
+    src, cfg, preset, reason = job.src, job.cfg, job.preset, "latency: int8 slower than float here"
     if data is None:
-        report["latency"] = {"verdict": "not checked: no data to time it on (give "
-                             "--calibration or --eval)"}  # fmt: skip
-        work.log(f"latency: {report['latency']['verdict']}")
-        return final, plan, True, summary
+        verdict = "not checked: no data to time it on (give --calibration or --eval)"
+        job.log(f"latency: {verdict}")
+        return LatencyStep(current, {"verdict": verdict})
     base = prepared.path if prepared else Path(src.path)
     proto = onnx.load(str(base), load_external_data=False)
-    already = report.get("fallback", {}).get("float_nodes", [])
-    nodes = [n for n in plan.quantized(proto) if n not in already]
-    (tmp / "latency").mkdir()
+    nodes = current.plan.quantized(proto)  # the accuracy loop's float nodes are in the plan
+    (job.tmp / "latency").mkdir()
     made = itertools.count()
 
     def make(floats: list[str]) -> Path:
-        p = plan.with_float([*already, *floats], "latency: int8 slower than float here")
-        path = tmp / "latency" / f"{next(made)}-{MODEL_FILE}"
+        p = current.plan.with_float(floats, reason)
+        path = job.tmp / "latency" / f"{next(made)}-{MODEL_FILE}"
         if prepared:
             return qdq.quantize_static_qdq(prepared.path, path, prepared.ranges, preset, p)
         return qdq.quantize_dynamic_model(src.path, path, preset, p)
 
     batches = latency_batches(cfg)
     timer = EngineTimer(Path(src.path), feeds_from(data, batches), cfg.latency_rounds,
-                        cfg.threads, tmp / "latency")  # fmt: skip
-    work.log(f"latency: int8 against fp32 engines at batch {', '.join(map(str, batches))}")
-    path, floated, lat = latency_fallback(final, make, nodes, proto, timer, work.log)
-    report["latency"] = {**lat, "isa": preset.isa}
-    work.log(f"latency: {lat['verdict']}")
-    plan = plan.with_float(floated, "latency: int8 slower than float here")
+                        cfg.threads, job.tmp / "latency")  # fmt: skip
+    job.log(f"latency: int8 against fp32 engines at batch {', '.join(map(str, batches))}")
+    path, check = latency_fallback(current.path, Candidates(proto, nodes, make), timer, job.log)
+    check.isa = preset.isa
+    job.log(f"latency: {check.verdict}")
+    plan, summary = current.plan.with_float(check.float_nodes, reason), current.summary
     fp32 = path is None
     if fp32:  # int8 never paid: the source model, as it is
-        path = qdq.save_model(onnx.load(str(src.path)), tmp / "latency" / f"fp32-{MODEL_FILE}")
-        plan, summary = plan.with_float(nodes, "latency"), lat["verdict"]
-    passed = True
-    if path != final and loop is not None:  # more float than the gate saw: gate it again
-        passed, verdict, checks = loop.check(path)
-        report["gate"]["after_latency"] = {"passed": passed, "checks": checks}
-        summary = summary if fp32 else f"after the latency check {verdict}"
-    return path, plan, passed, summary
+        path = qdq.save_model(onnx.load(str(src.path)), job.tmp / "latency" / f"fp32-{MODEL_FILE}")
+        plan, summary = plan.with_float(nodes, "latency"), check.verdict
+    if path == current.path or loop is None:
+        return LatencyStep(Quantized(path, plan, True, summary), check.to_dict())
+    passed, verdict, checks = loop.check(path)  # more float than the gate saw: gate it again
+    summary = summary if fp32 else f"after the latency check {verdict}"
+    again = {"passed": passed, "checks": checks}
+    return LatencyStep(Quantized(path, plan, passed, summary), check.to_dict(), again)
+
+
+def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quantized]:
+    """Quantize, gate and fall back, check the latency: the report so far and the result."""
+    from toolchain.quantize.loop import AccuracyLoop
+    from toolchain.quantize.plan import make_plan
+
+    cfg, preset = job.cfg, job.preset
+    proto = check_onnx(job.src.path)
+    plan = make_plan(proto, preset, cfg.op_types or None, cfg.exclude)
+    report = QuantizeReport(
+        input={"path": str(job.src.path), "sha256": job.src.sha256},
+        method=cfg.method,
+        preset=preset.describe(),
+        why=preset.why,
+        isa=preset.isa,
+    )
+    current, prepared, report.calibration = _quantize(job, plan, calib, work)
+    loop = AccuracyLoop(job, evals) if evals else None
+    if loop is not None:
+        outcome = loop.run(current.path, prepared, work.out)
+        current = Quantized(outcome.path, current.plan, outcome.passed, outcome.summary)
+        if outcome.fallback and "float_nodes" in outcome.fallback:
+            current.plan = current.plan.with_float(outcome.fallback["float_nodes"], "fallback")
+        report.gate, report.sensitivity = outcome.gate, outcome.sensitivity
+        report.fallback = outcome.fallback
+    if current.passed and latency_batches(cfg):
+        step = _latency(job, current, prepared, calib or evals, loop)
+        current, report.latency = step.model, step.record
+        if step.gate_again is not None and report.gate is not None:
+            report.gate["after_latency"] = step.gate_again
+    return report, current
 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     from toolchain.core.artifact import info_with_carried
-    from toolchain.core.files import carry_preprocessing, write_json
-    from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
+    from toolchain.core.files import carry_preprocessing
+    from toolchain.core.onnx_model import io_from_onnx, onnx_digest
+    from toolchain.core.report import report_json, write_report
     from toolchain.evaluate.metrics import check_metric_names
     from toolchain.models.source import find_tokenizer
     from toolchain.quantize.calibrate import calibration_data, load_checked
-    from toolchain.quantize.loop import AccuracyLoop
-    from toolchain.quantize.plan import make_plan
 
     src, out = inputs.model, work.out
     if src.format is not Format.onnx:
@@ -216,55 +288,34 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
             "export it first (edgesmith export, or an export stage before quantize)"
         )
     start = time.perf_counter()
-    io = io_from_onnx(proto := check_onnx(src.path))
-    preset = _preset(cfg)
-    plan = make_plan(proto, preset, cfg.op_types or None, cfg.exclude)
+    io = io_from_onnx(check_onnx(src.path))
     tok = find_tokenizer(cfg.tokenizer, src)
     # every input is checked before any quantization work
     calib = calibration_data(cfg, io, tok) if cfg.method != "dynamic" else None
-    evals = load_checked(cfg.eval, "eval data", io, cfg, tok, cfg.eval_limit) if cfg.eval else None
+    evals = load_checked("eval", io, cfg, tok) if cfg.eval else None
     if evals is not None:
         check_metric_names(cfg.metrics)
-    report: dict[str, Any] = {
-        "name": "quantize",
-        "input": {"path": str(src.path), "sha256": src.sha256},
-        "method": cfg.method,
-        "preset": preset.describe(),
-        "why": preset.why,
-        "isa": preset.isa,
-    }
-    tmp = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+    preset = _preset(cfg)
+    job = Job(src, cfg, preset, Path(tempfile.mkdtemp(prefix=".work-", dir=out)), work.log)
     try:
-        first, prepared = _quantize(src, cfg, preset, plan, calib, work, tmp, report)
-        plan = prepared.plan if prepared else plan
-        final, passed, summary = first, True, ""
-        loop = AccuracyLoop(src.path, evals, cfg, preset, tmp, work.log) if evals else None
-        if loop is not None:
-            outcome = loop.run(first, prepared, report, out)
-            final, passed, summary = outcome.path, outcome.passed, outcome.summary
-        if passed and latency_batches(cfg):
-            final, plan, passed, summary = _latency(
-                src, final, summary, cfg, preset, plan, prepared, calib or evals, loop, tmp,
-                work, report,
-            )  # fmt: skip
-        model_path = _install(final, out)
-        report["carried"] = carry_preprocessing(Path(src.path).parent, out)
+        report, result = _steps(job, work, calib, evals)
+        model_path = _install(result.path, out)
+        report.carried = carry_preprocessing(Path(src.path).parent, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(job.tmp, ignore_errors=True)
     qproto = check_onnx(model_path)
     check = getattr(get_target(cfg.target), "check_quantized", None)
     if check is not None:  # the target's own rules for the Q/DQ it takes
         check(model_path)
-    quantized = _report_nodes(report, qproto, plan)
-    float_nodes = [  # a new list: the report's own lists stay as they were
-        *report.get("fallback", {}).get("float_nodes", []),
-        *report.get("latency", {}).get("float_nodes", []),
-    ]
-    report["passed"] = passed
-    report["seconds"] = round(time.perf_counter() - start, 2)
-    summary = summary or f"{len(quantized)} nodes in int8 ({preset.name}, {cfg.method})"
-    report["summary"] = summary
-    write_json(out / REPORT, report)
+    report.nodes = _nodes(qproto, result.plan)
+    quantized = report.nodes["quantized_names"]
+    report.passed = result.passed
+    report.seconds = round(time.perf_counter() - start, 2)
+    made = f"{len(quantized)} nodes in int8 ({preset.name}, {cfg.method})"
+    report.summary = result.summary or made
+    write_report(out, report)
+    float_nodes = [*(report.fallback or {}).get("float_nodes", []),
+                   *(report.latency or {}).get("float_nodes", [])]  # fmt: skip
     art = ModelArtifact(
         model_path,
         Format.onnx,
@@ -272,12 +323,12 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
         io=io_from_onnx(qproto),
         sha256=onnx_digest(model_path, qproto),
         parent=src.sha256,
-        info=info_with_carried(src.info, report["carried"], out),
+        info=info_with_carried(src.info, report.carried, out),
         meta={"preset": preset.name, "method": cfg.method, "target": cfg.target},
     )
     keys = ("method", "preset", "why", "isa", "calibration", "gate", "fallback", "nodes")
-    metrics = {k: report[k] for k in keys if k in report}
-    return StageResult(art, metrics, passed=passed, summary=summary)
+    metrics = {k: v for k, v in report_json(report).items() if k in keys}
+    return StageResult(art, metrics, passed=result.passed, summary=report.summary)
 
 
 def _precision(quantized: list[str], float_nodes) -> Precision:
