@@ -34,6 +34,7 @@ class Setup:
     """What every method works from: the source, the teacher, the data and the loss."""
 
     src: ModelArtifact
+    cfg: Any  # the stage's config (prune/stage.py: PruneStage)
     teacher: Any  # training/setup.py: Teacher
     train: Any
     evals: Any
@@ -68,19 +69,19 @@ def setup(inputs: Inputs, cfg) -> Setup:
     output = choose_output(teacher, train, cfg.output)
     lr = cfg.lr or (DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN)
     loss = train_config(cfg, lr, output, teacher.task).loss
-    return Setup(src, teacher, train, evals, output, lr, loss, inputs.get("teacher") is None)
+    own = inputs.get("teacher") is None
+    return Setup(src, cfg, teacher, train, evals, output, lr, loss, own)
 
 
-def recover(candidate, s: Setup, cfg, work: Workdir, fingerprint: str, callbacks=()) -> dict:
-    """Distil the unpruned model into the pruned one (the distill stage's trainer)."""
-    from toolchain.training.trainer import Pair, Trainer
+def recover(candidate, s: Setup, work: Workdir, fingerprint: str, callbacks=()) -> dict:
+    """Distil the unpruned model into the pruned one (the distill stage's trainer); a
+    checkpoint resumes only a run of the same `fingerprint`."""
+    from toolchain.training.trainer import Pair, Trainer, TrainRun
 
+    cfg = s.cfg
     tcfg = train_config(cfg, s.lr, s.output, s.teacher.task)
-    trainer = Trainer(
-        Pair(candidate.outputs, s.teacher.module), s.train, s.evals, tcfg,
-        checkpoints=work.scratch / "recovery", fingerprint=fingerprint, log=work.log,
-        callbacks=callbacks,
-    )  # fmt: skip
+    run = TrainRun(work.scratch / "recovery", fingerprint, work.log, callbacks)
+    trainer = Trainer(Pair(candidate.outputs, s.teacher.module), (s.train, s.evals), tcfg, run)
     result = trainer.fit(resume=cfg.resume)
     return {"loss": tcfg.loss, "epochs": cfg.epochs, **result.to_dict()}
 
@@ -92,7 +93,7 @@ def accuracy(s: Setup, unpruned, pruned) -> dict[str, Any]:
     from toolchain.training.steps import evaluate
 
     def outputs(module):
-        return outputs_of(module, s.evals, s.output, batch_size=256)
+        return outputs_of(module, s.evals, s.output, 256)
 
     ref = outputs(s.teacher.module)
     base = ref if unpruned is None or unpruned is s.teacher.module else outputs(unpruned)

@@ -22,9 +22,6 @@ from pydantic import Field, model_validator
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 from toolchain.training.config import Training
 
-REPORT = "report.json"
-PLOT = "prune.png"
-
 
 class PruneStage(Training):
     """Structured pruning with recovery (toolchain/prune)."""
@@ -144,10 +141,10 @@ def run(inputs: Inputs, cfg: PruneStage, work: Workdir) -> StageResult:
     if cfg.method == "structured":
         from toolchain.prune.run import prune_structured
 
-        return prune_structured(s, cfg, work, start)
+        return prune_structured(s, work, start)
     from toolchain.prune.weights import prune_weights
 
-    return prune_weights(s, cfg, work, start)
+    return prune_weights(s, work, start)
 
 
 STAGE = Stage(

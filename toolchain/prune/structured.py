@@ -34,6 +34,17 @@ from toolchain.training.parallel import to_tensors
 WEIGHTS = "model.safetensors"
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a pruner scores its units: `kind` (choose_importance()), on `data` (the training
+    data), through the loss of the output named `output`; `log` for progress."""
+
+    kind: str
+    data: Any
+    output: str
+    log: Any
+
+
 def choose_importance(wanted: str, has_labels: bool, loss: str) -> str:
     """auto: taylor where labels give the gradient a meaning (a classifier), else magnitude."""
     if wanted != "auto":
@@ -130,14 +141,14 @@ class EncoderPruner:
 
     format = "hf"
 
-    def __init__(self, hf, train_data, output: str, cfg, kind: str, log, wrapped=None):
+    def __init__(self, hf, cfg, scoring: Scoring, wrapped=None):
         """`hf`: the unpruned model that pruned copies are made from (left as it is);
         `wrapped`: its HfOutputs, when the caller has one (the recovery's teacher)."""
         from toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
         from toolchain.models.students import HfOutputs
 
         self.hf, self.path, self.task = hf, hf.path, hf.task
-        self.cfg, self.output, self.log = cfg, output, log
+        self.cfg, self.output, self.log = cfg, scoring.output, scoring.log
         self.wrapped = wrapped or HfOutputs(hf.model, hf.signature)
         self.layers = encoder_layers(self.hf.model)
         self.before = {
@@ -145,7 +156,7 @@ class EncoderPruner:
             "ffn": [layer.ffn_size for layer in self.layers],
             "parameters": parameter_counts(self.hf.model),
         }
-        self.scores = self._scores(kind, train_data)
+        self.scores = self._scores(scoring.kind, scoring.data)
         self.seq = timing_seq(hf, cfg)
         self.unpruned = EncoderCandidate(hf, Path(self.path))
 
@@ -243,7 +254,7 @@ class ChannelPruner:
 
     format = "torch"
 
-    def __init__(self, tm, train_data, output: str, cfg, kind: str, log, wrapped=None):
+    def __init__(self, tm, cfg, scoring: Scoring, wrapped=None):
         from toolchain.models.channels import channel_groups
         from toolchain.models.students import TorchOutputs, parameter_count
 
@@ -252,7 +263,7 @@ class ChannelPruner:
                 "--heads/--ffn prune a transformer encoder; for channel pruning give "
                 "--sparsity or --target-latency"
             )
-        self.tm, self.cfg, self.output, self.log = tm, cfg, output, log
+        self.tm, self.cfg, self.output, self.log = tm, cfg, scoring.output, scoring.log
         names = [d.name for d in tm.inputs]
         self.wrapped = wrapped or TorchOutputs(tm.module, names, tm.output_names)
         example = tuple(torch.from_numpy(v) for v in tm.example(batch=2).values())
@@ -268,7 +279,7 @@ class ChannelPruner:
             "channels": {g.name(): g.size for g in self.groups},
             "parameters": {"total": parameter_count(tm.module)},
         }
-        self.scores = self._scores(kind, train_data)
+        self.scores = self._scores(scoring.kind, scoring.data)
         self.seq = None  # inputs have fixed shapes but the batch
         self.unpruned = ChannelCandidate(tm, {"method": "channels", "modules": []}, None)
 

@@ -12,14 +12,15 @@ which trt-gpu does for a model whose audit finds 2:4 layers.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from toolchain.core.files import sha256_json, write_json
+from toolchain.core.files import sha256_json
+from toolchain.core.report import write_report
 from toolchain.core.stage import StageResult, Workdir
 from toolchain.prune.latency import compare, engine_of
+from toolchain.prune.report import EngineTimes, PruneReport, engine_times
 
-REPORT = "report.json"
 ORT_CPU_NOTE = (
     "onnxruntime's CPU kernels are dense: zeros in the weights do not make the ort-cpu engine "
     "faster (onnxruntime issue 2121); what they save is the compressed size"
@@ -51,7 +52,7 @@ def _targets(s, module):
     return encoder_targets(module) if s.src.format is Format.hf else module_targets(module)
 
 
-def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
+def prune_weights(s, work: Workdir, start: float) -> StageResult:
     import time
 
     import torch
@@ -60,11 +61,12 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
     from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
     from toolchain.training.parallel import close_distributed
 
+    cfg = s.cfg
     unpruned_model, unpruned_outputs = s.unpruned()  # loaded once: copied, then timed
     candidate, module = _dense_copy(s, cfg, unpruned_model)
-    report: dict[str, Any] = {"name": "prune", "method": cfg.method, "model": s.src.format.value}
+    report = PruneReport(cfg.method, s.src.format.value)
     if cfg.method == "movement":
-        report["movement"] = cfg.movement
+        report.movement = cfg.movement
     sparsifier = Sparsifier(_targets(s, module), cfg)
     sparsifier.start()
     callbacks = []
@@ -77,39 +79,41 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
         if work.rank == 0:
             if sparsifier.gradual:  # what the final magnitude mask gives with no recovery
                 sparsifier.preview()
-                report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
-                report["accuracy"]["after_pruning_is"] = "one-shot magnitude, no recovery"
+                report.accuracy = accuracy(s, unpruned_outputs, candidate.outputs)
+                report.accuracy["after_pruning_is"] = "one-shot magnitude, no recovery"
                 sparsifier.clear()
             else:
-                report["accuracy"] = accuracy(s, unpruned_outputs, candidate.outputs)
+                report.accuracy = accuracy(s, unpruned_outputs, candidate.outputs)
         if cfg.epochs:
             # a checkpoint resumes only the same masks: the whole config is in its fingerprint
             config = cfg.model_dump(exclude={"out", "resume"})
             fingerprint = sha256_json({"model": s.src.sha256, "config": config})
-            report["recovery"] = recover(candidate, s, cfg, work, fingerprint, callbacks)
+            report.recovery = recover(candidate, s, work, fingerprint, callbacks)
     finally:
         close_distributed()
     if work.rank != 0:
         return StageResult(None)
     if callbacks:
-        report["schedule"] = callbacks[0].describe()
-    report["layer_sparsity"] = sparsifier.layer_sparsity()
+        report.schedule = callbacks[0].describe()
+    report.layer_sparsity = sparsifier.layer_sparsity()
     with torch.no_grad():
         make_permanent(sparsifier.targets)
-    if "recovery" in report:
-        report["accuracy"]["after_recovery"] = report["recovery"]["best_metric"]
-    warning = _movement_warning(cfg, report["accuracy"])
-    if warning:
-        report["warning"] = warning
+    if report.recovery is not None:
+        report.accuracy["after_recovery"] = report.recovery["best_metric"]
+    report.warning = _movement_warning(cfg, report.accuracy) or None
     path = candidate.save(work.out)
-    _measure(s, cfg, work, report, unpruned_model, candidate)
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(work.out / REPORT, report)
-    a = report["audit"]
+    measured = _measure(s, work, unpruned_model, candidate)
+    report.audit, report.dense_bytes = measured.audit, measured.dense_bytes
+    times = measured.times
+    report.latency_ms, report.latency_ratio = times.latency_ms, times.latency_ratio
+    report.targets = {"ort-cpu": ORT_CPU_NOTE, "trt-gpu": TRT_NOTE}
+    report.seconds = round(time.perf_counter() - start, 1)
+    data = write_report(work.out, report)
+    a = report.audit
     structure = {"method": cfg.method, "sparsity": a["weight_sparsity"],
                  "two_four_layers": len(a["two_four_layers"])}  # fmt: skip
     art = artifact(s.src, candidate, path, s.teacher.task, structure)
-    acc, ratio = report["accuracy"], report["latency_ratio"]
+    acc, ratio, warning = report.accuracy, report.latency_ratio, report.warning
     summary = (
         f"{a['weight_sparsity']:.1%} of the weights zero"
         + (f" ({len(a['two_four_layers'])} layers 2:4)" if cfg.method == "2:4" else "")
@@ -117,10 +121,10 @@ def prune_weights(s, cfg, work: Workdir, start: float) -> StageResult:
         + (f" → recovered {acc['after_recovery']:.4f}" if "after_recovery" in acc else "")
         + "; ort-cpu engine "
         + ", ".join(f"batch {b}: {r:.2f}x" for b, r in ratio.items())
-        + f"; xz {a['bytes']['xz'] / report['dense_bytes']['xz']:.2f}x the dense model"
+        + f"; xz {a['bytes']['xz'] / report.dense_bytes['xz']:.2f}x the dense model"
         + (f"; warning: {warning}" if warning else "")
     )
-    return StageResult(art, report, summary=summary)
+    return StageResult(art, data, summary=summary)
 
 
 def _movement_warning(cfg, acc: dict[str, Any]) -> str:
@@ -140,12 +144,22 @@ def _movement_warning(cfg, acc: dict[str, Any]) -> str:
     )
 
 
-def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> None:
+@dataclass
+class Measured:
+    """The sparse model's audit, the dense model's sizes, and both engines timed."""
+
+    audit: dict[str, Any]
+    dense_bytes: dict[str, Any]
+    times: EngineTimes
+
+
+def _measure(s, work: Workdir, unpruned_model, candidate) -> Measured:
     """Audit both ONNX exports and time both ort-cpu engines side by side."""
     from toolchain.core.artifact import Format
     from toolchain.core.audit import audit
     from toolchain.prune.structured import ChannelCandidate, EncoderCandidate, timing_seq
 
+    cfg = s.cfg
     if s.src.format is Format.hf:
         from pathlib import Path
 
@@ -159,10 +173,5 @@ def _measure(s, cfg, work: Workdir, report: dict, unpruned_model, candidate) -> 
     ms = compare({"dense": base, "sparse": sparse}, cfg.latency_batches, seq, cfg.latency_rounds)
     onnx_of = next((work.scratch / "sparse" / "onnx").glob("*.onnx"))
     dense_onnx = next((work.scratch / "dense" / "onnx").glob("*.onnx"))
-    report["audit"] = audit(onnx_of)
-    report["dense_bytes"] = audit(dense_onnx)["bytes"]
-    report.update(
-        latency_ms={"seq": seq, "threads": cfg.threads, "batches": ms},
-        latency_ratio={b: round(t["sparse"] / t["dense"], 4) for b, t in ms.items()},
-        targets={"ort-cpu": ORT_CPU_NOTE, "trt-gpu": TRT_NOTE},
-    )
+    times = engine_times(ms, seq, cfg.threads, ("dense", "sparse"))
+    return Measured(audit(onnx_of), audit(dense_onnx)["bytes"], times)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,23 +71,26 @@ def sum_all(values: list[float], device: torch.device, world: int) -> list[float
     return t.tolist()
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a computation runs: this process's rank among `world` torchrun processes, and
+    its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None
+
+
 @torch.no_grad()
 def outputs_of(
-    model: nn.Module,
-    data: Dataset,
-    output: str,
-    *,
-    batch_size: int,
-    rank: int = 0,
-    world: int = 1,
-    device: torch.device | None = None,
+    model: nn.Module, data: Dataset, output: str, batch_size: int, where: Placement = Placement()
 ) -> torch.Tensor:
     """`output` of `model` on every sample of `data`, each process computing its own shard.
 
     Text runs in order of length, so that each batch is cut to sentences of similar length
     (prepare); in data order every batch of 256 would be padded to its longest sentence.
     """
-    device = device or torch.device("cpu")
+    rank, world, device = where.rank, where.world, where.device or torch.device("cpu")
     lo, hi = _shard(len(data), rank, world)
     model.eval()
     order = np.arange(lo, hi)

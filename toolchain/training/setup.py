@@ -36,7 +36,7 @@ from toolchain.models.students import (
     save_hf_student,
     student_from_factory,
 )
-from toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer
+from toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer, TrainRun
 
 # A student trained from its own initialisation takes a larger step than one initialised
 # from the teacher's weights (fine-tuning rates for transformers are ~1e-4 and below).
@@ -61,10 +61,8 @@ class Setup:
 
     def trainer(self, checkpoints: Path, log=None, callbacks: Sequence[Callback] = ()) -> Trainer:
         """The training loop over this set-up, checkpointing into `checkpoints`."""
-        return Trainer(
-            self.pair, self.train_data, self.eval_data, self.train_cfg,
-            checkpoints=checkpoints, fingerprint=self.fingerprint, log=log, callbacks=callbacks,
-        )  # fmt: skip
+        run = TrainRun(checkpoints, self.fingerprint, log, callbacks)
+        return Trainer(self.pair, (self.train_data, self.eval_data), self.train_cfg, run)
 
 
 @dataclass

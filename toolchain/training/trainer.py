@@ -49,6 +49,7 @@ from toolchain.training.checkpoints import (
 )
 from toolchain.training.losses import LOSS_KINDS, hidden_state_loss, make_loss
 from toolchain.training.parallel import (
+    Placement,
     close_distributed,
     device_for_rank,
     init_distributed,
@@ -159,28 +160,30 @@ class _Progress:
     stopped_after: int | None = None
 
 
-class Trainer:
-    """Distil `pair.teacher` into `pair.student` (in place: it ends with the best weights).
+@dataclass(frozen=True)
+class TrainRun:
+    """One training run's keeping: where it checkpoints its epochs, its `fingerprint`
+    (everything that decides the result besides the TrainConfig: teacher, student, data; a
+    checkpoint made under another fingerprint is refused on resume), its log and callbacks."""
 
-    `fingerprint` identifies everything that decides the result besides `cfg` (teacher,
-    student, data); a checkpoint made under another fingerprint is refused on resume.
-    Call init_distributed() first to train across the processes torchrun started.
+    checkpoints: Path
+    fingerprint: str
+    log: Callable[[str], None] | None = None
+    callbacks: Sequence[Callback] = ()
+
+
+class Trainer:
+    """Distil `pair.teacher` into `pair.student` (in place: it ends with the best weights),
+    on `data` (training, eval). Call init_distributed() first to train across the processes
+    torchrun started.
     """
 
     def __init__(
-        self,
-        pair: Pair,
-        train_data: Dataset,
-        eval_data: Dataset,
-        cfg: TrainConfig,
-        *,
-        checkpoints: Path,
-        fingerprint: str,
-        log: Callable[[str], None] | None = None,
-        callbacks: Sequence[Callback] = (),
+        self, pair: Pair, data: tuple[Dataset, Dataset], cfg: TrainConfig, run: TrainRun
     ) -> None:
+        (train_data, eval_data), log, fingerprint = data, run.log, run.fingerprint
         self.pair, self.train_data, self.eval_data, self.cfg = pair, train_data, eval_data, cfg
-        self.checkpoints, self.callbacks = Path(checkpoints), list(callbacks)
+        self.checkpoints, self.callbacks = Path(run.checkpoints), list(run.callbacks)
         self.rank, self.world = (
             (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         )
@@ -253,10 +256,8 @@ class Trainer:
         )
 
     def _outputs(self, model: nn.Module, data: Dataset) -> torch.Tensor:
-        return outputs_of(
-            model, data, self.cfg.output, batch_size=self.cfg.eval_batch_size,
-            rank=self.rank, world=self.world, device=self.device,
-        )  # fmt: skip
+        where = Placement(self.rank, self.world, self.device)
+        return outputs_of(model, data, self.cfg.output, self.cfg.eval_batch_size, where)
 
     def _teacher_outputs(self) -> None:
         """Teacher outputs are computed once, not every epoch (the data are fixed), unless the
