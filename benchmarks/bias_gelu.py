@@ -29,13 +29,15 @@ def engine(src: Path, disabled: list[str], out: Path):
     import onnx
 
     from targets.ort_cpu import fuse_int8_bias
-    from toolchain.core.ort_session import ort_session
+    from toolchain.core.ort_session import SessionSettings, ort_session
 
-    ort_session(src, level="extended", save_to=out, disabled=disabled)  # as OrtCpu.build does
+    ort_session(  # as OrtCpu.build does
+        src, SessionSettings("extended", disabled=tuple(disabled)), save_to=out
+    )
     model = onnx.load(str(out))
     fuse_int8_bias(model)
     onnx.save(model, str(out))
-    return ort_session(out, level="all", threads=2, disabled=disabled, spinning=False)
+    return ort_session(out, SessionSettings("all", 2, disabled=tuple(disabled), spinning=False))
 
 
 def main() -> None:

@@ -71,12 +71,14 @@ def engine(model: Path, tmp: Path) -> Path:
 def profile(engine_dir: Path, feeds: dict, runs: int, warmup: int, tmp: Path) -> dict[str, float]:
     """ms per run by op type, from onnxruntime's profiler (kernel time of each node)."""
     from targets.base import read_engine_config
-    from toolchain.core.ort_session import ort_session
+    from toolchain.core.ort_session import SessionSettings, ort_session
 
     cfg = read_engine_config(engine_dir)
     prefix = tmp / f"prof-{engine_dir.name}"
-    s = ort_session(engine_dir / cfg["model"], level=cfg["runtime_opt_level"], threads=THREADS,
-                    disabled=cfg["disabled_optimizers"], profile=prefix)  # fmt: skip
+    s = ort_session(engine_dir / cfg["model"],
+                    SessionSettings(level=cfg["runtime_opt_level"], threads=THREADS,
+                                    disabled=tuple(cfg["disabled_optimizers"])),
+                    profile=prefix)  # fmt: skip
     for _ in range(warmup):
         s.run(None, feeds)
     for _ in range(runs):

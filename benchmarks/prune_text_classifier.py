@@ -70,12 +70,12 @@ def variants(sparsities: list[float], epochs: int) -> dict[str, Path]:
 
 
 def accuracy(engine: Path) -> float:
-    from calibration.sources import load_dataset
+    from calibration.sources import Preprocess, load_dataset
     from toolchain.core.artifact import Format, ModelArtifact
     from toolchain.models.runners import runner_for
 
     runner = runner_for(ModelArtifact(engine, Format.engine), threads=THREADS)
-    data = load_dataset(TC / "test.jsonl", runner.io, tokenizer=engine, seq_len=128)
+    data = load_dataset(TC / "test.jsonl", runner.io, Preprocess(engine, 128))
     right = 0
     for feeds, y in data.batches(64):
         right += int((runner.infer(feeds)["logits"].argmax(-1) == y).sum())

@@ -178,9 +178,9 @@ def latency(sessions: dict, feeds: dict[str, np.ndarray], rounds: int) -> dict[i
 
 def session(path: Path):
     """The session every ort-cpu runner of ours makes (same options for every model)."""
-    from targets.ort_cpu import session_from_onnx
+    from targets.ort_cpu import SessionSettings, session_from_onnx
 
-    return session_from_onnx(path, threads=THREADS)
+    return session_from_onnx(path, SessionSettings(threads=THREADS))
 
 
 ENGINE_MB: dict[str, float] = {}
@@ -208,7 +208,7 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
     """Child process: calibrate, then print peak RSS (MiB) as JSON."""
     import onnx
 
-    from calibration.sources import load_dataset
+    from calibration.sources import Preprocess, load_dataset
     from calibration.statistics import (
         MethodSpec,
         PassSettings,
@@ -220,7 +220,7 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
 
     model = WORK / "fp32" / "model.onnx"
     io = io_from_onnx(check_onnx(model))
-    data = load_dataset(WORK / "calib.txt", io, tokenizer=WORK / "fp32", seq_len=SEQ, limit=samples)
+    data = load_dataset(WORK / "calib.txt", io, Preprocess(WORK / "fp32", SEQ), samples)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if impl == "ours":
         proto = onnx.load(str(model), load_external_data=False)

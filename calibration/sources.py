@@ -167,22 +167,24 @@ def tokenize(
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
 
 
-def load_dataset(
-    path: Path,
-    io: IoSpec,
-    *,
-    tokenizer: Path | None = None,
-    seq_len: int = 128,
-    limit: int | None = None,
-    image: dict | None = None,
-) -> Dataset:
-    """Load data for a model with inputs `io.inputs` and check it fits, before anything runs.
+@dataclass(frozen=True)
+class Preprocess:
+    """How raw data becomes tensors: text through `tokenizer` (a folder with one), padded or
+    cut to `seq_len`; an image folder by `image` (calibration/images.py ImagePreprocess keys)."""
 
-    `image`: preprocessing of an image folder (calibration/images.py ImagePreprocess keys).
-    """
+    tokenizer: Path | None = None
+    seq_len: int = 128
+    image: dict | None = None
+
+
+def load_dataset(
+    path: Path, io: IoSpec, prep: Preprocess = Preprocess(), limit: int | None = None
+) -> Dataset:
+    """Load data (the first `limit` samples) for a model with inputs `io.inputs` and check it
+    fits, before anything runs."""
     from calibration.images import ImagePreprocess, is_image_folder, load_image_folder
 
-    path = Path(path)
+    path, tokenizer, seq_len, image = Path(path), prep.tokenizer, prep.seq_len, prep.image
     if is_image_folder(path):
         arrays, labels = load_image_folder(path, io, ImagePreprocess.from_dict(image or {}))
         if labels is not None:

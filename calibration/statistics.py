@@ -27,7 +27,7 @@ import onnx
 
 from calibration.sources import Dataset, check_finite
 from toolchain.core.errors import InvalidInput
-from toolchain.core.ort_session import ort_session
+from toolchain.core.ort_session import SessionSettings, ort_session
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_BINS = 2048
@@ -331,7 +331,7 @@ def collect(
     from_model = [n for n in stats if n not in graph_inputs]
     with tempfile.TemporaryDirectory(prefix="edgesmith-calib-") as tmp:
         path = _augmented(Path(model_path), from_model, Path(tmp))
-        sess = ort_session(path, threads=run.threads)  # the engine's session settings
+        sess = ort_session(path, SessionSettings(threads=run.threads))  # as the engine's
         names = [o.name for o in sess.get_outputs() if o.name in stats]
         size = _batch_size([i.shape[0] for i in sess.get_inputs() if i.shape], run.batch_size)
         total = (len(data) + size - 1) // size

@@ -7,12 +7,31 @@ this module checks the fallback list against the model and keeps Q/DQ scales in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
+from targets.base import Option, listed
 from toolchain.core.errors import InvalidInput
+
+# The two build options of the GPU targets that ask for fp16 (their OPTIONS name these).
+FP16 = Option("fp16", bool, False, "build from an fp16 copy of the model (fp32 inputs and outputs)")
+FP32_LAYERS = Option(
+    "fp32_layers",
+    str | list[str],
+    (),
+    "node names or op types kept in fp32 in an fp16 build (a list, or comma-separated)",
+)
+
+
+def fp32_layers_option(values: Mapping[str, Any], target: str) -> tuple[str, ...]:
+    """The checked fp32_layers option as a tuple of names; it needs fp16 = true."""
+    names = listed(values["fp32_layers"])
+    if names and not values["fp16"]:
+        raise InvalidInput(f"{target} option fp32_layers: only with fp16 = true (all else is fp32)")
+    return names
 
 
 def fp32_layer_lists(

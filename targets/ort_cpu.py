@@ -10,14 +10,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
+from targets.base import ENGINE_CONFIG, BuildConfig, Option, option_values, read_engine_config
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
-from toolchain.core.ort_session import DISABLED_OPTIMIZERS, OPT_LEVELS, ort_session
+from toolchain.core.ort_session import (
+    DISABLED_OPTIMIZERS,
+    OPT_LEVELS,
+    SessionSettings,
+    ort_session,
+)
 from toolchain.core.presets import Isa, Preset
 
-__all__ = ["DISABLED_OPTIMIZERS", "OrtCpu", "runner_from_onnx", "session_from_onnx"]
+__all__ = [
+    "DISABLED_OPTIMIZERS",
+    "OrtCpu",
+    "SessionSettings",
+    "runner_from_onnx",
+    "session_from_onnx",
+]
 
 MODEL_FILE = "model.onnx"
 ORT_FILE = "model.ort"
@@ -30,16 +41,9 @@ def _ort():
     return ort
 
 
-def session_from_onnx(
-    path: Path,
-    *,
-    level: str = "all",
-    threads: int | None = None,
-    disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
-    spinning: bool = True,
-):
-    """An ONNX Runtime CPU session (core/ort_session.py). `threads` None: one per core."""
-    return ort_session(path, level=level, threads=threads, disabled=disabled, spinning=spinning)
+def session_from_onnx(path: Path, settings: SessionSettings = SessionSettings()):
+    """An ONNX Runtime CPU session (core/ort_session.py). settings.threads None: one per core."""
+    return ort_session(path, settings)
 
 
 def fuse_int8_bias(model) -> int:
@@ -230,21 +234,12 @@ class OrtRunner:
 
 
 def runner_from_onnx(
-    path: Path,
-    *,
-    level: str = "all",
-    threads: int | None = None,
-    io: IoSpec | None = None,
-    disabled: tuple[str, ...] | list[str] = DISABLED_OPTIMIZERS,
-    spinning: bool = True,
+    path: Path, settings: SessionSettings = SessionSettings(), *, io: IoSpec | None = None
 ) -> OrtRunner:
     """A runner for an ONNX file; pass `io` when the file was already checked and read.
-    `spinning` False for runners timed side by side (core/ort_session.py says why)."""
+    settings.spinning False for runners timed side by side (core/ort_session.py says why)."""
     io = io or io_from_onnx(check_onnx(path))
-    session = session_from_onnx(
-        path, level=level, threads=threads, disabled=disabled, spinning=spinning
-    )
-    return OrtRunner(session, io)
+    return OrtRunner(session_from_onnx(path, settings), io)
 
 
 # The ort-cpu quantization presets, one per instruction-set family (core/presets.py: Preset;
@@ -288,17 +283,24 @@ def cpu_preset(isa: Isa) -> tuple[str, str]:
 
 
 class OrtCpu:
-    """Target `ort-cpu`.
-
-    Options (BuildConfig.options): opt_level, ort_format, threads.
-    """
+    """Target `ort-cpu`: the model optimised offline, run by onnxruntime's CPU provider."""
 
     name: ClassVar[str] = "ort-cpu"
     # Offline we stop at "extended": "all" adds layout transforms (NCHWc) that are specific to
     # the building CPU. They are applied at load time on the device instead (RUNTIME_OPT_LEVEL).
     DEFAULT_OPT_LEVEL: ClassVar[str] = "extended"
     RUNTIME_OPT_LEVEL: ClassVar[str] = "all"
-    OPTIONS: ClassVar[tuple[str, ...]] = ("opt_level", "ort_format", "threads")
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("opt_level", str, DEFAULT_OPT_LEVEL,
+               "graph optimisations applied offline; the rest of 'all' (CPU-specific layouts) "
+               "is applied when the device loads the engine", choices=OPT_LEVELS),
+        Option("ort_format", bool, False,
+               "also write model.ort and required_operators.config, for a reduced "
+               "(minimal-build) onnxruntime"),
+        Option("threads", int, None,
+               "intra-op threads the engine's sessions use (unset: one per physical core)",
+               minimum=1),
+    )  # fmt: skip
     PRESETS: ClassVar[dict[str, Preset]] = CPU_PRESETS  # quantization presets, by ISA
 
     def default_preset(self, isa: Isa) -> tuple[str, str]:
@@ -316,14 +318,14 @@ class OrtCpu:
         return None
 
     def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
+        o = option_values(self, cfg.options)
         ort = _ort()
-        self._check_options(cfg.options)
-        level = cfg.options.get("opt_level", self.DEFAULT_OPT_LEVEL)
+        level = o["opt_level"]
         disabled = engine_disabled_optimizers(check_onnx(model.path))
-        ort_session(model.path, level=level, save_to=out / MODEL_FILE, disabled=disabled)
+        ort_session(model.path, SessionSettings(level, disabled=disabled), save_to=out / MODEL_FILE)
         fused, clamped = self._fuse(out / MODEL_FILE)
         files = [MODEL_FILE]
-        if cfg.options.get("ort_format"):
+        if o["ort_format"]:
             self._save_ort_format(out / MODEL_FILE, out, level)
             files += [ORT_FILE, REQUIRED_OPS_FILE]
         settings = {
@@ -334,7 +336,7 @@ class OrtCpu:
             "disabled_optimizers": list(disabled),
             "int8_bias_fused": fused,
             "masked_softmax_clamped": clamped,
-            "intra_op_threads": cfg.options.get("threads") or 0,
+            "intra_op_threads": o["threads"] or 0,
             "providers": ["CPUExecutionProvider"],
             "onnxruntime": ort.__version__,
             "files": files,
@@ -349,26 +351,6 @@ class OrtCpu:
             parent=model.sha256,
             meta={"target": self.name, **settings},
         )
-
-    def _check_options(self, options: dict) -> None:
-        unknown = set(options) - set(self.OPTIONS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown ort-cpu option(s) {sorted(unknown)}; available: {', '.join(self.OPTIONS)}"
-            )
-        level = options.get("opt_level", self.DEFAULT_OPT_LEVEL)
-        if level not in OPT_LEVELS:
-            raise InvalidInput(
-                f"unknown opt_level '{level}'; expected one of {', '.join(OPT_LEVELS)}"
-            )
-        threads = options.get("threads")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                    or threads < 1):  # fmt: skip
-            raise InvalidInput(f"--threads {threads}: the thread count must be a whole number >= 1")
-        if not isinstance(options.get("ort_format", False), bool):
-            raise InvalidInput(
-                f"ort-cpu option ort_format '{options['ort_format']}': true or false"
-            )
 
     def _fuse(self, path: Path) -> tuple[int, int]:
         """Our rewrites of the optimised model (fuse_int8_bias, clamp_masked_softmax): how many
@@ -388,12 +370,8 @@ class OrtCpu:
         """The .ort flatbuffer and the operator list a reduced ONNX Runtime build needs."""
         from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
-        ort_session(
-            src,
-            level=level,
-            save_to=out / ORT_FILE,
-            config={"session.save_model_format": "ORT"},
-        )
+        ort_format = SessionSettings(level, config=(("session.save_model_format", "ORT"),))
+        ort_session(src, ort_format, save_to=out / ORT_FILE)
         create_config_from_models(
             [out / ORT_FILE], out / REQUIRED_OPS_FILE, enable_type_reduction=True
         )
@@ -405,11 +383,10 @@ class OrtCpu:
         self, engine: ModelArtifact, threads: int | None = None, spinning: bool = True
     ) -> OrtRunner:
         cfg = read_engine_config(engine.path)
-        threads = threads or cfg.get("intra_op_threads") or None
-        return runner_from_onnx(
-            engine.path / cfg["model"],
+        settings = SessionSettings(
             level=cfg.get("runtime_opt_level", "all"),
-            threads=threads,
-            disabled=cfg.get("disabled_optimizers", DISABLED_OPTIMIZERS),
+            threads=threads or cfg.get("intra_op_threads") or None,
+            disabled=tuple(cfg.get("disabled_optimizers", DISABLED_OPTIMIZERS)),
             spinning=spinning,
         )
+        return runner_from_onnx(engine.path / cfg["model"], settings)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -25,14 +24,13 @@ from typing import Any, ClassVar
 
 import onnx
 
-from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
-from targets.fp16 import fp16_model, fp32_layer_lists
+from targets.base import ENGINE_CONFIG, BuildConfig, Option, option_values, read_engine_config
+from targets.fp16 import FP16, FP32_LAYERS, fp16_model, fp32_layer_lists, fp32_layers_option
 from targets.ort_cpu import OrtRunner
 from targets.tensorrt_options import (
+    PROFILE_OPTIONS,
+    WORKSPACE_MB,
     TrtOptions,
-    bool_option,
-    int_option,
-    names_option,
     profile_options,
     profile_shapes,
 )
@@ -41,7 +39,7 @@ from toolchain.core.artifact import Format, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import sha256_file, sha256_json
 from toolchain.core.onnx_model import check_onnx, io_from_onnx
-from toolchain.core.ort_session import ort_session
+from toolchain.core.ort_session import SessionSettings, ort_session
 from toolchain.core.presets import Isa, Preset
 
 MODEL_FILE = "model.onnx"
@@ -98,19 +96,7 @@ def _packages() -> set[str]:
 
 
 class OrtGpu:
-    """Target `ort-gpu`.
-
-    Options (BuildConfig.options):
-      provider      cuda (default) or tensorrt (TensorRT provider, CUDA for what it leaves)
-      device_id     the GPU (default 0)
-      fp16          an fp16 copy of the model (fp32 I/O); fp32_layers: kept in fp32
-      cudnn_conv_algo_search  EXHAUSTIVE (onnxruntime's default), HEURISTIC or DEFAULT
-      workspace_mb, min_batch, opt_batch, max_batch, shapes
-                    the TensorRT provider's workspace and profile, as trt-gpu takes them
-      trt_cache_dir where the TensorRT provider keeps its engines and timing cache
-                    (default ~/.cache/edgesmith/ort-trt)
-      threads       intra-op threads for nodes left on the CPU
-    """
+    """Target `ort-gpu`: onnxruntime-gpu's CUDA provider, or its TensorRT provider."""
 
     name: ClassVar[str] = "ort-gpu"
     # int8 runs on this target through its TensorRT provider, which takes TensorRT's Q/DQ
@@ -135,11 +121,33 @@ class OrtGpu:
     def check_quantized(self, path: Path) -> None:
         check_qdq_rules(path)
 
-    OPTIONS: ClassVar[tuple[str, ...]] = (
-        "provider", "device_id", "fp16", "fp32_layers", "cudnn_conv_algo_search",
-        "workspace_mb", "min_batch", "opt_batch", "max_batch", "shapes", "trt_cache_dir",
-        "threads",
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("provider", str, "cuda",
+               "cuda: the CUDA provider; tensorrt: the TensorRT provider, with CUDA for the "
+               "nodes TensorRT leaves", choices=tuple(PROVIDERS)),
+        Option("device_id", int, 0, "the CUDA device the providers run on", minimum=0),
+        FP16,
+        FP32_LAYERS,
+        Option("cudnn_conv_algo_search", str, "EXHAUSTIVE",
+               "how cuDNN picks convolution kernels: EXHAUSTIVE times them all "
+               "(onnxruntime's default), HEURISTIC asks cuDNN, DEFAULT takes the first",
+               choices=CONV_SEARCH),
+        # the TensorRT provider's workspace and profile, as trt-gpu takes them
+        WORKSPACE_MB,
+        *PROFILE_OPTIONS,
+        Option("trt_cache_dir", Path, str(DEFAULT_CACHE),
+               "where the TensorRT provider keeps the engines and timing cache it builds "
+               "(outside the engine directory)"),
+        Option("threads", int, None,
+               "intra-op threads for the nodes left on the CPU (unset: one per physical core)",
+               minimum=1),
     )  # fmt: skip
+    # the options that only the TensorRT provider takes
+    TRT_ONLY: ClassVar[tuple[str, ...]] = (
+        "workspace_mb",
+        *(o.name for o in PROFILE_OPTIONS),
+        "trt_cache_dir",
+    )
     OFFLINE_OPT_LEVEL: ClassVar[str] = "basic"  # provider-independent; the rest at load
     RUNTIME_OPT_LEVEL: ClassVar[str] = "all"
 
@@ -179,7 +187,7 @@ class OrtGpu:
         source = Path(model.path)
         if o["fp16"]:
             source = fp16_model(onnx.load(str(source)), nodes, ops, out / ".fp16.onnx")
-        ort_session(source, level=self.OFFLINE_OPT_LEVEL, save_to=out / MODEL_FILE)
+        ort_session(source, SessionSettings(self.OFFLINE_OPT_LEVEL), save_to=out / MODEL_FILE)
         if o["fp16"]:
             for p in out.glob(".fp16.onnx*"):
                 p.unlink()
@@ -223,11 +231,12 @@ class OrtGpu:
         if why:
             raise TargetUnavailable(f"ort-gpu cannot run {directory} here: {why}")
         providers = [(name, self._at_load(name, opts, cfg)) for name, opts in cfg["providers"]]
-        session = ort_session(
-            directory / cfg["model"],
+        settings = SessionSettings(
             level=cfg.get("runtime_opt_level", self.RUNTIME_OPT_LEVEL),
             threads=threads or cfg.get("intra_op_threads") or None,
-            providers=[*providers, "CPUExecutionProvider"],
+        )
+        session = ort_session(
+            directory / cfg["model"], settings, providers=[*providers, "CPUExecutionProvider"]
         )
         wanted = providers[0][0]
         if wanted not in session.get_providers():
@@ -272,38 +281,17 @@ class OrtGpu:
         return [[TRT, trt], [CUDA, cuda]]
 
     def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - set(self.OPTIONS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown ort-gpu option(s) {sorted(unknown)}; available: {', '.join(self.OPTIONS)}"
-            )
-        provider = options.get("provider", "cuda")
-        if provider not in PROVIDERS:
-            raise InvalidInput(f"ort-gpu option provider: {provider!r}; one of cuda, tensorrt")
-        search = options.get("cudnn_conv_algo_search", "EXHAUSTIVE")
-        if search not in CONV_SEARCH:
-            raise InvalidInput(f"ort-gpu option cudnn_conv_algo_search: one of {CONV_SEARCH}")
-        trt_only = [k for k in ("workspace_mb", "min_batch", "opt_batch", "max_batch", "shapes",
-                                "trt_cache_dir") if k in options]  # fmt: skip
-        if trt_only and provider != "tensorrt":
+        """The checked options, with the TensorRT provider's profile made from its keys."""
+        o = option_values(self, options)
+        declared = {opt.name: opt.default for opt in self.OPTIONS}
+        trt_only = [k for k in self.TRT_ONLY if o[k] != declared[k]]  # given, not default
+        if trt_only and o["provider"] != "tensorrt":
             raise InvalidInput(
                 f"ort-gpu option(s) {', '.join(trt_only)} apply to provider = tensorrt only"
             )
-        fp16 = bool(bool_option(options, "fp16", self.name))
-        fp32_layers = names_option(options, "fp32_layers", self.name)
-        if fp32_layers and not fp16:
-            raise InvalidInput("ort-gpu option fp32_layers: only with fp16 = true")
-        cache = options.get("trt_cache_dir", str(DEFAULT_CACHE))
-        if not isinstance(cache, str | os.PathLike) or not str(cache):
-            raise InvalidInput(f"ort-gpu option trt_cache_dir: a directory, got {cache!r}")
         return {
-            "provider": provider,
-            "device_id": int_option(options, "device_id", lowest=0, target=self.name) or 0,
-            "fp16": fp16,
-            "fp32_layers": fp32_layers,
-            "cudnn_conv_algo_search": search,
-            "workspace_mb": int_option(options, "workspace_mb", target=self.name),
-            "profile": profile_options(options, self.name),
-            "trt_cache_dir": Path(cache),
-            "threads": int_option(options, "threads", target=self.name),
+            **o,
+            "fp32_layers": fp32_layers_option(o, self.name),
+            "profile": profile_options(o, self.name),
+            "trt_cache_dir": Path(o["trt_cache_dir"]),
         }

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import onnx
 
-from targets.base import ENGINE_CONFIG, BuildConfig, read_engine_config
+from targets.base import ENGINE_CONFIG, BuildConfig, Option, read_engine_config
 from targets.fp16 import fp16_model, fp32_layer_lists
 from targets.tensorrt_config import (
     int8_setting,
@@ -38,6 +38,8 @@ from targets.tensorrt_config import (
 )
 from targets.tensorrt_options import (
     HARDWARE_COMPATIBILITY,
+    TRT_OPTIONS,
+    PlanChoices,
     Profile,
     TrtOptions,
     parse_options,
@@ -101,19 +103,19 @@ def check_network(network, io: IoSpec, profiles: Sequence[Profile], path: Path) 
         raise InvalidInput(f"{path}: TensorRT cannot run this model as it is: {problems[0]}")
 
 
-def builder_config(builder, opts: TrtOptions, profiles, *, typed: bool, int8: bool, sparse: bool):
+def builder_config(builder, opts: TrtOptions, choices: PlanChoices):
     """The IBuilderConfig for these options; TF32 is off unless asked, so fp32 is fp32."""
     trt = trt_module()
     config = builder.create_builder_config()
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     (config.set_flag if opts.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
-    if not typed:  # a TensorRT without strong typing: precision by flags
+    if not choices.typed:  # a TensorRT without strong typing: precision by flags
         if opts.fp16:
             config.set_flag(trt.BuilderFlag.FP16)
-        if int8:
+        if choices.int8:
             config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ scales come from the model
-    if sparse:
+    if choices.sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # 2:4 layers may run on sparse cores
     if opts.optimization_level is not None:
         config.builder_optimization_level = opts.optimization_level
@@ -122,7 +124,7 @@ def builder_config(builder, opts: TrtOptions, profiles, *, typed: bool, int8: bo
     if opts.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer info names precisions
-    for p in profiles:
+    for p in choices.profiles:
         profile = builder.create_optimization_profile()
         for name, r in p.items():
             try:
@@ -179,19 +181,19 @@ def layer_information(plan: bytes, host_code: bool) -> dict[str, Any]:
     return json.loads(info)
 
 
-def build_plan(source: Path, io: IoSpec, opts: TrtOptions, profiles, fp32, *, typed: bool,
-               int8: bool, sparse: bool):  # fmt: skip
+def build_plan(source: Path, io: IoSpec, opts: TrtOptions, choices: PlanChoices):
     """(the serialized plan, the builder config, whether its timing cache was seeded). An fp16
     build parses this target's fp16 copy of the model, made in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="edgesmith-trt-") as tmp:
         parsed = source
-        if opts.fp16 and typed:
+        if opts.fp16 and choices.typed:
             full = onnx.load(str(source))  # with its external data
+            fp32 = list(choices.fp32_nodes), list(choices.fp32_ops)
             parsed = fp16_model(full, *fp32, Path(tmp) / "model.fp16.onnx")
         # The parser owns the weights the network points to: keep it until the build ends.
-        builder, network, _parser = network_from_onnx_path(parsed, typed)
-        check_network(network, io, profiles, source)
-        config = builder_config(builder, opts, profiles, typed=typed, int8=int8, sparse=sparse)
+        builder, network, _parser = network_from_onnx_path(parsed, choices.typed)
+        check_network(network, io, choices.profiles, source)
+        config = builder_config(builder, opts, choices)
         seeded = attach_timing_cache(config, opts)
         trt_logger().errors.clear()
         plan = builder.build_serialized_network(network, config)
@@ -204,26 +206,8 @@ def build_plan(source: Path, io: IoSpec, opts: TrtOptions, profiles, fp32, *, ty
 class TrtGpu:
     """Target `trt-gpu`: TensorRT 10 on the CUDA device torch sees as current.
 
-    Options (BuildConfig.options):
-      fp16          build an fp16 engine (bool, default false): an fp16 copy of the model
-      fp32_layers   node names or op types kept in fp32 in an fp16 build (its fallback list)
-      tf32          let fp32 layers use TF32 on Ampere and later (bool, default false)
-      int8          int8 layers (bool); on by itself for a model with int8 Q/DQ, which needs
-                    it, and refused for a model without (trt-gpu does not calibrate)
-      workspace_mb  the builder's workspace limit in MiB (default: TensorRT's, all memory)
-      min_batch, opt_batch, max_batch
-                    the range of a dynamic first axis (defaults below); opt is what the
-                    kernels are tuned for
-      shapes        'name:MIN:OPT:MAX' ranges (shapes like 1x128) for other dynamic axes
-      profiles      several optimization profiles: a list of tables with the four keys
-                    above; each run takes the first profile that holds its shapes
-      optimization_level  the builder's optimization level, 0-5 (TensorRT's default 3)
-      hardware_compatibility  none | ampere+ | same_compute_capability
-      version_compatible  run on this or a later TensorRT 10.x (bool)
-      timing_cache  an earlier build's timing.cache to start from (read, not modified)
-      shared_timing_cache  a timing cache file shared by builds: read, then this build's
-                    entries merged in under a lock (created if missing)
-      sparse_weights  build with SPARSE_WEIGHTS (default: when the model has 2:4 layers)
+    Its build options are TRT_OPTIONS (targets/tensorrt_options.py), checked there by
+    parse_options; `edgesmith targets --options trt-gpu` lists them.
     """
 
     name: ClassVar[str] = "trt-gpu"
@@ -239,24 +223,7 @@ class TrtGpu:
     DEFAULT_MIN_BATCH: ClassVar[int] = 1
     DEFAULT_OPT_BATCH: ClassVar[int] = 1
     DEFAULT_MAX_BATCH: ClassVar[int] = 32
-    OPTIONS: ClassVar[tuple[str, ...]] = (
-        "fp16",
-        "int8",
-        "workspace_mb",
-        "min_batch",
-        "opt_batch",
-        "max_batch",
-        "shapes",
-        "profiles",
-        "tf32",
-        "fp32_layers",
-        "optimization_level",
-        "hardware_compatibility",
-        "version_compatible",
-        "timing_cache",
-        "shared_timing_cache",
-        "sparse_weights",
-    )
+    OPTIONS: ClassVar[tuple[Option, ...]] = TRT_OPTIONS
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -274,7 +241,7 @@ class TrtGpu:
         out = Path(out)
         # Everything that can be checked without TensorRT is checked first, so bad options
         # and models give InvalidInput on any machine.
-        opts = parse_options(cfg.options, self.OPTIONS)
+        opts = parse_options(cfg.options)
         proto = check_onnx(model.path)
         io = io_from_onnx(proto)
         profiles = profile_shapes(io, opts)
@@ -299,9 +266,9 @@ class TrtGpu:
         if opts.fp32_layers and not typed:
             raise InvalidInput("trt-gpu option fp32_layers needs TensorRT with strong typing")
         here = device().facts(trt.__version__)
-        plan, config, seeded = build_plan(
-            Path(model.path), io, opts, profiles, fp32, typed=typed, int8=int8, sparse=sparse
-        )
+        choices = PlanChoices(profiles, typed=typed, int8=int8, sparse=sparse,
+                              fp32_nodes=tuple(fp32[0]), fp32_ops=tuple(fp32[1]))  # fmt: skip
+        plan, config, seeded = build_plan(Path(model.path), io, opts, choices)
         (out / ENGINE_FILE).write_bytes(plan)
         (out / TIMING_CACHE_FILE).write_bytes(bytes(config.get_timing_cache().serialize()))
         if opts.shared_timing_cache:
@@ -318,8 +285,7 @@ class TrtGpu:
             "workspace_mb": config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20,
             "tensorrt": trt.__version__, "gpu": here.gpu,
             "compute_capability": here.compute_capability,
-            "trtexec": trtexec_command(str(model.path), opts, profiles, strongly_typed=typed,
-                                       int8_flag=int8, sparse=sparse, files=files),
+            "trtexec": trtexec_command(str(model.path), opts, choices, files),
             "files": [ENGINE_FILE, TIMING_CACHE_FILE, LAYERS_FILE],
         }  # fmt: skip
         if opts.fp16 and typed:

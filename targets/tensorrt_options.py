@@ -7,11 +7,13 @@ No TensorRT or CUDA here: all of it runs, and is tested, where neither is instal
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from targets.base import Option, check_options, listed
+from targets.fp16 import FP16, FP32_LAYERS, fp32_layers_option
 from toolchain.core.artifact import IoSpec
 from toolchain.core.errors import InvalidInput
 
@@ -94,46 +96,87 @@ class TrtOptions:
         return self.profiles[0].max_batch
 
 
+@dataclass(frozen=True)
+class PlanChoices:
+    """What a trt-gpu build settled on from its options, the model and the TensorRT at hand:
+    what the builder config, the plan and the equivalent trtexec command are made from."""
+
+    profiles: Sequence[Profile]  # the optimization profiles (none for a static model)
+    typed: bool  # a strongly typed network (precision from the model), else precision flags
+    int8: bool  # the engine has int8 layers (from the model's Q/DQ)
+    sparse: bool  # built with SPARSE_WEIGHTS
+    fp32_nodes: tuple[str, ...] = ()  # kept in fp32 in an fp16 build: node names
+    fp32_ops: tuple[str, ...] = ()  # and op types
+
+
 _MOM = ("min", "opt", "max")
-_PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "shapes")
+
+# The options of one optimization profile, shared with ort-gpu's TensorRT provider. Unset
+# batch bounds follow the ones that are set, so max_batch = 4 alone is a valid request.
+PROFILE_OPTIONS = (
+    Option("min_batch", int, None, "smallest batch a dynamic first axis takes (unset: 1)",
+           minimum=1),
+    Option("opt_batch", int, None, "the batch the kernels are tuned for (unset: min_batch)",
+           minimum=1),
+    Option("max_batch", int, None,
+           "largest batch a dynamic first axis takes (unset: 32, or min_batch if larger)",
+           minimum=1),
+    Option("shapes", str | list[str], None,
+           "ranges of the other dynamic axes: 'name:MIN:OPT:MAX' entries with shapes like "
+           "1x128 (a list, or comma-separated)"),
+)  # fmt: skip
+WORKSPACE_MB = Option(
+    "workspace_mb", int, None,
+    "the TensorRT builder's workspace limit in MiB (unset: TensorRT's, all device memory)",
+    minimum=1,
+)  # fmt: skip
+
+# trt-gpu's build options (TrtGpu.OPTIONS), checked here by parse_options.
+TRT_OPTIONS: tuple[Option, ...] = (
+    FP16,
+    Option("int8", bool, None,
+           "int8 layers from the model's Q/DQ nodes (unset: on exactly when the model has "
+           "int8 Q/DQ; trt-gpu does not calibrate)"),
+    WORKSPACE_MB,
+    *PROFILE_OPTIONS,
+    Option("profiles", list[dict], None,
+           "several optimization profiles: a list of tables of min_batch, opt_batch, "
+           "max_batch, shapes; each run takes the first that holds its shapes"),
+    Option("tf32", bool, False,
+           "let fp32 layers compute in TF32 on Ampere and later (off: true fp32)"),
+    FP32_LAYERS,
+    Option("optimization_level", int, None,
+           "how long the builder searches for faster kernels (unset: TensorRT's 3)",
+           choices=tuple(OPTIMIZATION_LEVELS)),
+    Option("hardware_compatibility", str, "none",
+           "build for other GPUs too: ampere+ (compute 8.0 and later) or any GPU of this "
+           "compute capability", choices=tuple(HARDWARE_COMPATIBILITY)),
+    Option("version_compatible", bool, False,
+           "the engine also runs on a later TensorRT 10.x (its host code is embedded)"),
+    Option("timing_cache", Path, None,
+           "an earlier build's timing.cache to start from (read, not modified)"),
+    Option("shared_timing_cache", Path, None,
+           "a timing cache shared by builds: read, then this build's entries merged in "
+           "under a lock (created if missing)"),
+    Option("sparse_weights", bool, None,
+           "let 2:4-sparse layers run on sparse tensor cores (unset: on when the model has "
+           "2:4 layers)"),
+)  # fmt: skip
 
 
 def shape_str(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
-def bool_option(options: Mapping[str, Any], key: str, target: str = "trt-gpu") -> bool | None:
-    if key not in options:
+def _file_option(value: str | Path | None, key: str, must_exist: bool) -> Path | None:
+    """A checked path option: a file that exists, or one that can be written."""
+    if value is None:
         return None
-    v = options[key]
-    if not isinstance(v, bool):
-        raise InvalidInput(f"{target} option {key}: expected true or false, got {v!r}")
-    return v
-
-
-def int_option(
-    options: Mapping[str, Any], key: str, lowest: int = 1, target: str = "trt-gpu"
-) -> int | None:
-    if key not in options:
-        return None
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
-        what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
-        raise InvalidInput(f"{target} option {key}: expected {what}, got {v!r}")
-    return v
-
-
-def _file_option(options: Mapping[str, Any], key: str, must_exist: bool) -> Path | None:
-    if key not in options:
-        return None
-    v = options[key]
-    if not isinstance(v, str | Path) or not str(v):
-        raise InvalidInput(f"trt-gpu option {key}: expected a file path, got {v!r}")
-    p = Path(v).expanduser()
+    p = Path(value).expanduser()
     if must_exist and not p.is_file():
-        raise InvalidInput(f"trt-gpu option {key}: no such file: {v}")
+        raise InvalidInput(f"trt-gpu option {key}: no such file: {value}")
     if not must_exist and (p.is_dir() or not p.parent.is_dir()):
-        raise InvalidInput(f"trt-gpu option {key}: {v} is not a file in an existing directory")
+        raise InvalidInput(f"trt-gpu option {key}: {value} is not a file in an existing directory")
     return p
 
 
@@ -151,23 +194,14 @@ def parse_shape(text: str, what: str, target: str = "trt-gpu") -> tuple[int, ...
 
 
 def parse_shapes(value: str | Sequence[str], target: str = "trt-gpu") -> dict[str, ShapeRange]:
-    """The `shapes` option: entries 'name:MIN:OPT:MAX', each shape written like 1x3x224x224.
-
-    A string holds comma-separated entries (trtexec's --minShapes style); a list holds one
-    entry per item. The name is everything before the last three colons, so ONNX names that
-    contain colons ('input:0') work.
+    """The checked `shapes` option: entries 'name:MIN:OPT:MAX', each shape written like
+    1x3x224x224, as a list or comma-separated (trtexec's --minShapes style). The name is
+    everything before the last three colons, so ONNX names that contain colons ('input:0')
+    work.
     """
-    if isinstance(value, str):
-        entries = [e for e in value.split(",") if e.strip()]
-    elif isinstance(value, Sequence) and all(isinstance(e, str) for e in value):
-        entries = list(value)
-    else:
-        raise InvalidInput(
-            f"{target} option shapes: expected 'name:MIN:OPT:MAX' strings, got {value!r}"
-        )
     out: dict[str, ShapeRange] = {}
-    for entry in entries:
-        parts = entry.strip().rsplit(":", 3)
+    for entry in listed(value):
+        parts = entry.rsplit(":", 3)
         if len(parts) != 4 or not parts[0]:
             raise InvalidInput(
                 f"{target} option shapes: '{entry}' is not 'name:MIN:OPT:MAX' "
@@ -183,94 +217,59 @@ def parse_shapes(value: str | Sequence[str], target: str = "trt-gpu") -> dict[st
     return out
 
 
-def profile_options(options: Mapping[str, Any], target: str = "trt-gpu") -> ProfileOptions:
+def profile_options(values: Mapping[str, Any], target: str = "trt-gpu") -> ProfileOptions:
+    """One profile from the checked PROFILE_OPTIONS values (None: unset)."""
     d = ProfileOptions()
-    batch_keys = ("min_batch", "opt_batch", "max_batch")
-    given = {k: int_option(options, k, target=target) for k in batch_keys}
-    # Unset batch bounds follow the ones that are set, so max_batch=4 alone is a valid request.
-    mn = given["min_batch"] or d.min_batch
-    mx = given["max_batch"] or max(d.max_batch, mn)
-    opt = given["opt_batch"] or min(max(d.opt_batch, mn), mx)
+    mn = values["min_batch"] or d.min_batch
+    mx = values["max_batch"] or max(d.max_batch, mn)
+    opt = values["opt_batch"] or min(max(d.opt_batch, mn), mx)
     if not mn <= opt <= mx:
         raise InvalidInput(
             f"{target} options: need min_batch <= opt_batch <= max_batch, got {mn}, {opt}, {mx}"
         )
-    shapes = parse_shapes(options["shapes"], target) if "shapes" in options else {}
+    shapes = parse_shapes(values["shapes"], target) if values["shapes"] is not None else {}
     return ProfileOptions(mn, opt, mx, shapes)
 
 
-def _profiles_option(options: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
+def _profiles_option(values: Mapping[str, Any]) -> tuple[ProfileOptions, ...]:
     """`profiles`: a list of tables with the profile keys; else the top-level keys make one."""
-    if "profiles" not in options:
-        return (profile_options(options),)
-    clash = [k for k in _PROFILE_KEYS if k in options]
+    if values["profiles"] is None:
+        return (profile_options(values),)
+    clash = [o.name for o in PROFILE_OPTIONS if values[o.name] is not None]
     if clash:
         raise InvalidInput(
             f"trt-gpu options: {', '.join(clash)} and profiles both given; "
             "put them inside each profile"
         )
-    value = options["profiles"]
-    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-        raise InvalidInput(
-            f"trt-gpu option profiles: expected a list of tables with {', '.join(_PROFILE_KEYS)}"
-        )
-    out = []
-    for i, p in enumerate(value):
-        if not isinstance(p, Mapping) or set(p) - set(_PROFILE_KEYS):
-            extra = sorted(set(p) - set(_PROFILE_KEYS)) if isinstance(p, Mapping) else p
-            raise InvalidInput(
-                f"trt-gpu option profiles[{i}]: unexpected {extra!r}; a profile takes "
-                f"{', '.join(_PROFILE_KEYS)}"
-            )
-        out.append(profile_options(p))
-    return tuple(out)
+    if not values["profiles"]:
+        raise InvalidInput("trt-gpu option profiles: expected a list of at least one table")
+    return tuple(
+        profile_options(check_options(f"trt-gpu profiles[{i}]", PROFILE_OPTIONS, p))
+        for i, p in enumerate(values["profiles"])
+    )
 
 
-def names_option(options: Mapping[str, Any], key: str, target: str = "trt-gpu") -> tuple[str, ...]:
-    v = options.get(key, [])
-    if isinstance(v, str):
-        v = [s for s in v.split(",") if s.strip()]
-    if not isinstance(v, Sequence) or not all(isinstance(s, str) and s.strip() for s in v):
-        raise InvalidInput(f"{target} option {key}: expected a list of names, got {v!r}")
-    return tuple(s.strip() for s in v)
-
-
-def parse_options(options: Mapping[str, Any], known: Iterable[str]) -> TrtOptions:
-    """Check BuildConfig.options without TensorRT: unknown keys, types, ranges, batch order."""
-    known = tuple(known)
-    unknown = set(options) - set(known)
-    if unknown:
-        raise InvalidInput(
-            f"unknown trt-gpu option(s) {sorted(unknown)}; available: {', '.join(known)}"
-        )
-    level = int_option(options, "optimization_level", lowest=0)
-    if level is not None and level not in OPTIMIZATION_LEVELS:
-        raise InvalidInput(f"trt-gpu option optimization_level: 0 to 5, got {level}")
-    hw = options.get("hardware_compatibility", "none")
-    if hw not in HARDWARE_COMPATIBILITY:
-        raise InvalidInput(
-            f"trt-gpu option hardware_compatibility: {hw!r}; one of "
-            f"{', '.join(HARDWARE_COMPATIBILITY)}"
-        )
-    if "timing_cache" in options and "shared_timing_cache" in options:
+def parse_options(options: Mapping[str, Any]) -> TrtOptions:
+    """trt-gpu's build options, checked without TensorRT: the keys and types against
+    TRT_OPTIONS, then what the declaration cannot say (batch order, files, combinations)."""
+    o = check_options("trt-gpu", TRT_OPTIONS, options)
+    if o["timing_cache"] is not None and o["shared_timing_cache"] is not None:
         raise InvalidInput("trt-gpu options: give timing_cache or shared_timing_cache, not both")
-    fp16 = bool(bool_option(options, "fp16"))
-    fp32_layers = names_option(options, "fp32_layers")
-    if fp32_layers and not fp16:
-        raise InvalidInput("trt-gpu option fp32_layers: only with fp16 = true (all else is fp32)")
     return TrtOptions(
-        fp16=fp16,
-        int8=bool_option(options, "int8"),
-        tf32=bool(bool_option(options, "tf32")),
-        workspace_mb=int_option(options, "workspace_mb"),
-        profiles=_profiles_option(options),
-        timing_cache=_file_option(options, "timing_cache", must_exist=True),
-        shared_timing_cache=_file_option(options, "shared_timing_cache", must_exist=False),
-        sparse_weights=bool_option(options, "sparse_weights"),
-        optimization_level=level,
-        hardware_compatibility=hw,
-        version_compatible=bool(bool_option(options, "version_compatible")),
-        fp32_layers=fp32_layers,
+        fp16=o["fp16"],
+        int8=o["int8"],
+        tf32=o["tf32"],
+        workspace_mb=o["workspace_mb"],
+        profiles=_profiles_option(o),
+        timing_cache=_file_option(o["timing_cache"], "timing_cache", must_exist=True),
+        shared_timing_cache=_file_option(
+            o["shared_timing_cache"], "shared_timing_cache", must_exist=False
+        ),
+        sparse_weights=o["sparse_weights"],
+        optimization_level=o["optimization_level"],
+        hardware_compatibility=o["hardware_compatibility"],
+        version_compatible=o["version_compatible"],
+        fp32_layers=fp32_layers_option(o, "trt-gpu"),
     )
 
 
@@ -386,21 +385,20 @@ def profiles_from_json(value: Any) -> list[Profile]:
 
 
 def trtexec_command(
-    onnx_name: str, opts: TrtOptions, profiles: Sequence[Profile], *, strongly_typed: bool,
-    int8_flag: bool, sparse: bool, files: Mapping[str, str],
-) -> str:  # fmt: skip
+    onnx_name: str, opts: TrtOptions, choices: PlanChoices, files: Mapping[str, str]
+) -> str:
     """The trtexec command line that builds the same engine from the same model (TensorRT 10
     trtexec flags; each repeated --minShapes/--optShapes/--maxShapes triple is one profile)."""
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={files['engine']}", "--skipInference"]
-    if strongly_typed:
+    if choices.typed:
         args.append("--stronglyTyped")
     else:  # the weakly typed build of a TensorRT without strong typing
-        args += ["--fp16"] * opts.fp16 + ["--int8"] * int8_flag
+        args += ["--fp16"] * opts.fp16 + ["--int8"] * choices.int8
     if not opts.tf32:
         args.append("--noTF32")
     if opts.workspace_mb:
         args.append(f"--memPoolSize=workspace:{opts.workspace_mb}M")
-    for p in profiles:
+    for p in choices.profiles:
         for k in _MOM:
             spec = ",".join(f"{n}:{shape_str(getattr(r, k))}" for n, r in p.items())
             args.append(f"--{k}Shapes={spec}")
@@ -411,7 +409,7 @@ def trtexec_command(
         args.append(f"--hardwareCompatibilityLevel={hw}")
     if opts.version_compatible:
         args.append("--versionCompatible")
-    if sparse:
+    if choices.sparse:
         args.append("--sparsity=enable")
     cache = opts.shared_timing_cache or opts.timing_cache
     if cache:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -26,14 +27,26 @@ class BenchStage(StageConfig):
     threads: int | None = None
 
 
-def bench(
-    runner: Runner, batches: list[int], warmup: int, iterations: int, threads: int | None
-) -> dict:
+@dataclass
+class BenchReport:
+    """bench.json: per batch size, latency percentiles (ms) and throughput, with the threads
+    and the instruction set they were measured with."""
+
+    model: str
+    target: str
+    threads: int
+    rows: list[dict[str, Any]]
+    isa: dict[str, Any]
+
+
+def bench(runner: Runner, cfg: BenchStage) -> tuple[int, list[dict[str, Any]]]:
+    """(threads, a row per batch size): warm-up, then percentiles of timed runs."""
     rows = []
-    for b in batches:
-        lat = latency(runner, synthetic_feeds(runner.io, b), warmup, iterations)
+    for b in cfg.batches:
+        lat = latency(runner, synthetic_feeds(runner.io, b), cfg.warmup, cfg.iterations)
         rows.append({"batch": b, **lat, "throughput_per_s": b * 1e3 / lat["p50"]})
-    return {"threads": threads or getattr(runner, "threads", None) or os.cpu_count(), "rows": rows}
+    threads = cfg.threads or getattr(runner, "threads", None) or os.cpu_count() or 1
+    return threads, rows
 
 
 def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
@@ -50,12 +63,14 @@ def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
         built_for = read_engine_config(src.path)["target"]
         if built_for != cfg.target:
             raise InvalidInput(f"{src.path}: an engine for {built_for}, not {cfg.target}")
+    from toolchain.core.presets import detect_isa
+    from toolchain.core.report import report_json
+
     runner = runner_for(src, threads=cfg.threads)
-    result = {
-        "model": str(src.path),
-        "target": cfg.target,
-        **bench(runner, cfg.batches, cfg.warmup, cfg.iterations, cfg.threads),
-    }
+    threads, rows = bench(runner, cfg)
+    result = report_json(
+        BenchReport(str(src.path), cfg.target, threads, rows, detect_isa().summary())
+    )
     write_json(work.out / BENCH_FILE, result)
     summary = "; ".join(
         f"batch {r['batch']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, "

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from targets.base import BuildConfig
+from targets.base import BuildConfig, option_values
 from toolchain.core.artifact import Format, info_with_carried
 from toolchain.core.errors import InvalidInput, TargetUnavailable
 from toolchain.core.files import carry_preprocessing, sha256_path
@@ -23,6 +23,9 @@ class BuildStage(StageConfig):
 def run(inputs: Inputs, cfg: BuildStage, work: Workdir) -> StageResult:
     src, out = inputs.model, work.out
     target = get_target(cfg.target)
+    # the options against the target's declaration first: a wrong key or value is exit 2 on
+    # any machine, before anything is built
+    options = option_values(target, cfg.options)
     why = target.unavailable_reason()
     if why:
         raise TargetUnavailable(f"target '{cfg.target}' cannot build on this machine: {why}")
@@ -30,7 +33,7 @@ def run(inputs: Inputs, cfg: BuildStage, work: Workdir) -> StageResult:
         raise InvalidInput(
             f"{src.path}: build takes an ONNX model, got {src.format.value}; export it first"
         )
-    engine = target.build(src, BuildConfig(dict(cfg.options)), out)
+    engine = target.build(src, BuildConfig(options), out)
     carried = carry_preprocessing(Path(src.path).parent, out)
     # what ships: the carried files too; the engine describes itself like the model it runs
     engine = replace(

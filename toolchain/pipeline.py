@@ -155,21 +155,33 @@ def _cached(out: Path, key: str) -> dict[str, Any] | None:
     return None if integrity_problems(out, manifest) else manifest
 
 
+@dataclass(frozen=True)
+class Step:
+    """One stage of a recipe as the pipeline runs it: its config, its output directory and
+    its cache key."""
+
+    cfg: StageConfig
+    out: Path
+    key: str
+
+
 def _run_stage(
-    stage: Stage, cfg, inputs: Inputs, out: Path, key: str, recipe: Recipe, emit
+    step: Step, inputs: Inputs, recipe: Recipe, emit
 ) -> tuple[StageResult, ModelArtifact | None]:
     """Run one stage into a temporary directory that becomes `out` with its manifest."""
+    cfg, out = step.cfg, step.out
+    stage = get_stage(cfg.kind)
     with atomic_dir(out) as tmp:
         work = workdir(out, tmp, stage.kind, emit)
         result = stage.run(inputs, cfg, work)
         write_manifest(
             tmp,
             result.artifact,
-            stage=cfg.kind,
-            config=cfg.model_dump(),
-            cache_key=key,
-            metrics=result.metrics,
-            extra={
+            {
+                "stage": cfg.kind,
+                "cache_key": step.key,
+                "config": cfg.model_dump(),
+                "metrics": result.metrics or {},
                 "passed": result.passed,
                 "summary": result.summary,
                 "input": inputs.model.sha256,
@@ -212,7 +224,7 @@ def run(recipe: Recipe, *, emit: Callable[[str], None] = log) -> RunReport:
             else:
                 emit(f"[{i}] {cfg.kind}: running → {out}")
                 inp = Inputs(current, named)
-                result, made = _run_stage(stage, cfg, inp, out, key, recipe, emit)
+                result, made = _run_stage(Step(cfg, out, key), inp, recipe, emit)
                 current = made or current
                 metrics, passed, summary = result.metrics, result.passed, result.summary
                 cached = False

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.sources import load_dataset
+from calibration.sources import Preprocess, load_dataset
 from toolchain.core.artifact import IoSpec, TensorSpec
 from toolchain.core.errors import InvalidInput
 
@@ -23,7 +23,7 @@ def test_labelled_folder_scaled_and_normalised(tmp_path):
     b = np.zeros((16, 16), np.uint8)  # resized to the model's 8x8
     write(tmp_path / "cats", "1.png", a)
     write(tmp_path / "dogs", "2.png", b)
-    data = load_dataset(tmp_path, GREY, image={"mean": [0.5], "std": [0.5]})
+    data = load_dataset(tmp_path, GREY, Preprocess(image={"mean": [0.5], "std": [0.5]}))
     assert data.labels.tolist() == [0, 1]  # sorted class folder names
     assert data.feeds["x"].shape == (2, 1, 8, 8) and data.feeds["x"].dtype == np.float32
     np.testing.assert_allclose(data.feeds["x"][0], 1.0)  # (255/255 - 0.5) / 0.5
@@ -40,7 +40,7 @@ def test_unlabelled_rgb_folder_to_grey_model(tmp_path):
 def test_bad_preprocessing_and_models(tmp_path):
     write(tmp_path, "a.png", np.zeros((8, 8), np.uint8))
     with pytest.raises(InvalidInput, match="unknown key"):
-        load_dataset(tmp_path, GREY, image={"means": [0.5]})
+        load_dataset(tmp_path, GREY, Preprocess(image={"means": [0.5]}))
     flat = IoSpec((TensorSpec("x", "float32", ("batch", 12)),), ())
     with pytest.raises(InvalidInput, match="one \\[N, C, H, W\\]"):
         load_dataset(tmp_path, flat)

@@ -56,15 +56,15 @@ def test_structured_prune_shrinks_the_graph_recovers_and_caches(cli, tiny_classi
 
 
 def test_a_pruned_folder_reloads_to_the_same_outputs(tiny_classifier, tmp_path):
-    from calibration.sources import load_dataset
+    from calibration.sources import Preprocess, load_dataset
     from toolchain.models.hf import HfRunner, load_hf
     from toolchain.prune.stage import PruneStage
     from toolchain.prune.structured import EncoderPruner, Scoring
 
     cfg = PruneStage(data=str(tiny_classifier["train"]), heads=0.5, ffn=0.3, round_to=8)
     runner = HfRunner(load_hf(tiny_classifier["model"]))
-    data = load_dataset(tiny_classifier["eval"], runner.io, tokenizer=tiny_classifier["model"],
-                        seq_len=48, limit=16)  # fmt: skip
+    prep = Preprocess(tiny_classifier["model"], 48)
+    data = load_dataset(tiny_classifier["eval"], runner.io, prep, 16)
     scoring = Scoring("taylor", data, "logits", lambda _m: None)
     pruner = EncoderPruner(load_hf(tiny_classifier["model"]), cfg, scoring)
     pruned = pruner.apply(pruner.plan(0.5, 0.3))

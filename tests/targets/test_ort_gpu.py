@@ -201,17 +201,18 @@ def test_fp16_engine(gpu_ort, tmp_path):
 @pytest.mark.parametrize(
     "options, words",
     [
-        ({"fast": True}, "unknown ort-gpu option(s) ['fast']"),
-        ({"provider": "rocm"}, "provider: 'rocm'; one of cuda, tensorrt"),
+        ({"fast": True}, "unknown ort-gpu option 'fast'; ort-gpu takes provider, device_id"),
+        ({"provider": "rocm"}, "provider: expected one of cuda, tensorrt, got 'rocm'"),
         ({"max_batch": 4}, "max_batch apply to provider = tensorrt only"),
         ({"fp32_layers": ["fc"]}, "fp32_layers: only with fp16 = true"),
         ({"fp16": True, "fp32_layers": ["nope"]}, "'nope' is neither a node name"),
-        ({"cudnn_conv_algo_search": "FAST"}, "cudnn_conv_algo_search: one of"),
+        ({"cudnn_conv_algo_search": "FAST"}, "cudnn_conv_algo_search: expected one of"),
         ({"provider": "tensorrt", "min_batch": 8, "max_batch": 4}, "min_batch <= opt_batch"),
-        ({"device_id": -1}, "device_id: expected an integer >= 0"),
-        ({"fp16": "yes"}, "ort-gpu option fp16: expected true or false"),
+        ({"device_id": -1}, "device_id: expected int >= 0, got -1"),
+        ({"fp16": "yes"}, "ort-gpu option fp16: expected bool, got 'yes'"),
         ({"provider": "tensorrt", "shapes": 3}, "ort-gpu option shapes: expected"),
-        ({"provider": "tensorrt", "max_batch": 0}, "ort-gpu option max_batch: expected a positive"),
+        ({"provider": "tensorrt", "max_batch": 0}, "ort-gpu option max_batch: expected int >= 1"),
+        ({"trt_cache_dir": "/tmp/c"}, "trt_cache_dir apply to provider = tensorrt only"),
     ],
 )
 def test_bad_options(gpu_ort, tmp_path, options, words):

@@ -1,5 +1,6 @@
 """A target in a few lines (tests/targets/test_toy_target.py): the ONNX as it is, run by
-onnxruntime with every optimisation off; int8 in the symmetric form."""
+onnxruntime at the optimisation level its one build option names; int8 in the symmetric
+form."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from targets.base import ENGINE_CONFIG, read_engine_config
-from targets.ort_cpu import runner_from_onnx
+from targets.base import ENGINE_CONFIG, Option, option_values, read_engine_config
+from targets.ort_cpu import SessionSettings, runner_from_onnx
 from toolchain.core.artifact import Format, ModelArtifact
+from toolchain.core.ort_session import OPT_LEVELS
 from toolchain.core.presets import Preset
 
 
 class Toy:
     name: ClassVar[str] = "toy"
+    OPTIONS: ClassVar[tuple[Option, ...]] = (
+        Option("level", str, "disable", "onnxruntime's graph optimisation level when it runs",
+               choices=OPT_LEVELS),
+    )  # fmt: skip
     PRESETS: ClassVar[dict[str, Preset]] = {
         "toy-int8": Preset(
             name="toy-int8",
@@ -33,10 +39,13 @@ class Toy:
         return None
 
     def build(self, model, cfg, out: Path) -> ModelArtifact:
+        o = option_values(self, cfg.options)  # checked, defaults filled in
         shutil.copy2(model.path, out / "model.onnx")
-        (out / ENGINE_CONFIG).write_text(json.dumps({"target": self.name, "model": "model.onnx"}))
+        settings = {"target": self.name, "model": "model.onnx", "level": o["level"]}
+        (out / ENGINE_CONFIG).write_text(json.dumps(settings))
         return ModelArtifact.at(out, Format.engine, precision=model.precision, parent=model.sha256)
 
     def load(self, engine: ModelArtifact, threads: int | None = None):
         cfg = read_engine_config(engine.path)
-        return runner_from_onnx(engine.path / cfg["model"], level="disable", threads=threads)
+        settings = SessionSettings(level=cfg["level"], threads=threads)
+        return runner_from_onnx(engine.path / cfg["model"], settings)

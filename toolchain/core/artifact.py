@@ -155,22 +155,15 @@ def tool_versions() -> dict[str, str]:
 
 
 def write_manifest(
-    directory: Path,
-    artifact: ModelArtifact | None,
-    *,
-    stage: str,
-    config: dict[str, Any],
-    cache_key: str,
-    metrics: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
+    directory: Path, artifact: ModelArtifact | None, record: dict[str, Any]
 ) -> dict[str, Any]:
-    """manifest.json beside an artifact: every file's sha256, parent, recipe, tools, metrics.
+    """manifest.json beside an artifact: the artifact, every file's sha256 and the tools'
+    versions, with the stage's `record` (stage, cache_key, config, metrics, ...).
 
     `artifact.path` is recorded relative to `directory`.
     """
     manifest = {
-        "stage": stage,
-        "cache_key": cache_key,
+        **record,
         "artifact": None
         if artifact is None
         else {
@@ -186,10 +179,7 @@ def write_manifest(
             "meta": artifact.meta,
         },  # None: the stage made no model (validate, bench)
         "files": file_hashes(directory),
-        "config": config,
         "tools": tool_versions(),
-        "metrics": metrics or {},
-        **(extra or {}),
     }
     write_json(directory / MANIFEST, manifest)
     return manifest

@@ -11,7 +11,8 @@ writes.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -33,6 +34,25 @@ class DistillStage(Training):
         if (self.student is None) == (self.student_layers is None):
             raise ValueError("give exactly one of student (a factory) and student_layers")
         return self
+
+
+@dataclass
+class DistillReport:
+    """The distillation's record (the manifest's metrics): sizes, the loss and its output,
+    the rate, and the training's result (training/trainer.py: TrainResult)."""
+
+    teacher_params: int
+    student_params: int
+    param_ratio: float
+    loss: str
+    output: str
+    lr: float
+    training: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The training's result beside the other fields, as the manifest has always held it."""
+        fields = {k: v for k, v in asdict(self).items() if k != "training"}
+        return {**fields, **self.training}
 
 
 def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
@@ -61,22 +81,22 @@ def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
         return StageResult(None)
     art = setup.save(work.out)
     ratio = setup.student_params / setup.teacher_params
-    metrics = {
-        "teacher_params": setup.teacher_params,
-        "student_params": setup.student_params,
-        "param_ratio": ratio,
-        "loss": setup.train_cfg.loss,
-        "output": setup.train_cfg.output,
-        "lr": setup.train_cfg.lr,
-        **result.to_dict(),
-    }
+    report = DistillReport(
+        setup.teacher_params,
+        setup.student_params,
+        ratio,
+        setup.train_cfg.loss,
+        setup.train_cfg.output,
+        setup.train_cfg.lr,
+        result.to_dict(),
+    )
     teacher = f" (teacher {result.teacher_metric:.4f})" if result.teacher_metric is not None else ""
     summary = (
         f"student {setup.student_params:,} parameters ({ratio:.1%} of the teacher's); best "
         f"epoch {result.best_epoch}/{cfg.epochs}: eval {result.metric_name} "
         f"{result.best_metric:.4f}{teacher}"
     )
-    return StageResult(art, metrics, summary=summary)
+    return StageResult(art, report.to_json(), summary=summary)
 
 
 STAGE = Stage(

@@ -6,12 +6,13 @@ artifact any stage made exports with no flags and no recipe.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from toolchain.core.artifact import Format, ModelArtifact
+from toolchain.core.artifact import Format, ModelArtifact, ModelInfo
 from toolchain.core.errors import InvalidInput
 from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
 
@@ -60,7 +61,29 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
         return checker.result(), figures
 
 
-def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
+@dataclass
+class Exported:
+    """What an exporter made: the ONNX file, a runner of the source to check it against,
+    the samples to check on, and what the artifact records (info, meta)."""
+
+    path: Path
+    reference: Any
+    samples: list[dict[str, Any]]
+    info: ModelInfo
+    meta: dict[str, Any]
+
+
+@dataclass
+class ExportReport:
+    """The export's record (the manifest's metrics): the check against the source, per
+    output and sample, and the tolerances it was held to."""
+
+    check: list[dict[str, Any]]
+    atol: float
+    rtol: float
+
+
+def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
     from toolchain.models.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
 
     exporter = cfg.exporter or default_exporter()
@@ -71,10 +94,10 @@ def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage):
     tokenizer = str(out) if (out / "tokenizer_config.json").is_file() else src.info.tokenizer
     info = src.info.inherit(task=hf.task, tokenizer=tokenizer)
     meta = {"task": hf.task, "library": hf.library, "exporter": exporter}
-    return path, HfRunner(hf), samples, info, meta
+    return Exported(path, HfRunner(hf), samples, info, meta)
 
 
-def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):
+def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
     from toolchain.models.source import torch_spec
     from toolchain.models.torch import TorchRunner, load_torch, onnx_from_torch
 
@@ -82,38 +105,41 @@ def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage):
     path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
     samples = [tm.example(batch=1 + i, seed=i) for i in range(cfg.check_samples)]
     info = src.info.inherit(outputs=tuple(tm.output_names))
-    return path, TorchRunner(tm), samples, info, {"inputs": [d.__dict__ for d in tm.inputs]}
+    meta = {"inputs": [d.__dict__ for d in tm.inputs]}
+    return Exported(path, TorchRunner(tm), samples, info, meta)
 
 
 def run(inputs: Inputs, cfg: ExportStage, work: Workdir) -> StageResult:
     from toolchain.core.onnx_model import io_from_onnx, onnx_digest
+    from toolchain.core.report import report_json
 
     src = inputs.model
     if src.format is Format.hf:
-        path, reference, samples, info, meta = _from_hf(src, work.out, cfg)
+        made = _from_hf(src, work.out, cfg)
     elif src.format is Format.torch:
-        path, reference, samples, info, meta = _from_torch(src, work.out, cfg)
+        made = _from_torch(src, work.out, cfg)
     else:
         raise InvalidInput(
             f"{src.path}: export takes a PyTorch or Hugging Face model; "
             f"this is already {src.format.value}"
         )
-    proto, figures = checked_export(path, reference, samples, cfg)
+    proto, figures = checked_export(made.path, made.reference, made.samples, cfg)
     worst = max(figures, key=lambda f: f["max_abs"])
     art = ModelArtifact(
-        path,
+        made.path,
         Format.onnx,
         io=io_from_onnx(proto),
-        sha256=onnx_digest(path, proto),
+        sha256=onnx_digest(made.path, proto),
         parent=src.sha256,
-        info=info,
-        meta={"opset": cfg.opset, **meta},
+        info=made.info,
+        meta={"opset": cfg.opset, **made.meta},
     )
     summary = (
-        f"checked against the source on {len(samples)} samples: max abs diff "
+        f"checked against the source on {len(made.samples)} samples: max abs diff "
         f"{worst['max_abs']:.2e} ({worst['name']}), within atol={cfg.atol} rtol={cfg.rtol}"
     )
-    return StageResult(art, {"check": figures, "atol": cfg.atol, "rtol": cfg.rtol}, summary=summary)
+    report = ExportReport(figures, cfg.atol, cfg.rtol)
+    return StageResult(art, report_json(report), summary=summary)
 
 
 STAGE = Stage(

@@ -407,7 +407,7 @@ def onnx_from_hf(hf: HfModel, out_dir: Path, opset: int, exporter: str = "torch"
 def _torch_export(hf: HfModel, out: Path, opset: int) -> Path:
     import torch
 
-    from toolchain.models.torch import export_onnx, export_view
+    from toolchain.models.torch import ExportCall, export_onnx, export_view
 
     sig = hf.signature
     names = list(sig.inputs)
@@ -428,7 +428,7 @@ def _torch_export(hf: HfModel, out: Path, opset: int) -> Path:
 
     view = export_view(hf.model, names, call)
     with _quiet():
-        export_onnx(view, args, out, opset, (names, list(sig.outputs)), shapes)
+        export_onnx(ExportCall(view, args, names, list(sig.outputs), shapes), out, opset)
     return out
 
 

@@ -10,9 +10,9 @@ from toolchain.core.registry import get_target
 def runner_for(art: ModelArtifact, threads: int | None = None) -> Runner:
     """A runner for `art`, from what the artifact says about itself (ModelArtifact.info)."""
     if art.format is Format.onnx:
-        from targets.ort_cpu import runner_from_onnx
+        from targets.ort_cpu import SessionSettings, runner_from_onnx
 
-        return runner_from_onnx(art.path, threads=threads)
+        return runner_from_onnx(art.path, SessionSettings(threads=threads))
     if art.format is Format.engine:
         target = get_target(read_engine_config(art.path)["target"])
         return target.load(art, threads=threads)

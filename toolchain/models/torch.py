@@ -398,29 +398,40 @@ def onnx_from_torch(model: TorchModel, out: Path, opset: int) -> Path:
             or None
             for d in model.inputs
         }
-    return export_onnx(src, args, out, opset, (names, model.output_names), shapes)
+    return export_onnx(ExportCall(src, args, names, list(model.output_names), shapes), out, opset)
 
 
-def export_onnx(
-    src: Any, args: tuple, out: Path, opset: int, names: tuple[list[str], list[str]], shapes: Any
-) -> Path:
-    """torch.onnx's dynamo exporter on `src` (a module or a torch.export program), its errors
-    as one line; inline weights unless the protobuf 2 GB limit forces external data."""
+@dataclass(frozen=True)
+class ExportCall:
+    """What the exporter is given: a module or a torch.export program, example arguments,
+    the ONNX input and output names, and the dynamic shapes (None: every axis static)."""
+
+    src: Any
+    args: tuple
+    inputs: list[str]
+    outputs: list[str]
+    shapes: Any = None
+
+
+def export_onnx(call: ExportCall, out: Path, opset: int) -> Path:
+    """torch.onnx's dynamo exporter on the call, its errors as one line; inline weights
+    unless the protobuf 2 GB limit forces external data."""
+    src = call.src
     module = src.module() if hasattr(src, "graph_signature") else src
     params = sum(p.numel() * p.element_size() for p in module.parameters())
     kwargs: dict[str, Any] = {"external_data": params > EXTERNAL_DATA_BYTES}
-    if shapes is not None:
-        kwargs["dynamic_shapes"] = shapes
+    if call.shapes is not None:
+        kwargs["dynamic_shapes"] = call.shapes
     try:
         with quiet():
             torch.onnx.export(
                 src,
-                args,
+                call.args,
                 str(out),
                 dynamo=True,
                 opset_version=opset,
-                input_names=names[0],
-                output_names=names[1],
+                input_names=call.inputs,
+                output_names=call.outputs,
                 **kwargs,
             )
     except Exception as e:  # the exporter raises many types; surface one line

@@ -55,6 +55,7 @@ def engine_times(ms: dict[str, dict[str, float]], seq, threads, names: tuple[str
     record = {"seq": seq, "threads": threads, "batches": ms, "isa": isa()}
     return EngineTimes(record, {b: round(t[cand] / t[base], 4) for b, t in ms.items()})
 
+
 UNITS = {"heads": "heads", "ffn": "FFN neurons", "channels": "channels"}
 COLORS = ("#2e86c1", "#e67e22", "#27ae60")
 

@@ -125,4 +125,3 @@ def target_check(cfg, batch: int, ratios: dict[str, float]) -> tuple[bool, str]:
         f"target latency missed: the pruned engine re-measured {ratio:.3f}x at batch {batch} "
         f"(target {cfg.target_latency}x, tolerance {cfg.latency_tolerance:.0%})"
     )
-

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from calibration.cache import CacheKey, CalibrationCache
-from calibration.sources import TEXT_SUFFIXES, Dataset, load_dataset
+from calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
 from calibration.statistics import (
     MethodSpec,
     PassSettings,
@@ -45,7 +45,7 @@ def load_checked(which: str, io: IoSpec, cfg, tok: Path | None) -> Dataset:
             f"{what} {p}: text data needs --tokenizer (no tokenizer beside the model)"
         )
     limit = cfg.eval_limit if which == "eval" else None
-    return load_dataset(p, io, tokenizer=tok, seq_len=cfg.seq_len, limit=limit, image=cfg.image)
+    return load_dataset(p, io, Preprocess(tok, cfg.seq_len, cfg.image), limit)
 
 
 def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:
@@ -73,6 +73,19 @@ class Prepared:
     masked: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class Channels:
+    """What the channel pass did: the plan (the split's float MatMuls added), the outlier
+    channels left out of each tensor's range, the split and smoothing records, and the
+    pass's own record (None: no channel pass)."""
+
+    plan: Plan
+    masked: dict[str, np.ndarray] = field(default_factory=dict)
+    outliers: list[dict] = field(default_factory=list)
+    smoothed: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None
+
+
 class Calibrator:
     """The calibration passes of one quantize run: data, cache, preset and the pass settings."""
 
@@ -98,41 +111,40 @@ class Calibrator:
         return calib, {"pass": what, "cached": False, "seconds": round(seconds, 2),
                        "entry": entry}  # fmt: skip
 
-    def channel_pass(self, model, proto, plan: Plan, info: dict) -> tuple[Plan, dict]:
+    def channel_pass(self, model, proto, plan: Plan) -> Channels:
         """Split the outlier channels off and smooth the rest, in `model` (in place)."""
-        preset, masked = self.preset, {}
+        preset, out = self.preset, Channels(plan)
         targets = rewrites.split_targets(proto, plan.quantized(proto))
         if not targets or not (preset.outlier_ratio or preset.smooth_alpha):
-            return plan, masked
+            return out
         chans = [t.tensor for t in targets]
-        chan, done = self._cached(
+        chan, out.record = self._cached(
             Path(self.src.path),
             CacheKey(self.src.sha256, self.digest, {"method": "channel-absmax"}),
             Request(channels=chans),
             MethodSpec("minmax"),
             "channel maxima",
         )
-        info["passes"].append(done)
         if preset.outlier_ratio:
             split = rewrites.split_outliers(model, targets, chan.channel_absmax, preset)
-            plan = plan.with_float(
+            out.plan = plan.with_float(
                 split.float_nodes, "float part of a split MatMul (outlier channels)"
             )
-            masked = split.masked
-            info["outlier_channels"] = split.split
+            out.masked, out.outliers = split.masked, split.split
         if preset.smooth_alpha:
             smooth = rewrites.smooth_channels(
-                model, targets, chan.channel_absmax, preset.smooth_alpha, masked
+                model, targets, chan.channel_absmax, preset.smooth_alpha, out.masked
             )
-            masked = {smooth.renamed.get(t, t): idx for t, idx in masked.items()}
-            info["smoothed"] = {"alpha": preset.smooth_alpha, "tensors": smooth.smoothed}
-        return plan, masked
+            out.masked = {smooth.renamed.get(t, t): idx for t, idx in out.masked.items()}
+            out.smoothed = {"alpha": preset.smooth_alpha, "tensors": smooth.smoothed}
+        return out
 
-    def range_pass(self, prepared: Path, plan: Plan, masked: dict, info: dict):
-        """The activation ranges of the prepared model's quantized inputs."""
+    def range_pass(self, prepared: Path, channels: Channels) -> tuple[dict, dict]:
+        """The activation ranges of the prepared model's quantized inputs, and the pass's
+        record."""
         proto = onnx.load(str(prepared), load_external_data=False)
-        tensors = activation_tensors(proto, plan.op_types)
-        preset = self.preset
+        tensors = activation_tensors(proto, channels.plan.op_types)
+        preset, masked = self.preset, channels.masked
         levels = (
             256 if preset.activation_type == "uint8" and not preset.activation_symmetric else 128
         )
@@ -146,28 +158,29 @@ class Calibrator:
                 # the smoothing scales decide the smoothed tensors' ranges
                 "smooth": {
                     d["smoothed"]: d["scale_sha256"]
-                    for d in info.get("smoothed", {}).get("tensors", [])
+                    for d in (channels.smoothed or {}).get("tensors", [])
                 },
             },
         )
         request = Request(tensors, drop=masked, non_negative_levels=levels)
         calib, done = self._cached(prepared, key, request, self.method, self.method.name)
-        info["passes"].append(done)
-        return dict(calib.ranges)
+        return dict(calib.ranges), done
 
     def prepare(self, plan: Plan, work: Path) -> Prepared:
+        model = onnx.load(str(self.src.path))
+        proto = onnx.load(str(self.src.path), load_external_data=False)
+        channels = self.channel_pass(model, proto, plan)
+        prepared = qdq.save_model(model, work / "prepared.onnx")
+        del model
+        ranges, done = self.range_pass(prepared, channels)
         info: dict[str, Any] = {
             "method": self.method.key(),
             "samples": len(self.data),
             "seed": self.cfg.seed,
             "data_sha256": self.digest,
-            "passes": [],
-            "outlier_channels": [],
+            "passes": [r for r in (channels.record, done) if r is not None],
+            "outlier_channels": channels.outliers,
         }
-        model = onnx.load(str(self.src.path))
-        proto = onnx.load(str(self.src.path), load_external_data=False)
-        plan, masked = self.channel_pass(model, proto, plan, info)
-        prepared = qdq.save_model(model, work / "prepared.onnx")
-        del model
-        ranges = self.range_pass(prepared, plan, masked, info)
-        return Prepared(prepared, ranges, plan, info, masked)
+        if channels.smoothed is not None:
+            info["smoothed"] = channels.smoothed
+        return Prepared(prepared, ranges, channels.plan, info, channels.masked)

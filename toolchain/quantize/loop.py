@@ -11,7 +11,8 @@ from typing import Any
 import onnx
 
 from calibration.sources import Dataset
-from targets.ort_cpu import runner_from_onnx
+from calibration.statistics import PassSettings
+from targets.ort_cpu import SessionSettings, runner_from_onnx
 from toolchain.core.progress import track
 from toolchain.core.timing import interleaved
 from toolchain.evaluate.gate import Evaluator
@@ -50,11 +51,14 @@ class AccuracyLoop:
         self.src, self.data, self.cfg, self.preset = Path(job.src.path), eval_data, cfg, job.preset
         self.work, self.log = job.tmp, job.log
         self.evaluator = Evaluator(
-            runner_from_onnx(self.src, threads=cfg.threads), eval_data, cfg, cfg.batch_size
+            runner_from_onnx(self.src, SessionSettings(threads=cfg.threads)),
+            eval_data,
+            cfg,
+            cfg.batch_size,
         )
 
     def check(self, path: Path) -> tuple[bool, str, list[dict]]:
-        g = self.evaluator.gate(runner_from_onnx(path, threads=self.cfg.threads))
+        g = self.evaluator.gate(runner_from_onnx(path, SessionSettings(threads=self.cfg.threads)))
         return g.passed, g.verdict(), [c.to_dict() for c in g.checks]
 
     def run(self, first: Path, prepared: Prepared | None, out: Path) -> Outcome:
@@ -96,14 +100,19 @@ class AccuracyLoop:
         batches = [feeds for feeds, _ in sub.batches(min(self.cfg.batch_size, len(sub)))]
         ref = self.evaluator.reference_runner
         reference = [ref.infer(b) for b in batches]
-        return node_sensitivity(switch_path, switched, batches, reference, self.cfg.threads, track)
+        run = PassSettings(threads=self.cfg.threads, track=track)
+        return node_sensitivity(switch_path, switched, batches, reference, run)
 
     def _cost(self, first: Path, final: Path) -> dict[str, Any]:
         """Median ms per batch-1 call with and without the fallback, timed side by side."""
         feeds = {k: v[:1] for k, v in self.data.feeds.items()}
         runners = {
-            "all_int8": runner_from_onnx(first, threads=self.cfg.threads, spinning=False),
-            "with_fallback": runner_from_onnx(final, threads=self.cfg.threads, spinning=False),
+            "all_int8": runner_from_onnx(
+                first, SessionSettings(threads=self.cfg.threads, spinning=False)
+            ),
+            "with_fallback": runner_from_onnx(
+                final, SessionSettings(threads=self.cfg.threads, spinning=False)
+            ),
         }
         ms = interleaved(
             {k: (lambda r=r: r.infer(feeds)) for k, r in runners.items()}, LATENCY_ROUNDS

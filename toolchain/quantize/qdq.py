@@ -95,8 +95,6 @@ def quantize_static_qdq(
     ranges: dict[str, tuple[float, float]],
     preset: Preset,
     plan: Plan,
-    *,
-    overrides: dict[str, dict] | None = None,
 ) -> Path:
     """Write the QDQ model of `model_path` to `out_path` using `ranges` (no calibration run).
 
@@ -116,8 +114,6 @@ def quantize_static_qdq(
             "(quantize_static has no calibration_cache_path); install onnxruntime >= 1.22"
         )
     options = extra_options(preset)
-    if overrides:
-        options["TensorQuantOverrides"] = overrides
     model = onnx.load(str(model_path))
     copies = isolate_quantized_inputs(model, plan.quantized(model))
     ranges = {**ranges, **{c: ranges[t] for t, c in copies.items() if t in ranges}}

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from calibration.statistics import PassSettings
+
 SELECT_INPUT = "edgesmith_quantized_node"
 
 
@@ -106,14 +108,13 @@ def node_sensitivity(
     switched: list[str],
     batches: list[dict[str, np.ndarray]],
     reference: list[dict[str, np.ndarray]],
-    threads: int | None = None,
-    track: Callable | None = None,
+    run: PassSettings = PassSettings(),
 ) -> Sensitivity:
     """Run the switchable model once per node (and once with none) over `batches`."""
-    from toolchain.core.ort_session import ort_session
+    from toolchain.core.ort_session import SessionSettings, ort_session
 
     start = time.perf_counter()
-    sess = ort_session(switch_path, threads=threads)  # the engine's session settings
+    sess = ort_session(switch_path, SessionSettings(threads=run.threads))  # as the engine's
     names = [o.name for o in sess.get_outputs()]
 
     def error(index: int) -> float:
@@ -126,8 +127,8 @@ def node_sensitivity(
 
     baseline = error(-1)
     order = range(len(switched))
-    if track is not None:
-        order = track(order, len(switched), f"sensitivity of {len(switched)} quantized nodes")
+    if run.track is not None:
+        order = run.track(order, len(switched), f"sensitivity of {len(switched)} quantized nodes")
     values = {switched[i]: error(i) for i in order}
     ranking = sorted(values.items(), key=lambda kv: kv[1], reverse=True)
     return Sensitivity(ranking, baseline, time.perf_counter() - start)

@@ -18,18 +18,19 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from toolchain.core.artifact import Format, ModelArtifact, Precision
 from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import check_onnx
 from toolchain.core.recipe import Gated
 from toolchain.core.registry import get_target
 from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
 from toolchain.quantize.job import Job
-from toolchain.quantize.plan import Plan
+
+if TYPE_CHECKING:  # onnx only when a stage runs: `edgesmith --help` imports this module
+    from toolchain.quantize.plan import Plan
 
 MODEL_FILE = "model.onnx"
 
@@ -242,6 +243,7 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
 
 def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quantized]:
     """Quantize, gate and fall back, check the latency: the report so far and the result."""
+    from toolchain.core.onnx_model import check_onnx
     from toolchain.quantize.loop import AccuracyLoop
     from toolchain.quantize.plan import make_plan
 
@@ -275,7 +277,7 @@ def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quant
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     from toolchain.core.artifact import info_with_carried
     from toolchain.core.files import carry_preprocessing
-    from toolchain.core.onnx_model import io_from_onnx, onnx_digest
+    from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
     from toolchain.core.report import report_json, write_report
     from toolchain.evaluate.metrics import check_metric_names
     from toolchain.models.source import find_tokenizer

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration.sources import TEXT_SUFFIXES, Dataset, load_dataset
+from calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
 from toolchain.core.artifact import Format, IoSpec, ModelArtifact
 from toolchain.core.errors import InvalidInput
 from toolchain.core.files import sha256_file, sha256_json, sha256_path
@@ -150,7 +150,7 @@ def load_data(cfg, io: IoSpec, tokenizer: Path | None) -> tuple[Dataset, Dataset
         p = Path(path)
         if p.suffix in TEXT_SUFFIXES and tokenizer is None:
             raise InvalidInput(f"{p}: text data needs a tokenizer (set tokenizer = a model folder)")
-        return load_dataset(p, io, tokenizer=tokenizer, seq_len=cfg.seq_len, limit=cfg.limit)
+        return load_dataset(p, io, Preprocess(tokenizer, cfg.seq_len), cfg.limit)
 
     data = load(cfg.data)
     if cfg.eval_data:

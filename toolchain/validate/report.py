@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from toolchain.core.files import write_json
+from toolchain.core.report import write_report
 from toolchain.evaluate.gate import GateResult
 
-REPORT = "report.json"
 JUNIT = "junit.xml"
 SUMMARY = "summary.md"
 
 
-def write_reports(out: Path, gate: GateResult, context: dict[str, Any]) -> dict[str, Any]:
-    report = {
-        **context,
-        "passed": gate.passed,
-        "verdict": gate.verdict(),
-        "checks": [c.to_dict() for c in gate.checks],
-    }
-    write_json(out / REPORT, report)
-    _junit(out / JUNIT, gate, context.get("name", "validate"))
-    (out / SUMMARY).write_text(markdown(report))
-    return report
+@dataclass
+class ValidateReport:
+    """report.json of the validate stage: both models (path, format, sha256, size, batch-1
+    latency), the data, the gated metrics, and the gate's verdict with every check."""
+
+    candidate: dict[str, Any]
+    reference: dict[str, Any]
+    data: dict[str, Any]
+    gated_metrics: list[str]
+    passed: bool
+    verdict: str
+    checks: list[dict[str, Any]]
+    name: str = "validate"
+
+
+def write_reports(out: Path, gate: GateResult, report: ValidateReport) -> dict[str, Any]:
+    """report.json, junit.xml and summary.md; returns what report.json holds."""
+    data = write_report(out, report)
+    _junit(out / JUNIT, gate, report.name)
+    (out / SUMMARY).write_text(markdown(data))
+    return data
 
 
 def _junit(path: Path, gate: GateResult, name: str) -> None:

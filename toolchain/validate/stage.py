@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from calibration.sources import TEXT_SUFFIXES, load_dataset
+from calibration.sources import TEXT_SUFFIXES, Preprocess, load_dataset
 from toolchain.core.artifact import Format, ModelArtifact
 from toolchain.core.files import sha256_path
 from toolchain.core.recipe import Gated
@@ -18,7 +18,7 @@ from toolchain.evaluate.gate import Evaluator
 from toolchain.evaluate.metrics import check_metric_names
 from toolchain.models.runners import runner_for
 from toolchain.models.source import find_tokenizer
-from toolchain.validate.report import write_reports
+from toolchain.validate.report import ValidateReport, write_reports
 
 
 class ValidateStage(Gated):
@@ -68,30 +68,27 @@ def run(inputs: Inputs, cfg: ValidateStage, work: Workdir) -> StageResult:
     text = Path(cfg.data).suffix in TEXT_SUFFIXES
     tokenizer = find_tokenizer(cfg.tokenizer, src, ref_art) if text else None
     candidate = runner_for(src)
-    data = load_dataset(
-        Path(cfg.data), candidate.io, tokenizer=tokenizer, seq_len=cfg.seq_len, limit=cfg.limit
-    )
+    data = load_dataset(Path(cfg.data), candidate.io, Preprocess(tokenizer, cfg.seq_len), cfg.limit)
     reference = runner_for(ref_art)
     evaluator = Evaluator(reference, data, cfg, cfg.batch_size)
     gate = evaluator.gate(candidate)
     one = {k: v[:1] for k, v in data.feeds.items()}
-    report = write_reports(
-        work.out,
-        gate,
-        {
-            "name": "validate",
-            "candidate": _describe(src, candidate, one),
-            "reference": _describe(ref_art, reference, one),
-            "data": {
-                "path": cfg.data,
-                "sha256": sha256_path(Path(cfg.data)),
-                "samples": len(data),
-                "labels": data.labels is not None,
-            },
-            "gated_metrics": evaluator.metrics,
+    report = ValidateReport(
+        candidate=_describe(src, candidate, one),
+        reference=_describe(ref_art, reference, one),
+        data={
+            "path": cfg.data,
+            "sha256": sha256_path(Path(cfg.data)),
+            "samples": len(data),
+            "labels": data.labels is not None,
         },
+        gated_metrics=evaluator.metrics,
+        passed=gate.passed,
+        verdict=gate.verdict(),
+        checks=[c.to_dict() for c in gate.checks],
     )
-    return StageResult(None, report, passed=gate.passed, summary=gate.verdict())
+    written = write_reports(work.out, gate, report)
+    return StageResult(None, written, passed=gate.passed, summary=gate.verdict())
 
 
 STAGE = Stage(
