@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from toolchain.core.timing import interleaved  # noqa: F401  (the one timer, re-exported here)
+from edgesmith.toolchain.core.timing import interleaved  # noqa: F401  (the one timer, re-exported here)
 
 
 def isa() -> str:
     """The host's instruction set as every benchmark prints it: arch, the ort-cpu preset it
     gets and why, and the int8-relevant flags."""
-    from targets.ort_cpu import cpu_preset as cpu_preset_name
-    from toolchain.core.presets import detect_isa
+    from edgesmith.targets.ort_cpu import cpu_preset as cpu_preset_name
+    from edgesmith.toolchain.core.presets import detect_isa
 
     i = detect_isa()
     name, why = cpu_preset_name(i)
@@ -20,6 +20,6 @@ def isa() -> str:
 
 def held_out_sentences(n: int) -> list[str]:
     """n real English sentences (stdlib docstrings, the held-out modules), deterministic."""
-    from calibration.sentences import split_sentences
+    from edgesmith.calibration.sentences import split_sentences
 
     return split_sentences(held_out=0.2, seed=0)[1][:n]

@@ -28,8 +28,8 @@ WORK = ROOT / "build" / "bench-quantize"
 def engine(src: Path, disabled: list[str], out: Path):
     import onnx
 
-    from targets.ort_cpu import fuse_int8_bias
-    from toolchain.core.ort_session import SessionSettings, ort_session
+    from edgesmith.targets.ort_cpu import fuse_int8_bias
+    from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
 
     ort_session(  # as OrtCpu.build does
         src, SessionSettings("extended", disabled=tuple(disabled)), save_to=out

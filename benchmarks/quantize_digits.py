@@ -40,8 +40,8 @@ def sh(*args: str) -> None:
 
 def session(path: Path, name: str):
     """`edgesmith build --target ort-cpu` of the model, loaded as the engine is deployed."""
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.targets.ort_cpu import OrtCpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 
     out = WORK / f"digits-engine-{name.replace(' ', '-')}"
     sh(BIN / "edgesmith", "build", path, "--target", "ort-cpu", "-o", out)

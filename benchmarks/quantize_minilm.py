@@ -46,7 +46,7 @@ def sh(*args: str) -> None:
 
 def sentences(n_eval: int) -> tuple[Path, Path]:
     """Calibration sentences and held-out evaluation sentences, from disjoint stdlib modules."""
-    from calibration.sentences import split_sentences
+    from edgesmith.calibration.sentences import split_sentences
 
     train, test = split_sentences(held_out=0.2, seed=0)
     assert not set(train) & set(test)
@@ -178,7 +178,7 @@ def latency(sessions: dict, feeds: dict[str, np.ndarray], rounds: int) -> dict[i
 
 def session(path: Path):
     """The session every ort-cpu runner of ours makes (same options for every model)."""
-    from targets.ort_cpu import SessionSettings, session_from_onnx
+    from edgesmith.targets.ort_cpu import SessionSettings, session_from_onnx
 
     return session_from_onnx(path, SessionSettings(threads=THREADS))
 
@@ -188,8 +188,8 @@ ENGINE_MB: dict[str, float] = {}
 
 def engine_session(path: Path, name: str):
     """`edgesmith build --target ort-cpu` of the model, loaded as the engine is deployed."""
-    from targets.ort_cpu import OrtCpu
-    from toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.targets.ort_cpu import OrtCpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 
     out = WORK / ("engine-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-"))
     sh(BIN / "edgesmith", "build", path, "--target", "ort-cpu", "-o", out)
@@ -208,15 +208,15 @@ def measure_calibration(method: str, samples: int, impl: str) -> None:
     """Child process: calibrate, then print peak RSS (MiB) as JSON."""
     import onnx
 
-    from calibration.sources import Preprocess, load_dataset
-    from calibration.statistics import (
+    from edgesmith.calibration.sources import Preprocess, load_dataset
+    from edgesmith.calibration.statistics import (
         MethodSpec,
         PassSettings,
         Request,
         activation_tensors,
         calibrate,
     )
-    from toolchain.core.onnx_model import check_onnx, io_from_onnx
+    from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx
 
     model = WORK / "fp32" / "model.onnx"
     io = io_from_onnx(check_onnx(model))

@@ -63,7 +63,7 @@ def main() -> None:
     # the ort-cpu engine's rewrite (targets/ort_cpu.py: clamp_masked_softmax) on a masked graph
     from onnx import numpy_helper
 
-    from targets.ort_cpu import clamp_masked_softmax
+    from edgesmith.targets.ort_cpu import clamp_masked_softmax
 
     mask = helper.make_tensor_value_info("mask", TensorProto.INT64, [8, 1, 1, 128])
     inits = [numpy_helper.from_array(np.array(0, np.int64), "zero"),

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.prune_text_classifier import TC, THREADS, accuracy, isa  # noqa: E402
 from benchmarks.prune_text_classifier import run_recipe as tc_recipe  # noqa: E402
-from toolchain.core.timing import interleaved  # noqa: E402
+from edgesmith.toolchain.core.timing import interleaved  # noqa: E402
 
 OUT = Path("build/bench_sparsity")
 SEQ = 128
@@ -79,9 +79,9 @@ def variants(
 
 
 def main() -> None:
-    from toolchain.core.audit import audit
-    from toolchain.core.timing import synthetic_feeds
-    from toolchain.evaluate.engines import timed_runner
+    from edgesmith.toolchain.core.audit import audit
+    from edgesmith.toolchain.core.timing import synthetic_feeds
+    from edgesmith.toolchain.evaluate.engines import timed_runner
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])

@@ -33,8 +33,8 @@ def measure(exporter: str) -> Path:
     from typer.testing import CliRunner
 
     from benchmarks._common import isa
+    from edgesmith.toolchain.cli.app import make_app
     from tests import hf_families
-    from toolchain.cli.app import make_app
 
     class Result:
         def __init__(self, r) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibration.statistics import Calibration
-from toolchain.core.files import sha256_json, write_json
+from edgesmith.calibration.statistics import Calibration
+from edgesmith.toolchain.core.files import sha256_json, write_json
 
 CACHE_VERSION = 1  # bump when the statistics change meaning: old entries are then ignored
 

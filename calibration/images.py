@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

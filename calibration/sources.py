@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import require_file
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import require_file
 
 LABELS = "labels"
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -182,7 +182,7 @@ def load_dataset(
 ) -> Dataset:
     """Load data (the first `limit` samples) for a model with inputs `io.inputs` and check it
     fits, before anything runs."""
-    from calibration.images import ImagePreprocess, is_image_folder, load_image_folder
+    from edgesmith.calibration.images import ImagePreprocess, is_image_folder, load_image_folder
 
     path, tokenizer, seq_len, image = Path(path), prep.tokenizer, prep.seq_len, prep.image
     if is_image_folder(path):

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.sources import Dataset, check_finite
-from toolchain.core.errors import InvalidInput
-from toolchain.core.ort_session import SessionSettings, ort_session
+from edgesmith.calibration.sources import Dataset, check_finite
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
 
 METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_BINS = 2048

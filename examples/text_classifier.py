@@ -79,7 +79,7 @@ def split_by_module(seed: int = 0) -> dict[str, list[tuple[str, int]]]:
     """split → [(sentence, label)]: each area's modules, in a seeded order, fill the test split
     to 15% of the area's sentences, then calibration to 10%, then training; each split gets at
     least one module of every area, and no sentence is in two splits."""
-    from calibration.sentences import stdlib_sentences
+    from edgesmith.calibration.sentences import stdlib_sentences
 
     by_area: dict[str, list[str]] = {a: [] for a in AREAS}
     found = stdlib_sentences()

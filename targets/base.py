@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Protocol, get_args, get_origin, runtime_checka
 
 import numpy as np
 
-from toolchain.core.artifact import IoSpec, ModelArtifact
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.artifact import IoSpec, ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
 
 ENGINE_CONFIG = "engine.json"  # in every engine directory: target name and session settings
 

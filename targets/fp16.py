@@ -13,8 +13,8 @@ from typing import Any
 
 import onnx
 
-from targets.base import Option, listed
-from toolchain.core.errors import InvalidInput
+from edgesmith.targets.base import Option, listed
+from edgesmith.toolchain.core.errors import InvalidInput
 
 # The two build options of the GPU targets that ask for fp16 (their OPTIONS name these).
 FP16 = Option("fp16", bool, False, "build from an fp16 copy of the model (fp32 inputs and outputs)")

@@ -10,17 +10,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from targets.base import ENGINE_CONFIG, BuildConfig, Option, option_values, read_engine_config
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
-from toolchain.core.ort_session import (
+from edgesmith.targets.base import (
+    ENGINE_CONFIG,
+    BuildConfig,
+    Option,
+    option_values,
+    read_engine_config,
+)
+from edgesmith.toolchain.core.artifact import Format, IoSpec, ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.onnx_model import GraphIndex, check_onnx, io_from_onnx
+from edgesmith.toolchain.core.ort_session import (
     DISABLED_OPTIMIZERS,
     OPT_LEVELS,
     SessionSettings,
     ort_session,
 )
-from toolchain.core.presets import Isa, Preset
+from edgesmith.toolchain.core.presets import Isa, Preset
 
 __all__ = [
     "DISABLED_OPTIMIZERS",

@@ -24,23 +24,35 @@ from typing import Any, ClassVar
 
 import onnx
 
-from targets.base import ENGINE_CONFIG, BuildConfig, Option, option_values, read_engine_config
-from targets.fp16 import FP16, FP32_LAYERS, fp16_model, fp32_layer_lists, fp32_layers_option
-from targets.ort_cpu import OrtRunner
-from targets.tensorrt_options import (
+from edgesmith.targets.base import (
+    ENGINE_CONFIG,
+    BuildConfig,
+    Option,
+    option_values,
+    read_engine_config,
+)
+from edgesmith.targets.fp16 import (
+    FP16,
+    FP32_LAYERS,
+    fp16_model,
+    fp32_layer_lists,
+    fp32_layers_option,
+)
+from edgesmith.targets.ort_cpu import OrtRunner
+from edgesmith.targets.tensorrt_options import (
     PROFILE_OPTIONS,
     WORKSPACE_MB,
     TrtOptions,
     profile_options,
     profile_shapes,
 )
-from targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
-from toolchain.core.artifact import Format, ModelArtifact, Precision
-from toolchain.core.errors import InvalidInput, TargetUnavailable
-from toolchain.core.files import sha256_file, sha256_json
-from toolchain.core.onnx_model import check_onnx, io_from_onnx
-from toolchain.core.ort_session import SessionSettings, ort_session
-from toolchain.core.presets import Isa, Preset
+from edgesmith.targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
+from edgesmith.toolchain.core.errors import InvalidInput, TargetUnavailable
+from edgesmith.toolchain.core.files import sha256_file, sha256_json
+from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx
+from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
+from edgesmith.toolchain.core.presets import Isa, Preset
 
 MODEL_FILE = "model.onnx"
 CUDA, TRT = "CUDAExecutionProvider", "TensorrtExecutionProvider"

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from targets.tensorrt_options import Profile, shape_str
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.targets.tensorrt_options import Profile, shape_str
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 # Engine I/O types the runner exchanges with numpy, by trt.DataType member name. BF16 travels
 # as ml_dtypes' bfloat16 (numpy has none); onnx reads bfloat16 tensors with the same type.
@@ -100,7 +100,7 @@ def sparse_setting(requested: bool | None, model: onnx.ModelProto) -> tuple[bool
     """Whether to build with SPARSE_WEIGHTS, and what engine.json records about it: the layers
     whose weights follow 2:4 along their reduction axis (toolchain/core/audit.py), which are
     the ones TensorRT may run on sparse tensor cores (Ampere and later)."""
-    from toolchain.core.audit import weight_layers
+    from edgesmith.toolchain.core.audit import weight_layers
 
     layers = [r for r in weight_layers(model) if r["two_four"]]
     on = bool(layers) if requested is None else requested

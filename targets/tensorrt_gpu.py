@@ -27,16 +27,16 @@ from typing import Any, ClassVar
 
 import onnx
 
-from targets.base import ENGINE_CONFIG, BuildConfig, Option, read_engine_config
-from targets.fp16 import fp16_model, fp32_layer_lists
-from targets.tensorrt_config import (
+from edgesmith.targets.base import ENGINE_CONFIG, BuildConfig, Option, read_engine_config
+from edgesmith.targets.fp16 import fp16_model, fp32_layer_lists
+from edgesmith.targets.tensorrt_config import (
     int8_setting,
     io_type_problems,
     layer_precisions,
     quantized_types,
     sparse_setting,
 )
-from targets.tensorrt_options import (
+from edgesmith.targets.tensorrt_options import (
     HARDWARE_COMPATIBILITY,
     TRT_OPTIONS,
     PlanChoices,
@@ -48,13 +48,19 @@ from targets.tensorrt_options import (
     profiles_to_json,
     trtexec_command,
 )
-from targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
-from targets.tensorrt_runner import TrtRunner, device, runner_from_plan, trt_logger, trt_module
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision
-from toolchain.core.errors import InvalidInput, TargetUnavailable
-from toolchain.core.files import dir_lock
-from toolchain.core.onnx_model import check_onnx, io_from_onnx
-from toolchain.core.presets import Isa, Preset
+from edgesmith.targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
+from edgesmith.targets.tensorrt_runner import (
+    TrtRunner,
+    device,
+    runner_from_plan,
+    trt_logger,
+    trt_module,
+)
+from edgesmith.toolchain.core.artifact import Format, IoSpec, ModelArtifact, Precision
+from edgesmith.toolchain.core.errors import InvalidInput, TargetUnavailable
+from edgesmith.toolchain.core.files import dir_lock
+from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx
+from edgesmith.toolchain.core.presets import Isa, Preset
 
 ENGINE_FILE = "engine.plan"
 TIMING_CACHE_FILE = "timing.cache"
@@ -68,7 +74,7 @@ def strongly_typed(trt) -> bool:
 
 def network_from_onnx_path(path: Path, typed: bool):
     """Builder, network and parser for an ONNX file, parsed by path so external data loads."""
-    from targets.tensorrt_config import describe_parser_errors
+    from edgesmith.targets.tensorrt_config import describe_parser_errors
 
     trt = trt_module()
     logger = trt_logger()  # initialises the plugin library before the parser needs it
@@ -309,7 +315,7 @@ class TrtGpu:
 
     def load(self, engine: ModelArtifact, threads: int | None = None) -> TrtRunner:
         """A runner for an engine directory. `threads` does not apply to a GPU and is ignored."""
-        from targets.tensorrt_config import compatibility_problems
+        from edgesmith.targets.tensorrt_config import compatibility_problems
 
         directory = Path(engine.path)
         cfg = read_engine_config(directory)

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from targets.base import Option, check_options, listed
-from targets.fp16 import FP16, FP32_LAYERS, fp32_layers_option
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.targets.base import Option, check_options, listed
+from edgesmith.targets.fp16 import FP16, FP32_LAYERS, fp32_layers_option
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 # HardwareCompatibilityLevel members by option value; trtexec's spelling beside each.
 HARDWARE_COMPATIBILITY = {

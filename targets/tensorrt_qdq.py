@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.onnx_model import GraphIndex
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.onnx_model import GraphIndex
 
 TRT_WEIGHTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from targets.tensorrt_config import DeviceFacts, check_feeds
-from targets.tensorrt_options import Profile, shape_str
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.targets.tensorrt_config import DeviceFacts, check_feeds
+from edgesmith.targets.tensorrt_options import Profile, shape_str
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 _pylog = logging.getLogger("edgesmith.trt")
 
@@ -252,7 +252,7 @@ def runner_from_plan(
     """Deserialize a plan and check its I/O against the recorded IoSpec."""
     import torch
 
-    from targets.tensorrt_config import NUMPY_FROM_TRT
+    from edgesmith.targets.tensorrt_config import NUMPY_FROM_TRT
 
     trt = trt_module()
     logger = trt_logger()

@@ -32,7 +32,7 @@ def cli():
     """Run `edgesmith ARGS...` in-process; returns exit code, stdout, stderr."""
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import make_app
+    from edgesmith.toolchain.cli.app import make_app
 
     runner = CliRunner()
 

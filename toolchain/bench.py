@@ -8,12 +8,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from targets.base import Runner
-from toolchain.core.artifact import Format
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import write_json
-from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
-from toolchain.core.timing import latency, synthetic_feeds
+from edgesmith.targets.base import Runner
+from edgesmith.toolchain.core.artifact import Format
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import write_json
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
+from edgesmith.toolchain.core.timing import latency, synthetic_feeds
 
 BENCH_FILE = "bench.json"
 
@@ -50,7 +50,7 @@ def bench(runner: Runner, cfg: BenchStage) -> tuple[int, list[dict[str, Any]]]:
 
 
 def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
-    from toolchain.models.runners import runner_for
+    from edgesmith.toolchain.models.runners import runner_for
 
     src = inputs.model
     if src.format is Format.onnx and cfg.target != "ort-cpu":
@@ -58,13 +58,13 @@ def run(inputs: Inputs, cfg: BenchStage, work: Workdir) -> StageResult:
             f"{src.path}: build it for {cfg.target} first; an ONNX file runs on ort-cpu"
         )
     if src.format is Format.engine:
-        from targets.base import read_engine_config
+        from edgesmith.targets.base import read_engine_config
 
         built_for = read_engine_config(src.path)["target"]
         if built_for != cfg.target:
             raise InvalidInput(f"{src.path}: an engine for {built_for}, not {cfg.target}")
-    from toolchain.core.presets import detect_isa
-    from toolchain.core.report import report_json
+    from edgesmith.toolchain.core.presets import detect_isa
+    from edgesmith.toolchain.core.report import report_json
 
     runner = runner_for(src, threads=cfg.threads)
     threads, rows = bench(runner, cfg)
@@ -84,5 +84,5 @@ STAGE = Stage(
     "bench",
     BenchStage,
     run,
-    command="toolchain.cli.bench:command",
+    command="edgesmith.toolchain.cli.bench:command",
 )

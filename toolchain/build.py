@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from targets.base import BuildConfig, option_values
-from toolchain.core.artifact import Format, info_with_carried
-from toolchain.core.errors import InvalidInput, TargetUnavailable
-from toolchain.core.files import carry_preprocessing, sha256_path
-from toolchain.core.registry import get_target
-from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
+from edgesmith.targets.base import BuildConfig, option_values
+from edgesmith.toolchain.core.artifact import Format, info_with_carried
+from edgesmith.toolchain.core.errors import InvalidInput, TargetUnavailable
+from edgesmith.toolchain.core.files import carry_preprocessing, sha256_path
+from edgesmith.toolchain.core.registry import get_target
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
 
 
 class BuildStage(StageConfig):
@@ -51,5 +51,5 @@ STAGE = Stage(
     "build",
     BuildStage,
     run,
-    command="toolchain.cli.build:command",
+    command="edgesmith.toolchain.cli.build:command",
 )

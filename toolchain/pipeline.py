@@ -24,19 +24,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.artifact import (
+from edgesmith.toolchain.core.artifact import (
     ModelArtifact,
     artifact_from_manifest,
     integrity_problems,
     read_manifest,
     write_manifest,
 )
-from toolchain.core.errors import GateFailed, InvalidInput
-from toolchain.core.files import atomic_dir, check_output_not_input, dir_lock, sha256_json
-from toolchain.core.progress import log
-from toolchain.core.recipe import Recipe
-from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir, get_stage, stages
-from toolchain.models.source import SourceSpec, resolve_source, with_spec_digest
+from edgesmith.toolchain.core.errors import GateFailed, InvalidInput
+from edgesmith.toolchain.core.files import atomic_dir, check_output_not_input, dir_lock, sha256_json
+from edgesmith.toolchain.core.progress import log
+from edgesmith.toolchain.core.recipe import Recipe
+from edgesmith.toolchain.core.stage import (
+    Inputs,
+    Stage,
+    StageConfig,
+    StageResult,
+    Workdir,
+    get_stage,
+    stages,
+)
+from edgesmith.toolchain.models.source import SourceSpec, resolve_source, with_spec_digest
 
 STATE_DIR = ".edgesmith"  # under the run's root: scratch/<stage output name>, cache/<kind>
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.sources import Preprocess, load_dataset
-from toolchain.core.artifact import IoSpec, TensorSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.calibration.sources import Preprocess, load_dataset
+from edgesmith.toolchain.core.artifact import IoSpec, TensorSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 GREY = IoSpec((TensorSpec("x", "float32", ("batch", 1, 8, 8)),), ())
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from calibration.sentences import split_sentences
+from edgesmith.calibration.sentences import split_sentences
 
 
 def test_stdlib_sentences_are_prose_and_the_splits_are_disjoint():
@@ -15,7 +15,7 @@ def test_stdlib_sentences_are_prose_and_the_splits_are_disjoint():
 def test_library_sentences_leave_out_the_held_out_ones(tmp_path, monkeypatch):
     import sysconfig
 
-    from calibration.sentences import library_sentences
+    from edgesmith.calibration.sentences import library_sentences
 
     pkg = tmp_path / "somepkg"
     pkg.mkdir()

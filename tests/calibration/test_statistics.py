@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.cache import CacheKey, CalibrationCache
-from calibration.sources import Dataset
-from calibration.statistics import (
+from edgesmith.calibration.cache import CacheKey, CalibrationCache
+from edgesmith.calibration.sources import Dataset
+from edgesmith.calibration.statistics import (
     Calibration,
     MethodSpec,
     TensorStats,
@@ -15,7 +15,7 @@ from calibration.statistics import (
     entropy_threshold_bins,
     tensor_range,
 )
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 
 def streamed(batches: list[np.ndarray], bins: int = 2048) -> TensorStats:
@@ -83,7 +83,7 @@ def test_nan_or_inf_activation_is_refused():
 
 
 def test_check_finite_names_the_input_and_sample():
-    from calibration.sources import check_finite
+    from edgesmith.calibration.sources import check_finite
 
     x = np.zeros((5, 3), np.float32)
     x[3, 1] = np.nan

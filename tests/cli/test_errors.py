@@ -125,7 +125,7 @@ def test_debug_shows_traceback(cli, tmp_path):
 
 def test_interrupt_leaves_nothing(cli, export_tiny, tmp_path, monkeypatch):
     """Ctrl-C in the middle of a stage: exit 130, no output directory, no temp directory."""
-    import toolchain.export.checks as export_checks
+    import edgesmith.toolchain.export.checks as export_checks
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -165,7 +165,7 @@ def test_ctrl_c_inside_an_import_is_an_interruption_not_a_bug(capsys):
     raised next, with the KeyboardInterrupt as its context: exit 130, not an internal error."""
     import typer
 
-    from toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE, guarded
+    from edgesmith.toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE, guarded
 
     @guarded
     def work():

@@ -22,8 +22,8 @@ def tiny_onnx(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
+    from edgesmith.toolchain.cli.app import make_app
     from tests.models import tiny_mlp
-    from toolchain.cli.app import make_app
 
     root = tmp_path_factory.mktemp("hostile")
     torch.manual_seed(0)
@@ -168,7 +168,7 @@ def test_a_crafted_pt2_prints_no_traceback_from_torch(tmp_path):
 def tiny_engine(tiny_onnx, tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import make_app
+    from edgesmith.toolchain.cli.app import make_app
 
     out = tmp_path_factory.mktemp("engine") / "engine"
     r = CliRunner().invoke(make_app(), ["build", str(tiny_onnx), "-o", str(out)])

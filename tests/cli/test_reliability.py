@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from edgesmith.toolchain.core.artifact import integrity_problems
 from tests.conftest import REPO
-from toolchain.core.artifact import integrity_problems
 
 CLI = [sys.executable, "-c", "from toolchain.cli.app import main; main()"]
 
@@ -70,7 +70,7 @@ def test_a_write_the_machine_refuses_is_one_line_and_nothing_left(cli, tiny, tmp
                                                                   monkeypatch, err):  # fmt: skip
     """An injected writer: the manifest's write fails as a full disk or a read-only file
     system would make it fail, half-way through the stage's output."""
-    import toolchain.core.artifact as artifact
+    import edgesmith.toolchain.core.artifact as artifact
 
     def refuse(path, obj):
         raise OSError(err, os.strerror(err), str(path))

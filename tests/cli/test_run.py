@@ -7,7 +7,7 @@ import json
 import pytest
 import tomllib
 
-from toolchain.core.recipe import load_recipe, recipe_from_dict
+from edgesmith.toolchain.core.recipe import load_recipe, recipe_from_dict
 
 
 def _recipe(tmp_path, tiny, **validate):

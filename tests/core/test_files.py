@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from toolchain.core.files import atomic_dir
+from edgesmith.toolchain.core.files import atomic_dir
 
 DEAD = 2**22 + 12345  # above the kernel's default pid_max: no process has it
 

@@ -10,10 +10,10 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import recipe_from_dict
-from toolchain.core.stage import (
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.recipe import recipe_from_dict
+from edgesmith.toolchain.core.stage import (
     Inputs,
     Stage,
     StageConfig,
@@ -60,7 +60,7 @@ def tiny_onnx(export_tiny, tmp_path):
 def test_a_toy_stage_runs_from_a_recipe_cached_the_second_time(
     toy_stage, tiny_onnx, tmp_path, monkeypatch
 ):
-    from toolchain import pipeline
+    from edgesmith.toolchain import pipeline
 
     recipe = recipe_from_dict(
         {
@@ -113,7 +113,7 @@ def test_no_stage_module_imports_the_pipeline():
     import ast
     from pathlib import Path
 
-    from toolchain.core.stage import BUILTIN_STAGES
+    from edgesmith.toolchain.core.stage import BUILTIN_STAGES
 
     for module in BUILTIN_STAGES.values():
         path = Path(__file__).resolve().parents[2] / (module.replace(".", "/") + ".py")
@@ -121,7 +121,7 @@ def test_no_stage_module_imports_the_pipeline():
         imported = {
             n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
         } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert "toolchain.pipeline" not in imported, module
+        assert "edgesmith.toolchain.pipeline" not in imported, module
 
 
 def test_help_imports_no_heavy_package():

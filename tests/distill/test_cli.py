@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from edgesmith.toolchain.training.checkpoints import latest_checkpoint
 from tests.conftest import REPO
-from toolchain.training.checkpoints import latest_checkpoint
 
 STUDENT = "examples.digits_student:make_student"
 EDGESMITH = Path(sys.executable).parent / "edgesmith"
@@ -122,8 +122,8 @@ def test_two_processes_finish_with_identical_weights_and_the_same_quality(
 
 
 def test_recipe_chains_distill_export_build_validate(digits_teacher, tmp_path):
-    from toolchain import pipeline
-    from toolchain.core.recipe import recipe_from_dict
+    from edgesmith.toolchain import pipeline
+    from edgesmith.toolchain.core.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(
         {

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolchain.training.losses import (
+from edgesmith.toolchain.training.losses import (
     embedding_loss,
     hidden_state_loss,
     logits_loss,

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from calibration.sentences import split_sentences
+from edgesmith.calibration.sentences import split_sentences
 
 INHERITED = ("tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json",
              "sentence_bert_config.json", "special_tokens_map.json")  # fmt: skip
@@ -16,9 +16,9 @@ INHERITED = ("tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.js
 
 @pytest.mark.slow
 def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp_path):
-    from toolchain import pipeline
-    from toolchain.core.recipe import recipe_from_dict
-    from toolchain.models.hf import HfRunner, load_hf
+    from edgesmith.toolchain import pipeline
+    from edgesmith.toolchain.core.recipe import recipe_from_dict
+    from edgesmith.toolchain.models.hf import HfRunner, load_hf
 
     train, held_out = split_sentences()
     (tmp_path / "train.txt").write_text("\n".join(train[:240]) + "\n")
@@ -54,7 +54,7 @@ def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp
     # It loads as a sentence-transformers model (mean pooling, normalised) like the teacher.
     hf = load_hf(student)
     assert hf.library == "sentence_transformers"
-    from calibration.sources import tokenize
+    from edgesmith.calibration.sources import tokenize
 
     feeds = tokenize(held_out[:16], minilm, 64, ["input_ids", "attention_mask"])
     s = HfRunner(hf).infer(feeds)["sentence_embedding"]
@@ -72,10 +72,10 @@ def test_minilm_student_keeps_the_teachers_files_and_exports_like_it(minilm, tmp
 
 @pytest.mark.slow
 def test_a_per_token_output_is_refused(minilm, tmp_path):
-    from toolchain.core.errors import InvalidInput
-    from toolchain.distill.stage import DistillStage
-    from toolchain.models.source import SourceSpec, resolve_source
-    from toolchain.training.setup import prepare
+    from edgesmith.toolchain.core.errors import InvalidInput
+    from edgesmith.toolchain.distill.stage import DistillStage
+    from edgesmith.toolchain.models.source import SourceSpec, resolve_source
+    from edgesmith.toolchain.training.setup import prepare
 
     (tmp_path / "t.txt").write_text("One sentence here.\nAnd another one there.\n")
     spec = SourceSpec(str(minilm))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from toolchain.core.errors import InvalidInput
-from toolchain.models.students import (
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.models.students import (
     default_layers,
     keep_layers,
     layer_stack,
@@ -88,7 +88,7 @@ def test_set_dropout_turns_off_every_dropout_of_a_bert():
     import torch
     from transformers import BertConfig, BertModel
 
-    from toolchain.models.students import set_dropout
+    from edgesmith.toolchain.models.students import set_dropout
 
     cfg = BertConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from toolchain.core.errors import InvalidInput
-from toolchain.distill.stage import DistillStage
-from toolchain.models.source import SourceSpec, resolve_source
-from toolchain.training.checkpoints import latest_checkpoint
-from toolchain.training.setup import prepare
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.distill.stage import DistillStage
+from edgesmith.toolchain.models.source import SourceSpec, resolve_source
+from edgesmith.toolchain.training.checkpoints import latest_checkpoint
+from edgesmith.toolchain.training.setup import prepare
 
 STUDENT = "examples.digits_student:make_student"
 
@@ -129,7 +129,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(digits_teacher, tmp_
 def test_callbacks_see_steps_epochs_and_checkpoints_and_can_stop_the_run(digits_teacher, tmp_path):
     """What pruning hooks into: on_step after every optimizer step, on_checkpoint, and a stop
     from on_epoch_end; the process's global random state is what it was before."""
-    from toolchain.training.trainer import Callback
+    from edgesmith.toolchain.training.trainer import Callback
 
     class Recorder(Callback):
         def __init__(self):

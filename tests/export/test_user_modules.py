@@ -143,7 +143,7 @@ def test_gelu_is_written_the_way_onnxruntime_fuses_it(cli, tmp_path):
     engine fuses it into one kernel, with the same bits out (×0.5 is exact)."""
     import onnxruntime as ort
 
-    from toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
+    from edgesmith.toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
 
     class Mlp(torch.nn.Module):
         def __init__(self) -> None:

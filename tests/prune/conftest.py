@@ -50,7 +50,7 @@ def tiny_classifier(tmp_path_factory, minilm) -> dict[str, Path]:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from calibration.sentences import split_sentences
+    from edgesmith.calibration.sentences import split_sentences
 
     d = tmp_path_factory.mktemp("tiny_classifier")
     folder = d / "model"

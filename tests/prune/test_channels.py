@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.models.channels import apply_groups, channel_groups, record
 from tests.conftest import tree_digest
 from tests.models import residual_cnn
-from toolchain.core.errors import InvalidInput
-from toolchain.models.channels import apply_groups, channel_groups, record
 
 
 def _net():
@@ -84,9 +84,9 @@ def test_pruned_weights_reload_through_their_factory(tmp_path):
     shapes and loads strictly. A record that names something else is refused."""
     from safetensors.torch import save_file
 
-    from toolchain.models.channels import metadata
-    from toolchain.models.source import SourceSpec
-    from toolchain.models.torch import load_torch
+    from edgesmith.toolchain.models.channels import metadata
+    from edgesmith.toolchain.models.source import SourceSpec
+    from edgesmith.toolchain.models.torch import load_torch
 
     net = _net()
     groups = [g for g in _groups(net) if g.prunable]

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.prune.latency import Bisection, search_fraction
 from tests.conftest import tree_digest
-from toolchain.core.errors import InvalidInput
-from toolchain.prune.latency import Bisection, search_fraction
 
 
 def _prune(cli, tc, out, *flags):
@@ -56,10 +56,10 @@ def test_structured_prune_shrinks_the_graph_recovers_and_caches(cli, tiny_classi
 
 
 def test_a_pruned_folder_reloads_to_the_same_outputs(tiny_classifier, tmp_path):
-    from calibration.sources import Preprocess, load_dataset
-    from toolchain.models.hf import HfRunner, load_hf
-    from toolchain.prune.stage import PruneStage
-    from toolchain.prune.structured import EncoderPruner, Scoring
+    from edgesmith.calibration.sources import Preprocess, load_dataset
+    from edgesmith.toolchain.models.hf import HfRunner, load_hf
+    from edgesmith.toolchain.prune.stage import PruneStage
+    from edgesmith.toolchain.prune.structured import EncoderPruner, Scoring
 
     cfg = PruneStage(data=str(tiny_classifier["train"]), heads=0.5, ffn=0.3, round_to=8)
     runner = HfRunner(load_hf(tiny_classifier["model"]))
@@ -153,8 +153,8 @@ def test_bad_input_exits_2_and_writes_nothing(cli, tiny_classifier, tmp_path, fl
 def test_the_final_engine_is_held_to_the_latency_target():
     """The search's points are single measurements; the engine re-measured after recovery
     decides, within the tolerance (a miss fails the stage: exit 1 with the report)."""
-    from toolchain.prune.run import target_check
-    from toolchain.prune.stage import PruneStage
+    from edgesmith.toolchain.prune.run import target_check
+    from edgesmith.toolchain.prune.stage import PruneStage
 
     cfg = PruneStage(data="d.jsonl", target_latency=0.5, latency_tolerance=0.05)
     assert target_check(cfg, 8, {"1": 0.3, "8": 0.52}) == (True, "")  # within the tolerance

@@ -14,8 +14,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from edgesmith.toolchain.core.audit import two_four, weight_layers
 from tests.conftest import tree_digest
-from toolchain.core.audit import two_four, weight_layers
 
 
 def _prune(cli, digits, out, *flags):
@@ -81,7 +81,7 @@ def test_movement_scores_follow_the_gradients():
     """Every weight's score, masked or not, takes the step torch's Adam takes on a parameter S
     whose gradient is ∂L/∂S = W·∂L/∂W' (the authors' code trains the scores with AdamW), step
     after step; the mask keeps the top scores."""
-    from toolchain.prune.sparsity import Sparsifier, Target, WeightMask
+    from edgesmith.toolchain.prune.sparsity import Sparsifier, Target, WeightMask
 
     class Cfg:
         method, sparsity, scope, schedule, movement = "movement", 0.5, "layer", "cubic", "hard"
@@ -147,10 +147,10 @@ def test_encoder_weights_only(cli, tiny_classifier, tmp_path):
 def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_path, fake_trt):
     """Without a GPU: trt-gpu builds a 2:4 model with SPARSE_WEIGHTS on the fake TensorRT
     (tests/targets/fake_tensorrt.py); the layer information says which layers ran sparse."""
-    from targets.base import BuildConfig
-    from targets.tensorrt_config import sparse_setting
-    from targets.tensorrt_gpu import TrtGpu
-    from toolchain.core.artifact import Format, ModelArtifact
+    from edgesmith.targets.base import BuildConfig
+    from edgesmith.targets.tensorrt_config import sparse_setting
+    from edgesmith.targets.tensorrt_gpu import TrtGpu
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 
     assert _prune(cli, digits, tmp_path / "p", "--method", "2:4", "--epochs", "1").code == 0
     model = _export(cli, tmp_path / "p", tmp_path / "onnx")
@@ -217,8 +217,8 @@ def test_two_four_on_a_model_with_no_eligible_layer_exits_2(cli, tmp_path):
 
 
 def test_movement_below_one_shot_magnitude_is_flagged():
-    from toolchain.prune.stage import PruneStage
-    from toolchain.prune.weights import _movement_warning
+    from edgesmith.toolchain.prune.stage import PruneStage
+    from edgesmith.toolchain.prune.weights import _movement_warning
 
     cfg = PruneStage(data="d.npz", method="movement", sparsity=0.8, epochs=3)
     assert "below one-shot magnitude" in _movement_warning(
@@ -243,7 +243,7 @@ class _Trainer:
 def test_movement_masks_follow_the_scores_at_every_step():
     """Each step the dropped count is the schedule's and every kept score >= every dropped
     one (a mask recomputed every 10 steps let dropped weights come back in bulk)."""
-    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target, cubic
+    from edgesmith.toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target, cubic
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(32, 16)
@@ -262,7 +262,7 @@ def test_movement_masks_follow_the_scores_at_every_step():
 def test_the_probe_pass_does_not_reach_the_scores():
     """The trainer's probe for unused parameters runs a backward through the masks before
     training; its gradient is dropped before the first score step."""
-    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target
+    from edgesmith.toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target
 
     lin = torch.nn.Linear(32, 16)
     sp = Sparsifier([Target("lin", lin)], _MovementCfg())
@@ -274,7 +274,7 @@ def test_the_probe_pass_does_not_reach_the_scores():
 
 
 def test_the_trainer_calls_on_train_begin_after_its_probe(monkeypatch):
-    from toolchain.training import trainer as tr
+    from edgesmith.toolchain.training import trainer as tr
 
     calls = []
     monkeypatch.setattr(tr, "freeze_unused", lambda *a: calls.append("probe") or 0)
@@ -306,7 +306,7 @@ def test_the_trainer_calls_on_train_begin_after_its_probe(monkeypatch):
 
 def test_score_ties_go_to_the_larger_weight():
     """At the first step every score is ±lr: ties are broken by |W|, not by position."""
-    from toolchain.prune.sparsity import masks_by_score
+    from edgesmith.toolchain.prune.sparsity import masks_by_score
 
     w = torch.tensor([[0.1, -5.0, 0.2, 3.0], [4.0, 0.3, -0.05, 2.0]])
     scores = torch.full_like(w, 0.01)

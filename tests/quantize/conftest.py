@@ -37,8 +37,8 @@ def conv_net(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def digits_onnx(digits, tmp_path_factory) -> Path:
     """The digits CNN (trained once per session by tests/conftest.py) exported to ONNX."""
-    from toolchain.models.source import SourceSpec
-    from toolchain.models.torch import load_torch, onnx_from_torch
+    from edgesmith.toolchain.models.source import SourceSpec
+    from edgesmith.toolchain.models.torch import load_torch, onnx_from_torch
 
     out = tmp_path_factory.mktemp("digits_onnx") / "model.onnx"
     model = load_torch(

@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from edgesmith.toolchain.quantize.gather import MIN_TABLE_BYTES, int8_rows, quantize_gathers
 from tests.quantize import models
-from toolchain.quantize.gather import MIN_TABLE_BYTES, int8_rows, quantize_gathers
 
 
 def test_rows_round_trip_within_half_a_step():

@@ -10,8 +10,8 @@ import json
 import onnx
 import pytest
 
-from toolchain.quantize import latency
-from toolchain.quantize.qdq import quantized_nodes
+from edgesmith.toolchain.quantize import latency
+from edgesmith.toolchain.quantize.qdq import quantized_nodes
 
 FC_COST = 0.3  # the fc layer in int8 makes the engine 30% slower, the convs 5% faster each
 
@@ -145,7 +145,7 @@ def test_after_the_accuracy_loop_the_check_floats_more_and_gates_again(
 def test_a_recipe_with_a_batch_below_1_is_refused():
     from pydantic import ValidationError
 
-    from toolchain.quantize.stage import QuantizeStage
+    from edgesmith.toolchain.quantize.stage import QuantizeStage
 
     with pytest.raises(ValidationError):
         QuantizeStage(method="dynamic", latency_batches=[1, 0])

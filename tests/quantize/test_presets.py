@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.presets import detect_isa
-from toolchain.quantize import qdq
-from toolchain.quantize.plan import make_plan
-from toolchain.quantize.presets import preset as named_preset
-from toolchain.quantize.presets import resolve_preset
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.presets import detect_isa
+from edgesmith.toolchain.quantize import qdq
+from edgesmith.toolchain.quantize.plan import make_plan
+from edgesmith.toolchain.quantize.presets import preset as named_preset
+from edgesmith.toolchain.quantize.presets import resolve_preset
 
 CPUINFO = (
     "processor\t: 0\nvendor_id\t: AuthenticAMD\n"
@@ -76,8 +76,8 @@ def test_named_preset_and_errors():
 
 
 def _quantize(model_path, tmp_path, preset, data):
-    from calibration.sources import Dataset
-    from calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
+    from edgesmith.calibration.sources import Dataset
+    from edgesmith.calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
 
     proto = onnx.load(str(model_path))
     plan = make_plan(proto, preset)

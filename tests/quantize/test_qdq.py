@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from calibration.sources import Dataset
-from calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
-from targets.tensorrt_qdq import tensorrt_violations
+from edgesmith.calibration.sources import Dataset
+from edgesmith.calibration.statistics import MethodSpec, Request, activation_tensors, calibrate
+from edgesmith.targets.tensorrt_qdq import tensorrt_violations
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.quantize import qdq, rewrites
+from edgesmith.toolchain.quantize.plan import activation_matmuls, make_plan
+from edgesmith.toolchain.quantize.presets import preset as named_preset
 from tests.quantize import models
-from toolchain.core.errors import InvalidInput
-from toolchain.quantize import qdq, rewrites
-from toolchain.quantize.plan import activation_matmuls, make_plan
-from toolchain.quantize.presets import preset as named_preset
 
 # Tests that measure a preset's effect name the preset: the default follows this CPU's
 # instruction set, and CI may run on a VNNI host or an AVX2-only one. The 7-bit-weight preset

@@ -171,7 +171,7 @@ def test_print_recipe_round_trips(cli, conv_net, tmp_path):
         "--print-recipe",
     )
     assert r.code == 0
-    from toolchain.core.recipe import load_recipe
+    from edgesmith.toolchain.core.recipe import load_recipe
 
     (tmp_path / "r.toml").write_text(r.stdout)
     stage = load_recipe(tmp_path / "r.toml").stages[0]
@@ -252,7 +252,7 @@ def test_digits_int8_within_budget_and_recipe_stage(cli, digits, digits_onnx, tm
 @pytest.mark.slow
 def test_minilm_int8_keeps_sentence_embeddings(cli, minilm, tmp_path):
     """The packaged all-MiniLM-L6-v2: calibrated on some stdlib sentences, checked on others."""
-    from calibration.sentences import split_sentences
+    from edgesmith.calibration.sentences import split_sentences
 
     train, test = split_sentences()
     (tmp_path / "calib.txt").write_text("\n".join(train[:48]) + "\n")

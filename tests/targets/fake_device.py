@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from targets import tensorrt_runner
-from targets.tensorrt_config import DeviceFacts
+from edgesmith.targets import tensorrt_runner
+from edgesmith.targets.tensorrt_config import DeviceFacts
 from tests.targets import fake_tensorrt
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from targets.base import Option, check_options, option_values
-from targets.ort_cpu import OrtCpu
-from targets.ort_gpu import OrtGpu
-from targets.tensorrt_gpu import TrtGpu
+from edgesmith.targets.base import Option, check_options, option_values
+from edgesmith.targets.ort_cpu import OrtCpu
+from edgesmith.targets.ort_gpu import OrtGpu
+from edgesmith.targets.tensorrt_gpu import TrtGpu
+from edgesmith.toolchain.core.errors import InvalidInput
 from tests.targets import trt_models
-from toolchain.core.errors import InvalidInput
 
 TARGETS = (OrtCpu, TrtGpu, OrtGpu)
 
@@ -143,9 +143,9 @@ def test_targets_without_the_flag_lists_the_targets(cli):
 def test_a_toy_targets_declared_option_reaches_its_build(cli, model, tmp_path, monkeypatch):
     import numpy as np
 
+    from edgesmith.toolchain.core import registry
+    from edgesmith.toolchain.core.artifact import Format, ModelArtifact
     from tests.targets.toy_target import Toy
-    from toolchain.core import registry
-    from toolchain.core.artifact import Format, ModelArtifact
 
     monkeypatch.setitem(registry.TARGETS, "toy", "tests.targets.toy_target:Toy")
     r = cli("targets", "--options", "toy")

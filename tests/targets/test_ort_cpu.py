@@ -8,14 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from toolchain.core.files import sha256_file
+from edgesmith.toolchain.core.files import sha256_file
 
 
 @pytest.fixture(scope="module")
 def digits_onnx(digits, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from edgesmith.toolchain.cli.app import app
 
     out = tmp_path_factory.mktemp("exp") / "onnx"
     r = CliRunner().invoke(
@@ -71,7 +71,7 @@ def test_build_options_validated(cli, digits_onnx, tmp_path):
 
 def test_targets_lists_each_with_status(cli):
     """Each target's line says what its own check says, on a machine with a GPU or without."""
-    from toolchain.core.registry import get_target
+    from edgesmith.toolchain.core.registry import get_target
 
     r = cli("targets")
     assert r.code == 0
@@ -84,7 +84,7 @@ def test_targets_lists_each_with_status(cli):
 
 def test_unavailable_target_exits_3(cli, digits_onnx, tmp_path, monkeypatch):
     """A target that cannot build here (made so, so that this holds on a GPU machine too)."""
-    from targets.tensorrt_gpu import TrtGpu
+    from edgesmith.targets.tensorrt_gpu import TrtGpu
 
     monkeypatch.setattr(TrtGpu, "unavailable_reason", lambda self: "no CUDA device (test)")
     r = cli("build", digits_onnx, "--target", "trt-gpu", "-o", tmp_path / "e")
@@ -98,7 +98,7 @@ def test_int8_bias_moves_past_an_outlier_add():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from targets.ort_cpu import fuse_int8_bias
+    from edgesmith.targets.ort_cpu import fuse_int8_bias
 
     rng = np.random.default_rng(0)
     inits = [
@@ -166,7 +166,7 @@ def _masked_softmax_model(mask_value: float | None):
 def test_masked_softmax_is_clamped_and_computes_the_same():
     import onnx
 
-    from targets.ort_cpu import clamp_masked_softmax
+    from edgesmith.targets.ort_cpu import clamp_masked_softmax
 
     rng = np.random.default_rng(0)
     feeds = {"scores": (rng.standard_normal((3, 2, 4, 4)) * 30).astype(np.float32),
@@ -183,7 +183,7 @@ def test_masked_softmax_is_clamped_and_computes_the_same():
 
 
 def test_a_softmax_without_a_mask_is_left_alone():
-    from targets.ort_cpu import clamp_masked_softmax
+    from edgesmith.targets.ort_cpu import clamp_masked_softmax
 
     assert clamp_masked_softmax(_masked_softmax_model(None)) == 0
     assert clamp_masked_softmax(_masked_softmax_model(-5.0)) == 0  # not a mask constant

@@ -19,12 +19,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from targets import ort_gpu
-from targets.base import ENGINE_CONFIG, BuildConfig
-from targets.ort_gpu import CUDA, TRT, OrtGpu, cuda_device_reason
+from edgesmith.targets import ort_gpu
+from edgesmith.targets.base import ENGINE_CONFIG, BuildConfig
+from edgesmith.targets.ort_gpu import CUDA, TRT, OrtGpu, cuda_device_reason
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
+from edgesmith.toolchain.core.errors import InvalidInput, TargetUnavailable
 from tests.targets import trt_models
-from toolchain.core.artifact import Format, ModelArtifact, Precision
-from toolchain.core.errors import InvalidInput, TargetUnavailable
 
 # Provider option names onnxruntime 1.2x accepts (its CUDA and TensorRT provider docs).
 KNOWN = {

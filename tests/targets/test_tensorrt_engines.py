@@ -13,11 +13,11 @@ import shlex
 import numpy as np
 import pytest
 
-from targets.base import ENGINE_CONFIG, BuildConfig
-from targets.tensorrt_gpu import TrtGpu
+from edgesmith.targets.base import ENGINE_CONFIG, BuildConfig
+from edgesmith.targets.tensorrt_gpu import TrtGpu
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
+from edgesmith.toolchain.core.errors import InvalidInput
 from tests.targets import trt_models
-from toolchain.core.artifact import Format, ModelArtifact, Precision
-from toolchain.core.errors import InvalidInput
 
 REASON = TrtGpu().unavailable_reason()
 

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from targets.base import ENGINE_CONFIG, BuildConfig
-from targets.tensorrt_config import (
+from edgesmith.targets.base import ENGINE_CONFIG, BuildConfig
+from edgesmith.targets.tensorrt_config import (
     DeviceFacts,
     check_feeds,
     compatibility_problems,
@@ -23,13 +23,13 @@ from targets.tensorrt_config import (
     int8_setting,
     quantized_types,
 )
-from targets.tensorrt_gpu import TrtGpu
-from targets.tensorrt_options import ShapeRange, parse_options, profile_shapes
+from edgesmith.targets.tensorrt_gpu import TrtGpu
+from edgesmith.targets.tensorrt_options import ShapeRange, parse_options, profile_shapes
+from edgesmith.toolchain.core.artifact import Format, IoSpec, ModelArtifact, TensorSpec
+from edgesmith.toolchain.core.errors import InvalidInput, TargetUnavailable
+from edgesmith.toolchain.core.onnx_model import io_from_onnx
+from edgesmith.toolchain.core.registry import get_target
 from tests.targets.trt_models import conv_net as _conv_net
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact, TensorSpec
-from toolchain.core.errors import InvalidInput, TargetUnavailable
-from toolchain.core.onnx_model import io_from_onnx
-from toolchain.core.registry import get_target
 
 REASON = TrtGpu().unavailable_reason()
 needs_gpu = pytest.mark.skipif(REASON is not None, reason=f"trt-gpu unavailable: {REASON}")
@@ -402,7 +402,7 @@ def test_bad_newer_options(options, words):
 
 
 def test_fp32_layers_must_name_nodes_or_op_types(tmp_path):
-    from targets.fp16 import fp32_layer_lists
+    from edgesmith.targets.fp16 import fp32_layer_lists
 
     model = onnx.load(_conv_net(tmp_path / "m.onnx"))
     assert fp32_layer_lists(model, ["fc", "Relu"]) == (["fc"], ["Relu"])
@@ -426,7 +426,7 @@ def test_fp8_qdq_is_counted_apart_from_int8(tmp_path):
 
 
 def test_a_dq_on_a_residual_add_after_a_conv_is_allowed():
-    from targets.tensorrt_qdq import tensorrt_violations
+    from edgesmith.targets.tensorrt_qdq import tensorrt_violations
     from tests.targets.trt_models import residual_qdq_net
 
     assert tensorrt_violations(residual_qdq_net()) == []
@@ -435,7 +435,7 @@ def test_a_dq_on_a_residual_add_after_a_conv_is_allowed():
 def test_a_dq_feeding_an_add_of_two_activations_is_not():
     from onnx import helper
 
-    from targets.tensorrt_qdq import tensorrt_violations
+    from edgesmith.targets.tensorrt_qdq import tensorrt_violations
     from tests.targets.trt_models import residual_qdq_net
 
     model = residual_qdq_net()
@@ -447,7 +447,7 @@ def test_a_dq_feeding_an_add_of_two_activations_is_not():
 
 
 def test_int8_weights_behind_a_dq_are_accepted():
-    from targets.tensorrt_qdq import tensorrt_violations
+    from edgesmith.targets.tensorrt_qdq import tensorrt_violations
     from tests.targets.trt_models import residual_qdq_net
 
     assert tensorrt_violations(residual_qdq_net(int8_weight=True)) == []
@@ -455,7 +455,7 @@ def test_int8_weights_behind_a_dq_are_accepted():
 
 @pytest.mark.parametrize("axis, ok", [(2, True), (-1, True), (1, False)])
 def test_a_rank3_matmul_weight_has_its_channels_last(axis, ok):
-    from targets.tensorrt_qdq import tensorrt_violations
+    from edgesmith.targets.tensorrt_qdq import tensorrt_violations
     from tests.targets.trt_models import rank3_matmul_qdq
 
     bad = tensorrt_violations(rank3_matmul_qdq(axis))

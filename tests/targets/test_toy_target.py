@@ -9,7 +9,7 @@ import numpy as np
 
 
 def test_a_toy_target_through_every_command(cli, tiny, tmp_path, monkeypatch):
-    from toolchain.core import registry
+    from edgesmith.toolchain.core import registry
 
     monkeypatch.setitem(registry.TARGETS, "toy", "tests.targets.toy_target:Toy")
     src = ["tests.models:tiny_mlp", "--weights", tiny / "tiny.safetensors"]

@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from targets.base import ENGINE_CONFIG, Option, option_values, read_engine_config
-from targets.ort_cpu import SessionSettings, runner_from_onnx
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.ort_session import OPT_LEVELS
-from toolchain.core.presets import Preset
+from edgesmith.targets.base import ENGINE_CONFIG, Option, option_values, read_engine_config
+from edgesmith.targets.ort_cpu import SessionSettings, runner_from_onnx
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.ort_session import OPT_LEVELS
+from edgesmith.toolchain.core.presets import Preset
 
 
 class Toy:

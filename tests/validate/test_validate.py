@@ -17,7 +17,7 @@ def digits_engine(digits, tmp_path_factory):
     """fp32 ONNX export and ort-cpu engine of the digits CNN."""
     from typer.testing import CliRunner
 
-    from toolchain.cli.app import app
+    from edgesmith.toolchain.cli.app import app
 
     root = tmp_path_factory.mktemp("val")
     run = CliRunner().invoke
@@ -271,9 +271,9 @@ def two_output_onnx(tmp_path_factory):
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
+    from edgesmith.toolchain.cli.app import make_app
     from tests.conftest import REPO
     from tests.models import scores_and_embedding
-    from toolchain.cli.app import make_app
 
     root = tmp_path_factory.mktemp("two")
     torch.manual_seed(0)

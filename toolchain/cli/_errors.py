@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from toolchain.core.errors import CheckFailed, EdgesmithError, caused_by
+from edgesmith.toolchain.core.errors import CheckFailed, EdgesmithError, caused_by
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in edgesmith, not in the user's input
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it

@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import Recipe, describe_validation_error, recipe_from_dict
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.recipe import Recipe, describe_validation_error, recipe_from_dict
 
 
 def one_stage(source: dict[str, Any], stage: dict[str, Any], name: str) -> Recipe:
@@ -24,7 +24,7 @@ def _stage_config(stage: dict[str, Any], name: str) -> Any:
     option's name: --batch-size, not stages[0].batch_size."""
     from pydantic import ValidationError
 
-    from toolchain.core.stage import stages
+    from edgesmith.toolchain.core.stage import stages
 
     known = stages().get(stage.get("kind"))
     if known is None:
@@ -41,7 +41,7 @@ def execute(recipe: Recipe, print_recipe: bool) -> None:
     if print_recipe:
         typer.echo(recipe.to_toml(), nl=False)
         return
-    from toolchain import pipeline
+    from edgesmith.toolchain import pipeline
 
     report = pipeline.run(recipe)
     if pipeline.distributed_rank()[0] == 0:  # torchrun's other processes print nothing

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli import _errors, inspect, run, targets
-from toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE
-from toolchain.core.registry import load_object
-from toolchain.core.stage import Stage, stages
+from edgesmith.toolchain.cli import _errors, inspect, run, targets
+from edgesmith.toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE
+from edgesmith.toolchain.core.registry import load_object
+from edgesmith.toolchain.core.stage import Stage, stages
 
 
 def _version(value: bool) -> None:
@@ -44,7 +44,7 @@ TOOL_COMMANDS = {"run": run.command, "targets": targets.command, "inspect": insp
 def stage_command(stage: Stage):
     """The stage's own command, or one derived from its config (cli/derived.py)."""
     if stage.command is None:
-        from toolchain.cli.derived import derived_command
+        from edgesmith.toolchain.cli.derived import derived_command
 
         return derived_command(stage)
     return load_object(stage.command) if isinstance(stage.command, str) else stage.command

@@ -5,10 +5,10 @@ from typing import Annotated
 
 import typer
 
-from toolchain.bench import BenchStage
-from toolchain.cli._run import execute, one_stage
-from toolchain.cli.options import PrintRecipe, Target, Threads
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.bench import BenchStage
+from edgesmith.toolchain.cli._run import execute, one_stage
+from edgesmith.toolchain.cli.options import PrintRecipe, Target, Threads
+from edgesmith.toolchain.core.errors import InvalidInput
 
 D = BenchStage.default
 

@@ -5,9 +5,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute, one_stage
-from toolchain.cli.options import Out, PrintRecipe, Target, Threads
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.cli._run import execute, one_stage
+from edgesmith.toolchain.cli.options import Out, PrintRecipe, Target, Threads
+from edgesmith.toolchain.core.errors import InvalidInput
 
 
 def parse_options(items: list[str]) -> dict:

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal, Union
 
 import typer
 
-from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import DynamicAxes, InputDecls, Task, Weights
-from toolchain.core.errors import InvalidInput
-from toolchain.core.stage import Stage
+from edgesmith.toolchain.cli._run import execute, one_stage, path_str
+from edgesmith.toolchain.cli.options import DynamicAxes, InputDecls, Task, Weights
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.stage import Stage
 
 SKIP = {"kind", "out", "weights", "task", "input", "dynamic"}  # the output, the source's flags
 SCALARS = (str, int, float, bool)

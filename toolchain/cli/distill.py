@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import (
+from edgesmith.toolchain.cli._run import execute, one_stage, path_str
+from edgesmith.toolchain.cli.options import (
     DynamicAxes,
     InputDecls,
     Out,
@@ -16,7 +16,7 @@ from toolchain.cli.options import (
     Threads,
     Weights,
 )
-from toolchain.distill.stage import DistillStage
+from edgesmith.toolchain.distill.stage import DistillStage
 
 D = DistillStage.default
 
@@ -170,7 +170,7 @@ def command(
     )
     speed = contextlib.nullcontext()
     if threads and not print_recipe:  # not part of the recipe: it changes the speed only
-        from toolchain.models.torch import torch_threads
+        from edgesmith.toolchain.models.torch import torch_threads
 
         speed = torch_threads(threads)
     with speed:  # under torchrun every process runs the pipeline (pipeline.py)

@@ -4,9 +4,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import DynamicAxes, InputDecls, Out, PrintRecipe, Task, Weights
-from toolchain.export.stage import ExportStage
+from edgesmith.toolchain.cli._run import execute, one_stage, path_str
+from edgesmith.toolchain.cli.options import DynamicAxes, InputDecls, Out, PrintRecipe, Task, Weights
+from edgesmith.toolchain.export.stage import ExportStage
 
 D = ExportStage.default
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import dump
-from toolchain.core.artifact import read_manifest
-from toolchain.models.source import SourceSpec, resolve_source
+from edgesmith.toolchain.cli._run import dump
+from edgesmith.toolchain.core.artifact import read_manifest
+from edgesmith.toolchain.models.source import SourceSpec, resolve_source
 
 
 def command(
@@ -22,7 +22,7 @@ def command(
     )
     typer.echo(f"sha256:    {art.sha256}\nparent:    {art.parent}")
     if art.io is None and art.format.value in ("onnx", "engine"):
-        from toolchain.models.runners import runner_for
+        from edgesmith.toolchain.models.runners import runner_for
 
         art = replace(art, io=runner_for(art).io)
     if art.io is not None:
@@ -32,7 +32,7 @@ def command(
             typer.echo(f"output:    {t.describe()}")
     onnx_file = _onnx_file(art)
     if onnx_file is not None:
-        from toolchain.core.audit import audit, describe
+        from edgesmith.toolchain.core.audit import audit, describe
 
         for line in describe(audit(onnx_file)):
             typer.echo(line)
@@ -51,7 +51,7 @@ def _onnx_file(art) -> Path | None:
     if art.format.value == "onnx":
         return path
     if art.format.value == "engine":
-        from targets.base import read_engine_config
+        from edgesmith.targets.base import read_engine_config
 
         name = read_engine_config(path).get("model")
         if isinstance(name, str) and name.endswith(".onnx") and (path / name).is_file():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (written atomically).")]
 PrintRecipe = Annotated[

@@ -5,9 +5,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.build import parse_options
-from toolchain.cli.options import (
+from edgesmith.toolchain.cli._run import execute, one_stage, path_str
+from edgesmith.toolchain.cli.build import parse_options
+from edgesmith.toolchain.cli.options import (
     GateOutput,
     MaxDrop,
     Metric,
@@ -17,8 +17,8 @@ from toolchain.cli.options import (
     Threads,
     parse_budget,
 )
-from toolchain.core.errors import InvalidInput
-from toolchain.quantize.stage import QuantizeStage
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.quantize.stage import QuantizeStage
 
 D = QuantizeStage.default
 

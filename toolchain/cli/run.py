@@ -5,9 +5,9 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute
-from toolchain.cli.options import PrintRecipe
-from toolchain.core.recipe import check_paths, load_recipe
+from edgesmith.toolchain.cli._run import execute
+from edgesmith.toolchain.cli.options import PrintRecipe
+from edgesmith.toolchain.core.recipe import check_paths, load_recipe
 
 
 def command(

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.registry import TARGETS, get_target, load_object
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.registry import TARGETS, get_target, load_object
 
 
 def command(

@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from toolchain.cli._run import execute, one_stage, path_str
-from toolchain.cli.options import (
+from edgesmith.toolchain.cli._run import execute, one_stage, path_str
+from edgesmith.toolchain.cli.options import (
     GateOutput,
     MaxDrop,
     Metric,
@@ -15,7 +15,7 @@ from toolchain.cli.options import (
     Weights,
     parse_budget,
 )
-from toolchain.validate.stage import ValidateStage
+from edgesmith.toolchain.validate.stage import ValidateStage
 
 D = ValidateStage.default
 

@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import file_hashes, sha256_path, write_json
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import file_hashes, sha256_path, write_json
 
 MANIFEST = "manifest.json"
 # ModelInfo.weights of a factory that returns a ready model: no weights file, its own code

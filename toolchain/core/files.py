@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 CHUNK_BYTES = 1 << 20
 # sha256 by file identity: a stage hashes its input for the cache key, its output for the

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.core.artifact import IoSpec, TensorSpec
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import require_file, sha256_file, sha256_json
+from edgesmith.toolchain.core.artifact import IoSpec, TensorSpec
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import require_file, sha256_file, sha256_json
 
 
 def numpy_dtype(elem_type: int) -> str:

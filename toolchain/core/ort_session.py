@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 DEFAULT_OPT_LEVEL = "all"

@@ -16,8 +16,8 @@ from pydantic import (
     field_validator,
 )
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.stage import StageConfig, Strict, stages
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.stage import StageConfig, Strict, stages
 
 # a source named package.module:factory (models/source.py imports it)
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

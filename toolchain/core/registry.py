@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 TARGETS: dict[str, str] = {
-    "ort-cpu": "targets.ort_cpu:OrtCpu",
-    "trt-gpu": "targets.tensorrt_gpu:TrtGpu",
-    "ort-gpu": "targets.ort_gpu:OrtGpu",
+    "ort-cpu": "edgesmith.targets.ort_cpu:OrtCpu",
+    "trt-gpu": "edgesmith.targets.tensorrt_gpu:TrtGpu",
+    "ort-gpu": "edgesmith.targets.ort_gpu:OrtGpu",
 }
 
 

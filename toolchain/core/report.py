@@ -22,7 +22,7 @@ def report_json(record: Any) -> dict[str, Any]:
 
 def write_report(out: Path, record: Any) -> dict[str, Any]:
     """Write report.json into `out`; returns what was written."""
-    from toolchain.core.files import write_json
+    from edgesmith.toolchain.core.files import write_json
 
     data = report_json(record)
     write_json(out / REPORT, data)

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from toolchain.core.artifact import ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_path
+from edgesmith.toolchain.core.artifact import ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import sha256_path
 
 
 class Strict(BaseModel):
@@ -67,13 +67,13 @@ class StageConfig(Strict):
 
 # kind → the module whose STAGE registers it. Adding a stage: its module and one line here.
 BUILTIN_STAGES: dict[str, str] = {
-    "prune": "toolchain.prune.stage",
-    "distill": "toolchain.distill.stage",
-    "export": "toolchain.export.stage",
-    "quantize": "toolchain.quantize.stage",
-    "build": "toolchain.build",
-    "validate": "toolchain.validate.stage",
-    "bench": "toolchain.bench",
+    "prune": "edgesmith.toolchain.prune.stage",
+    "distill": "edgesmith.toolchain.distill.stage",
+    "export": "edgesmith.toolchain.export.stage",
+    "quantize": "edgesmith.toolchain.quantize.stage",
+    "build": "edgesmith.toolchain.build",
+    "validate": "edgesmith.toolchain.validate.stage",
+    "bench": "edgesmith.toolchain.bench",
 }
 
 

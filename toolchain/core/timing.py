@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 
 DEFAULT_SEQ = 128  # a symbolic non-batch axis (sequence length) is timed at this size
 # what a stage writes beside a model that does not ship with it
@@ -93,7 +93,7 @@ def synthetic_feeds(io: Any, batch: int, seq: int | None = None, seed: int = 0) 
     on axis 0, `seq` (default DEFAULT_SEQ) on the other symbolic axes; floats standard
     normal, masks ones, token types zeros, other integers ids below 50 (in every vocabulary;
     the ids do not change an encoder's time)."""
-    from toolchain.core.errors import InvalidInput
+    from edgesmith.toolchain.core.errors import InvalidInput
 
     rng = np.random.default_rng(seed)
     feeds = {}

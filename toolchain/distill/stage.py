@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.training.config import Training
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from edgesmith.toolchain.training.config import Training
 
 
 class DistillStage(Training):
@@ -59,8 +59,8 @@ def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
     """Train (every torchrun process), then write the student into `work.out` (rank 0)."""
     import torch
 
-    from toolchain.training.setup import prepare
-    from toolchain.training.trainer import close_distributed, init_distributed
+    from edgesmith.toolchain.training.setup import prepare
+    from edgesmith.toolchain.training.trainer import close_distributed, init_distributed
 
     setup = prepare(inputs.model, cfg, work.log)
     try:
@@ -103,6 +103,6 @@ STAGE = Stage(
     "distill",
     DistillStage,
     run,
-    command="toolchain.cli.distill:command",
+    command="edgesmith.toolchain.cli.distill:command",
     distributed=True,
 )

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.sources import Dataset
-from targets.base import Runner
-from toolchain.core.errors import InvalidInput
-from toolchain.core.progress import track
+from edgesmith.calibration.sources import Dataset
+from edgesmith.targets.base import Runner
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.progress import track
 
 
 @dataclass

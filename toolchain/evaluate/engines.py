@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from targets.base import BuildConfig
-from targets.ort_cpu import OrtCpu
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.presets import detect_isa
-from toolchain.core.timing import side_by_side
+from edgesmith.targets.base import BuildConfig
+from edgesmith.targets.ort_cpu import OrtCpu
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.presets import detect_isa
+from edgesmith.toolchain.core.timing import side_by_side
 
 Feeds = dict[str, np.ndarray]
 
@@ -26,7 +26,7 @@ def build_engine(model: Path, directory: Path, threads: int | None) -> Path:
     """The ort-cpu engine of an ONNX file, built into `directory`."""
     import onnx
 
-    from toolchain.core.onnx_model import io_from_onnx
+    from edgesmith.toolchain.core.onnx_model import io_from_onnx
 
     directory.mkdir(parents=True, exist_ok=True)
     io = io_from_onnx(onnx.load(str(model), load_external_data=False))

@@ -6,11 +6,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from calibration.sources import Dataset
-from targets.base import Runner
-from toolchain.core.errors import InvalidInput
-from toolchain.evaluate.compare import Outputs, batch_limit, check_outputs, outputs_of
-from toolchain.evaluate.metrics import (
+from edgesmith.calibration.sources import Dataset
+from edgesmith.targets.base import Runner
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.evaluate.compare import Outputs, batch_limit, check_outputs, outputs_of
+from edgesmith.toolchain.evaluate.metrics import (
     CLASS_METRICS,
     METRICS,
     MetricValue,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 Scores = tuple[float, float, dict]  # reference, candidate, details
 

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from targets.base import Runner
-from toolchain.core.errors import CheckFailed, InvalidInput
+from edgesmith.targets.base import Runner
+from edgesmith.toolchain.core.errors import CheckFailed, InvalidInput
 
 
 @dataclass(frozen=True)

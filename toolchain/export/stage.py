@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from toolchain.core.artifact import Format, ModelArtifact, ModelInfo
-from toolchain.core.errors import InvalidInput
-from toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact, ModelInfo
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageConfig, StageResult, Workdir
 
 MODEL_FILE = "model.onnx"
 
@@ -43,9 +43,9 @@ def checked_export(path: Path, reference, samples: list, cfg: ExportStage):
 
     import onnx
 
-    from targets.ort_cpu import runner_from_onnx
-    from toolchain.core.onnx_model import check_onnx, io_from_onnx
-    from toolchain.export.checks import check_against_source
+    from edgesmith.targets.ort_cpu import runner_from_onnx
+    from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx
+    from edgesmith.toolchain.export.checks import check_against_source
 
     with ThreadPoolExecutor(1) as pool:
         checker = pool.submit(check_onnx, path, True)
@@ -84,7 +84,7 @@ class ExportReport:
 
 
 def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
-    from toolchain.models.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
+    from edgesmith.toolchain.models.hf import HfRunner, default_exporter, load_hf, onnx_from_hf
 
     exporter = cfg.exporter or default_exporter()
     hf = load_hf(src.path, src.info.task)
@@ -98,8 +98,8 @@ def _from_hf(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
 
 
 def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
-    from toolchain.models.source import torch_spec
-    from toolchain.models.torch import TorchRunner, load_torch, onnx_from_torch
+    from edgesmith.toolchain.models.source import torch_spec
+    from edgesmith.toolchain.models.torch import TorchRunner, load_torch, onnx_from_torch
 
     tm = load_torch(torch_spec(src))  # its output names are fixed here, before the export
     path = onnx_from_torch(tm, out / MODEL_FILE, cfg.opset)
@@ -110,8 +110,8 @@ def _from_torch(src: ModelArtifact, out: Path, cfg: ExportStage) -> Exported:
 
 
 def run(inputs: Inputs, cfg: ExportStage, work: Workdir) -> StageResult:
-    from toolchain.core.onnx_model import io_from_onnx, onnx_digest
-    from toolchain.core.report import report_json
+    from edgesmith.toolchain.core.onnx_model import io_from_onnx, onnx_digest
+    from edgesmith.toolchain.core.report import report_json
 
     src = inputs.model
     if src.format is Format.hf:
@@ -146,5 +146,5 @@ STAGE = Stage(
     "export",
     ExportStage,
     run,
-    command="toolchain.cli.export:command",
+    command="edgesmith.toolchain.cli.export:command",
 )

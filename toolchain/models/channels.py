@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 METADATA_KEY = "edgesmith_pruning"  # in model.safetensors' metadata: {"method", "modules"}
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.errors import InvalidInput
 
 # in config.json: {"ffn": [FFN size per layer], "heads": [[original head indices kept] per layer]}
 CONFIG_KEY = "edgesmith_pruning"
@@ -53,13 +53,13 @@ class EncoderLayer:
 
 
 def _config(model: nn.Module) -> Any:
-    from toolchain.models.students import pretrained_part
+    from edgesmith.toolchain.models.students import pretrained_part
 
     return pretrained_part(model).config
 
 
 def _stack(model: nn.Module) -> nn.ModuleList:
-    from toolchain.models.students import hidden_layers, layer_stack
+    from edgesmith.toolchain.models.students import hidden_layers, layer_stack
 
     return layer_stack(model, hidden_layers(model))[1]
 
@@ -209,7 +209,7 @@ def shrink_ffn(layer: EncoderLayer, keep: torch.Tensor) -> None:
 def prune_encoder(model: nn.Module, heads: dict[int, list[int]], ffn: dict[int, Any]) -> None:
     """Remove `heads` (layer → original head indices) and keep `ffn` (layer → neuron indices);
     the config records both (pruned_heads, edgesmith_pruning.ffn)."""
-    from toolchain.models.students import pretrained_part
+    from edgesmith.toolchain.models.students import pretrained_part
 
     base = pretrained_part(model)
     layers = encoder_layers(model)
@@ -262,7 +262,7 @@ def rebuild_shapes(model: nn.Module, record: dict[str, Any]) -> None:
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    from toolchain.models.students import parameter_count
+    from edgesmith.toolchain.models.students import parameter_count
 
     def count(*modules: nn.Module) -> int:
         return sum(p.numel() for m in modules for p in m.parameters())

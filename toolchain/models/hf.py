@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.artifact import IoSpec, TensorSpec
-from toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.artifact import IoSpec, TensorSpec
+from edgesmith.toolchain.core.errors import InvalidInput
 
 # Each task: the transformers Auto class that loads it (AutoModelFor<name>; its architectures
 # are transformers' MODEL_FOR_<NAME>_MAPPING_NAMES) and the outputs the model exports.
@@ -78,7 +78,7 @@ def infer_task(path: Path) -> str:
 def _quiet():
     from transformers.utils import logging as hf_logging
 
-    from toolchain.models.torch import quiet
+    from edgesmith.toolchain.models.torch import quiet
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -254,7 +254,7 @@ def _output_axes(model: Any, sig: HfSignature) -> dict[str, dict[int, str]]:
 
 
 def _pruning_record(path: Path) -> dict | None:
-    from toolchain.models.encoder import CONFIG_KEY
+    from edgesmith.toolchain.models.encoder import CONFIG_KEY
 
     record = _config(path).get(CONFIG_KEY)
     if record is not None and not isinstance(record, dict):
@@ -266,8 +266,8 @@ def _load_pruned_weights(model: Any, path: Path, record: dict) -> None:
     """The recorded shapes, then the folder's weights, every tensor checked (strict)."""
     from safetensors.torch import load_file
 
-    from toolchain.models.encoder import rebuild_shapes
-    from toolchain.models.students import pretrained_part
+    from edgesmith.toolchain.models.encoder import rebuild_shapes
+    from edgesmith.toolchain.models.students import pretrained_part
 
     rebuild_shapes(model, record)
     base = pretrained_part(model)
@@ -378,7 +378,7 @@ class HfRunner:
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        from toolchain.models.torch import torch_threads
+        from edgesmith.toolchain.models.torch import torch_threads
 
         args = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         with torch_threads(self.threads), torch.inference_mode():
@@ -395,7 +395,7 @@ def default_exporter() -> str:
 
 def onnx_from_hf(hf: HfModel, out_dir: Path, opset: int, exporter: str = "torch") -> Path:
     """Export into `out_dir`: model.onnx, and the tokenizer and config files beside it."""
-    from toolchain.core.files import carry_preprocessing
+    from edgesmith.toolchain.core.files import carry_preprocessing
 
     if exporter == "optimum":
         return _optimum_export(hf, out_dir, opset)
@@ -407,7 +407,7 @@ def onnx_from_hf(hf: HfModel, out_dir: Path, opset: int, exporter: str = "torch"
 def _torch_export(hf: HfModel, out: Path, opset: int) -> Path:
     import torch
 
-    from toolchain.models.torch import ExportCall, export_onnx, export_view
+    from edgesmith.toolchain.models.torch import ExportCall, export_onnx, export_view
 
     sig = hf.signature
     names = list(sig.inputs)
@@ -455,7 +455,7 @@ def _optimum_export(hf: HfModel, out_dir: Path, opset: int) -> Path:
                 library_name=hf.library,
             )
     except Exception as e:  # optimum raises many types; surface one line
-        from toolchain.core.errors import caused_by
+        from edgesmith.toolchain.core.errors import caused_by
 
         cause = caused_by(e, (KeyboardInterrupt, OSError))
         if cause is not None:

@@ -15,16 +15,16 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from toolchain.core.artifact import (
+from edgesmith.toolchain.core.artifact import (
     FACTORY_WEIGHTS,
     Format,
     ModelArtifact,
     ModelInfo,
     verified_artifact,
 )
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_file, sha256_json
-from toolchain.core.recipe import FACTORY
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import sha256_file, sha256_json
+from edgesmith.toolchain.core.recipe import FACTORY
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 DTYPES = ("float32", "float16", "int64", "int32", "bool", "uint8", "int8")
@@ -142,7 +142,7 @@ def resolve_source(spec: SourceSpec) -> ModelArtifact:
             info = ModelInfo(outputs=tuple(spec.outputs))
             return ModelArtifact.at(path, Format.torch, info=info)
         if path.suffix == ".onnx":
-            from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
+            from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
 
             proto = check_onnx(path)
             return ModelArtifact(

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.core.errors import InvalidInput
-from toolchain.models.source import PICKLE_SUFFIXES, import_factory
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.models.source import PICKLE_SUFFIXES, import_factory
 
 # Teacher files a derived student does not inherit: its weights (the student writes its own),
 # its config (rewritten with the new depth) and its model card (it describes the teacher).
@@ -159,7 +159,7 @@ class TorchOutputs(nn.Module):
         self.outputs = list(outputs)
 
     def forward(self, **feeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        from toolchain.models.torch import flatten_outputs
+        from edgesmith.toolchain.models.torch import flatten_outputs
 
         out = flatten_outputs(self.module(*(feeds[n] for n in self.inputs)))
         if len(out) != len(self.outputs):

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolchain.core.artifact import IoSpec, TensorSpec
-from toolchain.core.errors import InvalidInput, caused_by
-from toolchain.models.source import InputDecl, SourceSpec, import_factory, parse_inputs
+from edgesmith.toolchain.core.artifact import IoSpec, TensorSpec
+from edgesmith.toolchain.core.errors import InvalidInput, caused_by
+from edgesmith.toolchain.models.source import InputDecl, SourceSpec, import_factory, parse_inputs
 
 SPEC_ATTR = "EDGESMITH_SPEC"  # a model family's spec, beside its factory (see examples/digits.py)
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -174,7 +174,7 @@ def _load_weights(net: torch.nn.Module, weights: Path, name: str) -> None:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from toolchain.models.channels import read_record, rebuild_shapes
+    from edgesmith.toolchain.models.channels import read_record, rebuild_shapes
 
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -449,7 +449,7 @@ def _for_onnxruntime(path: Path) -> None:
     """The exported graph in the forms onnxruntime's fusions match (same outputs, same bits)."""
     import onnx
 
-    from toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
+    from edgesmith.toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
 
     model = onnx.load(str(path))
     if gelu_as_onnxruntime_fuses(model):

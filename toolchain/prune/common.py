@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_file, sha256_json, sha256_path
-from toolchain.core.stage import Inputs, Workdir
-from toolchain.training.setup import choose_output, load_data, load_teacher, train_config
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import sha256_file, sha256_json, sha256_path
+from edgesmith.toolchain.core.stage import Inputs, Workdir
+from edgesmith.toolchain.training.setup import choose_output, load_data, load_teacher, train_config
 
 DEFAULT_LR = 5e-5  # recovery fine-tunes a model that was trained: a fine-tuning rate
 DEFAULT_LR_CNN = 1e-3  # the same for a small CNN trained with Adam (examples/digits.py: 2e-3)
@@ -50,11 +50,11 @@ class Setup:
             t = self.teacher
             return (t.hf if self.src.format is Format.hf else t.torch), t.module
         if self.src.format is Format.hf:
-            from toolchain.models.hf import load_hf
+            from edgesmith.toolchain.models.hf import load_hf
 
             return load_hf(self.src.path, self.src.info.task), None
-        from toolchain.models.source import torch_spec
-        from toolchain.models.torch import TorchRunner, load_torch
+        from edgesmith.toolchain.models.source import torch_spec
+        from edgesmith.toolchain.models.torch import TorchRunner, load_torch
 
         tm = load_torch(torch_spec(self.src))
         TorchRunner(tm)  # names the outputs
@@ -76,7 +76,7 @@ def setup(inputs: Inputs, cfg) -> Setup:
 def recover(candidate, s: Setup, work: Workdir, fingerprint: str, callbacks=()) -> dict:
     """Distil the unpruned model into the pruned one (the distill stage's trainer); a
     checkpoint resumes only a run of the same `fingerprint`."""
-    from toolchain.training.trainer import Pair, Trainer, TrainRun
+    from edgesmith.toolchain.training.trainer import Pair, Trainer, TrainRun
 
     cfg = s.cfg
     tcfg = train_config(cfg, s.lr, s.output, s.teacher.task)
@@ -89,8 +89,8 @@ def recover(candidate, s: Setup, work: Workdir, fingerprint: str, callbacks=()) 
 def accuracy(s: Setup, unpruned, pruned) -> dict[str, Any]:
     """The distillation loop's eval metric (accuracy with labels) of the unpruned model and of
     the pruned one before recovery (outputs modules; `unpruned` None: the teacher is it)."""
-    from toolchain.training.parallel import outputs_of
-    from toolchain.training.steps import evaluate
+    from edgesmith.toolchain.training.parallel import outputs_of
+    from edgesmith.toolchain.training.steps import evaluate
 
     def outputs(module):
         return outputs_of(module, s.evals, s.output, 256)
@@ -107,7 +107,7 @@ def artifact(src: ModelArtifact, candidate, path: Path, task, structure) -> Mode
         info = src.info.inherit(task=task, tokenizer=str(path), structure=structure)
         return ModelArtifact(path, Format.hf, sha256=sha256_path(path), parent=src.sha256,
                              info=info)  # fmt: skip
-    from toolchain.training.setup import code_digest
+    from edgesmith.toolchain.training.setup import code_digest
 
     digest = sha256_json({"factory": src.info.factory, "weights": sha256_file(path),
                           "code": code_digest(src.info.factory)})  # fmt: skip
@@ -120,7 +120,7 @@ def shared(plan, work: Workdir):
     chose the plan by timing engines, and the others, waiting to join, took no core from it."""
     import torch.distributed as dist
 
-    from toolchain.training.parallel import init_distributed
+    from edgesmith.toolchain.training.parallel import init_distributed
 
     _, world = init_distributed()
     if world == 1:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from toolchain.models.encoder import EncoderLayer, head_dim
+from edgesmith.toolchain.models.encoder import EncoderLayer, head_dim
 
 IMPORTANCE = ("auto", "taylor", "magnitude")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from toolchain.core.timing import synthetic_feeds
-from toolchain.evaluate.engines import build_engine, time_engines, timed_runner
+from edgesmith.toolchain.core.timing import synthetic_feeds
+from edgesmith.toolchain.evaluate.engines import build_engine, time_engines, timed_runner
 
 
 @dataclass

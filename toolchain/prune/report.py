@@ -49,7 +49,7 @@ class EngineTimes:
 
 def engine_times(ms: dict[str, dict[str, float]], seq, threads, names: tuple[str, str]):
     """EngineTimes of compare()'s figures: `names` (baseline, candidate), the ISA recorded."""
-    from toolchain.evaluate.engines import isa
+    from edgesmith.toolchain.evaluate.engines import isa
 
     base, cand = names
     record = {"seq": seq, "threads": threads, "batches": ms, "isa": isa()}

@@ -7,14 +7,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from toolchain.core.artifact import Format
-from toolchain.core.files import sha256_json
-from toolchain.core.report import write_report
-from toolchain.core.stage import StageResult, Workdir
-from toolchain.prune.common import Setup, accuracy, artifact, recover, shared
-from toolchain.prune.latency import Engine, compare, engine_of, search_fraction
-from toolchain.prune.report import PLOT, PruneReport, engine_times, plot
-from toolchain.prune.structured import ChannelPruner, EncoderPruner, Scoring, choose_importance
+from edgesmith.toolchain.core.artifact import Format
+from edgesmith.toolchain.core.files import sha256_json
+from edgesmith.toolchain.core.report import write_report
+from edgesmith.toolchain.core.stage import StageResult, Workdir
+from edgesmith.toolchain.prune.common import Setup, accuracy, artifact, recover, shared
+from edgesmith.toolchain.prune.latency import Engine, compare, engine_of, search_fraction
+from edgesmith.toolchain.prune.report import PLOT, PruneReport, engine_times, plot
+from edgesmith.toolchain.prune.structured import (
+    ChannelPruner,
+    EncoderPruner,
+    Scoring,
+    choose_importance,
+)
 
 
 def _pruner(s: Setup, kind: str, log):
@@ -48,7 +53,7 @@ def _choose_plan(pruner, cfg, work: Workdir, base: Engine) -> tuple[Any, dict | 
 def prune_structured(s: Setup, work: Workdir, start: float) -> StageResult:
     """Score, choose the plan (rank 0), prune and recover (every torchrun process), then
     measure, save and report (rank 0)."""
-    from toolchain.training.parallel import close_distributed
+    from edgesmith.toolchain.training.parallel import close_distributed
 
     cfg = s.cfg
     kind = choose_importance(cfg.importance, s.train.labels is not None, s.loss)

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from toolchain.core.errors import InvalidInput
-from toolchain.training.trainer import Callback
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.training.trainer import Callback
 
 METHODS = ("magnitude", "movement", "2:4")
 
@@ -117,7 +117,7 @@ class Target:
 def encoder_targets(model: nn.Module) -> list[Target]:
     """A transformer encoder's weight matrices: Q, K, V, the attention output and the FFN's
     two, in every layer (models/encoder.py finds them); embeddings and the head stay dense."""
-    from toolchain.models.encoder import encoder_layers
+    from edgesmith.toolchain.models.encoder import encoder_layers
 
     names = {id(m): n for n, m in model.named_modules()}
     out = []

@@ -19,8 +19,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.training.config import Training
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from edgesmith.toolchain.training.config import Training
 
 
 class PruneStage(Training):
@@ -134,15 +134,15 @@ class PruneStage(Training):
 def run(inputs: Inputs, cfg: PruneStage, work: Workdir) -> StageResult:
     import time
 
-    from toolchain.prune.common import setup
+    from edgesmith.toolchain.prune.common import setup
 
     start = time.perf_counter()
     s = setup(inputs, cfg)
     if cfg.method == "structured":
-        from toolchain.prune.run import prune_structured
+        from edgesmith.toolchain.prune.run import prune_structured
 
         return prune_structured(s, work, start)
-    from toolchain.prune.weights import prune_weights
+    from edgesmith.toolchain.prune.weights import prune_weights
 
     return prune_weights(s, work, start)
 

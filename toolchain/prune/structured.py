@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_json
-from toolchain.prune.importance import (
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import sha256_json
+from edgesmith.toolchain.prune.importance import (
     Scores,
     accumulate_taylor,
     magnitude_scores,
@@ -29,7 +29,7 @@ from toolchain.prune.importance import (
     select_units,
     taylor_scores,
 )
-from toolchain.training.parallel import to_tensors
+from edgesmith.toolchain.training.parallel import to_tensors
 
 WEIGHTS = "model.safetensors"
 
@@ -113,8 +113,8 @@ class EncoderCandidate:
     """A pruned copy of a Hugging Face encoder."""
 
     def __init__(self, hf, source: Path) -> None:
-        from toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
-        from toolchain.models.students import HfOutputs
+        from edgesmith.toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
+        from edgesmith.toolchain.models.students import HfOutputs
 
         self.hf, self.source = hf, source
         self.outputs = HfOutputs(hf.model, hf.signature)
@@ -125,12 +125,12 @@ class EncoderCandidate:
         }
 
     def export(self, directory: Path, opset: int) -> Path:
-        from toolchain.models.hf import onnx_from_hf
+        from edgesmith.toolchain.models.hf import onnx_from_hf
 
         return onnx_from_hf(self.hf, directory, opset)
 
     def save(self, out: Path) -> Path:
-        from toolchain.models.students import save_hf_student
+        from edgesmith.toolchain.models.students import save_hf_student
 
         save_hf_student(self.hf.model, self.source, out)
         return out
@@ -144,8 +144,8 @@ class EncoderPruner:
     def __init__(self, hf, cfg, scoring: Scoring, wrapped=None):
         """`hf`: the unpruned model that pruned copies are made from (left as it is);
         `wrapped`: its HfOutputs, when the caller has one (the recovery's teacher)."""
-        from toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
-        from toolchain.models.students import HfOutputs
+        from edgesmith.toolchain.models.encoder import encoder_layers, head_counts, parameter_counts
+        from edgesmith.toolchain.models.students import HfOutputs
 
         self.hf, self.path, self.task = hf, hf.path, hf.task
         self.cfg, self.output, self.log = cfg, scoring.output, scoring.log
@@ -169,7 +169,7 @@ class EncoderPruner:
         )
 
     def plan(self, heads_fraction: float, ffn_fraction: float | None = None) -> Plan:
-        from toolchain.models.encoder import remaining_heads
+        from edgesmith.toolchain.models.encoder import remaining_heads
 
         ffn_fraction = heads_fraction if ffn_fraction is None else ffn_fraction
         keep_h, keep_f = select(
@@ -183,8 +183,8 @@ class EncoderPruner:
 
     def apply(self, plan: Plan) -> EncoderCandidate:
         """A pruned copy of the model (the unpruned one is left as it is)."""
-        from toolchain.models.encoder import prune_encoder, remaining_heads
-        from toolchain.models.hf import HfModel
+        from edgesmith.toolchain.models.encoder import prune_encoder, remaining_heads
+        from edgesmith.toolchain.models.hf import HfModel
 
         model = copy.deepcopy(self.hf.model)
         drop = {
@@ -222,7 +222,7 @@ class ChannelCandidate:
     """A pruned copy of a PyTorch factory model (the module, its inputs and outputs)."""
 
     def __init__(self, tm, rec: dict[str, Any], plan: ChannelPlan | None) -> None:
-        from toolchain.models.students import TorchOutputs, parameter_count
+        from edgesmith.toolchain.models.students import TorchOutputs, parameter_count
 
         self.tm, self.record = tm, rec
         names = [d.name for d in tm.inputs]
@@ -235,14 +235,14 @@ class ChannelCandidate:
         }
 
     def export(self, directory: Path, opset: int) -> Path:
-        from toolchain.models.torch import onnx_from_torch
+        from edgesmith.toolchain.models.torch import onnx_from_torch
 
         return onnx_from_torch(self.tm, directory / "model.onnx", opset)
 
     def save(self, out: Path) -> Path:
         from safetensors.torch import save_file
 
-        from toolchain.models.channels import metadata
+        from edgesmith.toolchain.models.channels import metadata
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.tm.module.state_dict().items()}
         save_file(state, str(out / WEIGHTS), metadata=metadata(self.record))
@@ -255,8 +255,8 @@ class ChannelPruner:
     format = "torch"
 
     def __init__(self, tm, cfg, scoring: Scoring, wrapped=None):
-        from toolchain.models.channels import channel_groups
-        from toolchain.models.students import TorchOutputs, parameter_count
+        from edgesmith.toolchain.models.channels import channel_groups
+        from edgesmith.toolchain.models.students import TorchOutputs, parameter_count
 
         if cfg.heads is not None or cfg.ffn is not None:
             raise InvalidInput(
@@ -284,7 +284,7 @@ class ChannelPruner:
         self.unpruned = ChannelCandidate(tm, {"method": "channels", "modules": []}, None)
 
     def _scores(self, kind: str, data) -> list[np.ndarray]:
-        from toolchain.models.channels import group_scores
+        from edgesmith.toolchain.models.channels import group_scores
 
         module = self.tm.module
 
@@ -306,7 +306,7 @@ class ChannelPruner:
     def apply(self, plan: ChannelPlan) -> ChannelCandidate:
         from dataclasses import replace
 
-        from toolchain.models.channels import apply_groups, record
+        from edgesmith.toolchain.models.channels import apply_groups, record
 
         module = copy.deepcopy(self.tm.module)
         apply_groups(module, self.groups, plan.keep)

@@ -15,11 +15,11 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-from toolchain.core.files import sha256_json
-from toolchain.core.report import write_report
-from toolchain.core.stage import StageResult, Workdir
-from toolchain.prune.latency import compare, engine_of
-from toolchain.prune.report import EngineTimes, PruneReport, engine_times
+from edgesmith.toolchain.core.files import sha256_json
+from edgesmith.toolchain.core.report import write_report
+from edgesmith.toolchain.core.stage import StageResult, Workdir
+from edgesmith.toolchain.prune.latency import compare, engine_of
+from edgesmith.toolchain.prune.report import EngineTimes, PruneReport, engine_times
 
 ORT_CPU_NOTE = (
     "onnxruntime's CPU kernels are dense: zeros in the weights do not make the ort-cpu engine "
@@ -33,8 +33,8 @@ TRT_NOTE = (
 
 def _dense_copy(s, cfg, model):
     """A copy of the unpruned `model` to make sparse, as a candidate (prune/structured.py)."""
-    from toolchain.core.artifact import Format
-    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate
+    from edgesmith.toolchain.core.artifact import Format
+    from edgesmith.toolchain.prune.structured import ChannelCandidate, EncoderCandidate
 
     if s.src.format is Format.hf:
         from pathlib import Path
@@ -46,8 +46,8 @@ def _dense_copy(s, cfg, model):
 
 
 def _targets(s, module):
-    from toolchain.core.artifact import Format
-    from toolchain.prune.sparsity import encoder_targets, module_targets
+    from edgesmith.toolchain.core.artifact import Format
+    from edgesmith.toolchain.prune.sparsity import encoder_targets, module_targets
 
     return encoder_targets(module) if s.src.format is Format.hf else module_targets(module)
 
@@ -57,9 +57,9 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
 
     import torch
 
-    from toolchain.prune.common import accuracy, artifact, recover, shared
-    from toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
-    from toolchain.training.parallel import close_distributed
+    from edgesmith.toolchain.prune.common import accuracy, artifact, recover, shared
+    from edgesmith.toolchain.prune.sparsity import ScheduleCallback, Sparsifier, make_permanent
+    from edgesmith.toolchain.training.parallel import close_distributed
 
     cfg = s.cfg
     unpruned_model, unpruned_outputs = s.unpruned()  # loaded once: copied, then timed
@@ -155,9 +155,9 @@ class Measured:
 
 def _measure(s, work: Workdir, unpruned_model, candidate) -> Measured:
     """Audit both ONNX exports and time both ort-cpu engines side by side."""
-    from toolchain.core.artifact import Format
-    from toolchain.core.audit import audit
-    from toolchain.prune.structured import ChannelCandidate, EncoderCandidate, timing_seq
+    from edgesmith.toolchain.core.artifact import Format
+    from edgesmith.toolchain.core.audit import audit
+    from edgesmith.toolchain.prune.structured import ChannelCandidate, EncoderCandidate, timing_seq
 
     cfg = s.cfg
     if s.src.format is Format.hf:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from calibration.cache import CacheKey, CalibrationCache
-from calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
-from calibration.statistics import (
+from edgesmith.calibration.cache import CacheKey, CalibrationCache
+from edgesmith.calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
+from edgesmith.calibration.statistics import (
     MethodSpec,
     PassSettings,
     Request,
@@ -28,12 +28,12 @@ from calibration.statistics import (
     calibrate,
     dataset_digest,
 )
-from toolchain.core.artifact import IoSpec
-from toolchain.core.errors import InvalidInput
-from toolchain.core.progress import track
-from toolchain.quantize import qdq, rewrites
-from toolchain.quantize.job import Job
-from toolchain.quantize.plan import Plan
+from edgesmith.toolchain.core.artifact import IoSpec
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.progress import track
+from edgesmith.toolchain.quantize import qdq, rewrites
+from edgesmith.toolchain.quantize.job import Job
+from edgesmith.toolchain.quantize.plan import Plan
 
 
 def load_checked(which: str, io: IoSpec, cfg, tok: Path | None) -> Dataset:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from toolchain.core.onnx_model import GraphIndex
+from edgesmith.toolchain.core.onnx_model import GraphIndex
 
 MIN_TABLE_BYTES = 1 << 18  # smaller tables (token types) stay float: nothing to gain
 ROWS, SCALES = "_int8_rows", "_row_scales"  # the suffixes of a table's two initializers

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.artifact import ModelArtifact
-from toolchain.core.presets import Preset
+from edgesmith.toolchain.core.artifact import ModelArtifact
+from edgesmith.toolchain.core.presets import Preset
 
 
 @dataclass(frozen=True)

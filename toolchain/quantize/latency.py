@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from toolchain.core.onnx_model import GraphIndex
-from toolchain.evaluate.engines import engine_runner, time_engines
+from edgesmith.toolchain.core.onnx_model import GraphIndex
+from edgesmith.toolchain.evaluate.engines import engine_runner, time_engines
 
 MAX_TRIALS = 12
 # A trial is kept only if it improves the worst ratio by more than this: two runs of one

@@ -10,16 +10,16 @@ from typing import Any
 
 import onnx
 
-from calibration.sources import Dataset
-from calibration.statistics import PassSettings
-from targets.ort_cpu import SessionSettings, runner_from_onnx
-from toolchain.core.progress import track
-from toolchain.core.timing import interleaved
-from toolchain.evaluate.gate import Evaluator
-from toolchain.quantize import qdq
-from toolchain.quantize.calibrate import Prepared
-from toolchain.quantize.job import Job
-from toolchain.quantize.sensitivity import (
+from edgesmith.calibration.sources import Dataset
+from edgesmith.calibration.statistics import PassSettings
+from edgesmith.targets.ort_cpu import SessionSettings, runner_from_onnx
+from edgesmith.toolchain.core.progress import track
+from edgesmith.toolchain.core.timing import interleaved
+from edgesmith.toolchain.evaluate.gate import Evaluator
+from edgesmith.toolchain.quantize import qdq
+from edgesmith.toolchain.quantize.calibrate import Prepared
+from edgesmith.toolchain.quantize.job import Job
+from edgesmith.toolchain.quantize.sensitivity import (
     fallback_loop,
     node_sensitivity,
     plot_sensitivity,

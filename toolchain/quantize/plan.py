@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.presets import Preset
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.presets import Preset
 
 
 def constants(model: onnx.ModelProto) -> set[str]:

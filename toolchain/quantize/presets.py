@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.presets import Isa, Preset, detect_isa
-from toolchain.core.registry import get_target, target_names
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.presets import Isa, Preset, detect_isa
+from edgesmith.toolchain.core.registry import get_target, target_names
 
 
 def target_presets(target: str) -> dict[str, Preset]:

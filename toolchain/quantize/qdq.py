@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from toolchain.core.errors import InvalidInput
-from toolchain.core.presets import Preset
-from toolchain.quantize.plan import Plan
-from toolchain.quantize.rewrites import isolate_quantized_inputs
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.presets import Preset
+from edgesmith.toolchain.quantize.plan import Plan
+from edgesmith.toolchain.quantize.rewrites import isolate_quantized_inputs
 
 TWO_GB = 2**31
 
@@ -148,7 +148,7 @@ def quantize_static_qdq(
 def with_int8_gathers(path: Path, preset: Preset, plan: Plan) -> Path:
     """The preset's int8 embedding tables (quantize/gather.py), in the model at `path`; a
     Gather the plan keeps in float (--exclude, the fallback loop) keeps its table."""
-    from toolchain.quantize.gather import quantize_gathers
+    from edgesmith.toolchain.quantize.gather import quantize_gathers
 
     if not preset.gather_int8:
         return path

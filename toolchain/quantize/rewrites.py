@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from toolchain.core.onnx_model import GraphIndex
-from toolchain.core.presets import Preset
-from toolchain.quantize.plan import constants
+from edgesmith.toolchain.core.onnx_model import GraphIndex
+from edgesmith.toolchain.core.presets import Preset
+from edgesmith.toolchain.quantize.plan import constants
 
 
 def _insert_after(model: onnx.ModelProto, after: dict[str, list[onnx.NodeProto]]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from calibration.statistics import PassSettings
+from edgesmith.calibration.statistics import PassSettings
 
 SELECT_INPUT = "edgesmith_quantized_node"
 
@@ -111,7 +111,7 @@ def node_sensitivity(
     run: PassSettings = PassSettings(),
 ) -> Sensitivity:
     """Run the switchable model once per node (and once with none) over `batches`."""
-    from toolchain.core.ort_session import SessionSettings, ort_session
+    from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
 
     start = time.perf_counter()
     sess = ort_session(switch_path, SessionSettings(threads=run.threads))  # as the engine's

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from toolchain.core.artifact import Format, ModelArtifact, Precision
-from toolchain.core.errors import InvalidInput
-from toolchain.core.recipe import Gated
-from toolchain.core.registry import get_target
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.quantize.job import Job
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.recipe import Gated
+from edgesmith.toolchain.core.registry import get_target
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from edgesmith.toolchain.quantize.job import Job
 
 if TYPE_CHECKING:  # onnx only when a stage runs: `edgesmith --help` imports this module
-    from toolchain.quantize.plan import Plan
+    from edgesmith.toolchain.quantize.plan import Plan
 
 MODEL_FILE = "model.onnx"
 
@@ -78,7 +78,7 @@ class QuantizeStage(Gated):
 
 
 def _preset(cfg: QuantizeStage):
-    from toolchain.quantize.presets import resolve_preset
+    from edgesmith.toolchain.quantize.presets import resolve_preset
 
     preset = resolve_preset(cfg.target, cfg.preset)
     if cfg.outlier_ratio is not None:
@@ -103,7 +103,7 @@ def cache_context(cfg: QuantizeStage) -> dict:
 
 def _install(model_path: Path, out: Path) -> Path:
     """Move a model (and its external data file, if any) into `out` as model.onnx."""
-    from toolchain.quantize import qdq
+    from edgesmith.toolchain.quantize import qdq
 
     dest = out / MODEL_FILE
     if list(model_path.parent.glob(model_path.name + ".data")):
@@ -152,9 +152,9 @@ class Quantized:
 def _quantize(job: Job, plan: Plan, data, work: Workdir) -> tuple[Quantized, Any, dict]:
     """The all-int8 model, what calibration prepared (None for dynamic), the calibration's
     record."""
-    from calibration.cache import CalibrationCache
-    from toolchain.quantize import qdq
-    from toolchain.quantize.calibrate import Calibrator
+    from edgesmith.calibration.cache import CalibrationCache
+    from edgesmith.toolchain.quantize import qdq
+    from edgesmith.toolchain.quantize.calibrate import Calibrator
 
     cfg = job.cfg
     first = job.tmp / "int8" / MODEL_FILE
@@ -173,8 +173,8 @@ def _quantize(job: Job, plan: Plan, data, work: Workdir) -> tuple[Quantized, Any
 
 
 def _nodes(qproto, plan: Plan) -> dict[str, Any]:
-    from toolchain.quantize import qdq
-    from toolchain.quantize.gather import int8_tables, quantized_gathers
+    from edgesmith.toolchain.quantize import qdq
+    from edgesmith.toolchain.quantize.gather import int8_tables, quantized_gathers
 
     return {
         "quantized": len(qdq.quantized_nodes(qproto)),
@@ -200,8 +200,13 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
     source model itself if int8 never pays here. A model the check changed is gated again."""
     import onnx
 
-    from toolchain.quantize import qdq
-    from toolchain.quantize.latency import Candidates, EngineTimer, feeds_from, latency_fallback
+    from edgesmith.toolchain.quantize import qdq
+    from edgesmith.toolchain.quantize.latency import (
+        Candidates,
+        EngineTimer,
+        feeds_from,
+        latency_fallback,
+    )
 
     src, cfg, preset, reason = job.src, job.cfg, job.preset, "latency: int8 slower than float here"
     if data is None:
@@ -243,9 +248,9 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
 
 def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quantized]:
     """Quantize, gate and fall back, check the latency: the report so far and the result."""
-    from toolchain.core.onnx_model import check_onnx
-    from toolchain.quantize.loop import AccuracyLoop
-    from toolchain.quantize.plan import make_plan
+    from edgesmith.toolchain.core.onnx_model import check_onnx
+    from edgesmith.toolchain.quantize.loop import AccuracyLoop
+    from edgesmith.toolchain.quantize.plan import make_plan
 
     cfg, preset = job.cfg, job.preset
     proto = check_onnx(job.src.path)
@@ -275,13 +280,13 @@ def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quant
 
 
 def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
-    from toolchain.core.artifact import info_with_carried
-    from toolchain.core.files import carry_preprocessing
-    from toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
-    from toolchain.core.report import report_json, write_report
-    from toolchain.evaluate.metrics import check_metric_names
-    from toolchain.models.source import find_tokenizer
-    from toolchain.quantize.calibrate import calibration_data, load_checked
+    from edgesmith.toolchain.core.artifact import info_with_carried
+    from edgesmith.toolchain.core.files import carry_preprocessing
+    from edgesmith.toolchain.core.onnx_model import check_onnx, io_from_onnx, onnx_digest
+    from edgesmith.toolchain.core.report import report_json, write_report
+    from edgesmith.toolchain.evaluate.metrics import check_metric_names
+    from edgesmith.toolchain.models.source import find_tokenizer
+    from edgesmith.toolchain.quantize.calibrate import calibration_data, load_checked
 
     src, out = inputs.model, work.out
     if src.format is not Format.onnx:
@@ -343,6 +348,6 @@ STAGE = Stage(
     "quantize",
     QuantizeStage,
     run,
-    command="toolchain.cli.quantize:command",
+    command="edgesmith.toolchain.cli.quantize:command",
     cache_context=cache_context,
 )

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.core.files import atomic_dir, write_json
+from edgesmith.toolchain.core.files import atomic_dir, write_json
 
 CHECKPOINT_RE = re.compile(r"^epoch-(\d{4})$")
 STUDENT_FILE = "student.safetensors"

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from toolchain.core.stage import StageConfig
+from edgesmith.toolchain.core.stage import StageConfig
 
 
 class Training(StageConfig):

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from calibration.sources import Dataset
+from edgesmith.calibration.sources import Dataset
 
 
 def init_distributed() -> tuple[int, int]:

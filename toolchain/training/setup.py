@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
-from toolchain.core.artifact import Format, IoSpec, ModelArtifact
-from toolchain.core.errors import InvalidInput
-from toolchain.core.files import sha256_file, sha256_json, sha256_path
-from toolchain.models.source import import_factory, torch_spec
-from toolchain.models.students import (
+from edgesmith.calibration.sources import TEXT_SUFFIXES, Dataset, Preprocess, load_dataset
+from edgesmith.toolchain.core.artifact import Format, IoSpec, ModelArtifact
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.core.files import sha256_file, sha256_json, sha256_path
+from edgesmith.toolchain.models.source import import_factory, torch_spec
+from edgesmith.toolchain.models.students import (
     HfOutputs,
     TorchOutputs,
     default_layers,
@@ -36,7 +36,7 @@ from toolchain.models.students import (
     save_hf_student,
     student_from_factory,
 )
-from toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer, TrainRun
+from edgesmith.toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer, TrainRun
 
 # A student trained from its own initialisation takes a larger step than one initialised
 # from the teacher's weights (fine-tuning rates for transformers are ~1e-4 and below).
@@ -109,7 +109,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
         )
     given = Path(cfg.tokenizer) if cfg.tokenizer else None
     if src.format is Format.torch:
-        from toolchain.models.torch import TorchRunner, load_torch
+        from edgesmith.toolchain.models.torch import TorchRunner, load_torch
 
         if getattr(cfg, "student_layers", None):
             raise InvalidInput(
@@ -128,7 +128,7 @@ def load_teacher(src: ModelArtifact, cfg) -> Teacher:
             given,
             torch=tm,
         )
-    from toolchain.models.hf import HfRunner, load_hf
+    from edgesmith.toolchain.models.hf import HfRunner, load_hf
 
     hf = load_hf(src.path, src.info.task)
     io = HfRunner(hf).io
@@ -236,7 +236,7 @@ def factory_student(cfg, teacher: Teacher, output: str, data: Dataset) -> Studen
 
 def derived_student(cfg, src: ModelArtifact, teacher: Teacher, log) -> Student:
     """K of a Hugging Face teacher's layers, initialised from them."""
-    from toolchain.models.hf import load_hf
+    from edgesmith.toolchain.models.hf import load_hf
 
     n = hidden_layers(teacher.hf.model)
     keep = list(cfg.keep_layers) or default_layers(n, cfg.student_layers)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from calibration.sources import Dataset
-from toolchain.training.parallel import to_tensors
+from edgesmith.calibration.sources import Dataset
+from edgesmith.toolchain.training.parallel import to_tensors
 
 BUCKET_BATCHES = 16  # batches sorted by length together (text); see epoch_batches
 

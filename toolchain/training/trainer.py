@@ -35,10 +35,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from calibration.sources import Dataset
-from toolchain.core.errors import InvalidInput
-from toolchain.models.students import capture_outputs, set_dropout
-from toolchain.training.checkpoints import (
+from edgesmith.calibration.sources import Dataset
+from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.models.students import capture_outputs, set_dropout
+from edgesmith.toolchain.training.checkpoints import (
     OPTIMIZER_FILE,
     STATE_FILE,
     STUDENT_FILE,
@@ -47,8 +47,8 @@ from toolchain.training.checkpoints import (
     weights_digest,
     write_checkpoint,
 )
-from toolchain.training.losses import LOSS_KINDS, hidden_state_loss, make_loss
-from toolchain.training.parallel import (
+from edgesmith.toolchain.training.losses import LOSS_KINDS, hidden_state_loss, make_loss
+from edgesmith.toolchain.training.parallel import (
     Placement,
     close_distributed,
     device_for_rank,
@@ -57,7 +57,7 @@ from toolchain.training.parallel import (
     sum_all,
     to_tensors,
 )
-from toolchain.training.steps import epoch_batches, evaluate, freeze_unused, lr_at
+from edgesmith.toolchain.training.steps import epoch_batches, evaluate, freeze_unused, lr_at
 
 __all__ = [
     "Callback", "Pair", "TrainConfig", "TrainResult", "Trainer", "close_distributed",
@@ -338,7 +338,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], float, float]:
         """One epoch's steps; returns the summed loss parts, samples seen and seconds."""
-        from toolchain.core.progress import track
+        from edgesmith.toolchain.core.progress import track
 
         cfg = self.cfg
         self.sampler.set_epoch(epoch)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from toolchain.core.report import write_report
-from toolchain.evaluate.gate import GateResult
+from edgesmith.toolchain.core.report import write_report
+from edgesmith.toolchain.evaluate.gate import GateResult
 
 JUNIT = "junit.xml"
 SUMMARY = "summary.md"

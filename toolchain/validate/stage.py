@@ -8,17 +8,17 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from calibration.sources import TEXT_SUFFIXES, Preprocess, load_dataset
-from toolchain.core.artifact import Format, ModelArtifact
-from toolchain.core.files import sha256_path
-from toolchain.core.recipe import Gated
-from toolchain.core.stage import Inputs, Stage, StageResult, Workdir
-from toolchain.core.timing import latency, size_bytes
-from toolchain.evaluate.gate import Evaluator
-from toolchain.evaluate.metrics import check_metric_names
-from toolchain.models.runners import runner_for
-from toolchain.models.source import find_tokenizer
-from toolchain.validate.report import ValidateReport, write_reports
+from edgesmith.calibration.sources import TEXT_SUFFIXES, Preprocess, load_dataset
+from edgesmith.toolchain.core.artifact import Format, ModelArtifact
+from edgesmith.toolchain.core.files import sha256_path
+from edgesmith.toolchain.core.recipe import Gated
+from edgesmith.toolchain.core.stage import Inputs, Stage, StageResult, Workdir
+from edgesmith.toolchain.core.timing import latency, size_bytes
+from edgesmith.toolchain.evaluate.gate import Evaluator
+from edgesmith.toolchain.evaluate.metrics import check_metric_names
+from edgesmith.toolchain.models.runners import runner_for
+from edgesmith.toolchain.models.source import find_tokenizer
+from edgesmith.toolchain.validate.report import ValidateReport, write_reports
 
 
 class ValidateStage(Gated):
@@ -95,5 +95,5 @@ STAGE = Stage(
     "validate",
     ValidateStage,
     run,
-    command="toolchain.cli.validate:command",
+    command="edgesmith.toolchain.cli.validate:command",
 )
