@@ -172,3 +172,41 @@ def test_gelu_is_written_the_way_onnxruntime_fuses_it(cli, tmp_path):
     assert r.code == 0, r.stderr
     ops = {n.op_type for n in onnx.load(str(tmp_path / "engine" / "model.onnx")).graph.node}
     assert "Erf" not in ops and ops & {"Gelu", "BiasGelu", "FastGelu"}
+
+
+MODULE = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 4)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+def make():
+    torch.manual_seed(0)
+    return Net()
+"""
+
+
+def test_an_export_is_the_same_bytes_wherever_it_is_made(cli, tmp_path, monkeypatch):
+    """torch's exporter writes each node's stack trace (the machine's paths, the user's source
+    lines) into the model; the export leaves them out, so one module gives one model."""
+    models = []
+    for where in ("checkout-a", "elsewhere/checkout-b"):
+        src = tmp_path / where
+        src.mkdir(parents=True)
+        (src / "usermod_paths.py").write_text(MODULE)
+        monkeypatch.chdir(src)
+        out = tmp_path / f"onnx-{where.replace('/', '-')}"
+        r = cli("export", "usermod_paths:make", "--input", "x:1x12", "--dynamic", "x:0", "-o", out)
+        assert r.code == 0, r.stderr
+        data = (out / "model.onnx").read_bytes()
+        assert str(tmp_path).encode() not in data and b"usermod_paths.py" not in data
+        models.append(data)
+        monkeypatch.delitem(__import__("sys").modules, "usermod_paths", raising=False)
+    assert models[0] == models[1]

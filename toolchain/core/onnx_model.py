@@ -138,6 +138,29 @@ class GraphIndex:
         return node.name if node is not None else ""
 
 
+# torch.onnx's exporter records each node's Python stack trace (absolute paths of the machine
+# and checkout that exported it, the user's own source lines) in the node's metadata.
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def strip_stack_traces(model: onnx.ModelProto) -> int:
+    """Remove the exporter's per-node stack traces, in place; returns how many. An export is
+    then the same bytes wherever it is made, and carries no paths of the machine it was made
+    on; the module scopes (which layer a node came from) stay."""
+    removed = 0
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        for node in g.node:
+            keep = [p for p in node.metadata_props if p.key != STACK_TRACE]
+            if len(keep) != len(node.metadata_props):
+                removed += len(node.metadata_props) - len(keep)
+                del node.metadata_props[:]
+                node.metadata_props.extend(keep)
+            graphs.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+    return removed
+
+
 def gelu_as_onnxruntime_fuses(model: onnx.ModelProto) -> int:
     """Reorder each GELU torch's exporter writes, x * (0.5 * (1 + erf(x / √2))), into
     (x * (1 + erf(x / √2))) * 0.5, the order onnxruntime's GeluFusion matches (its two

@@ -440,17 +440,21 @@ def export_onnx(call: ExportCall, out: Path, opset: int) -> Path:
             raise cause from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InvalidInput(f"torch.onnx export failed: {msg}") from e
-    if not kwargs["external_data"]:
-        _for_onnxruntime(out)
+    _after_export(out, external=kwargs["external_data"])
     return out
 
 
-def _for_onnxruntime(path: Path) -> None:
-    """The exported graph in the forms onnxruntime's fusions match (same outputs, same bits)."""
+def _after_export(path: Path, external: bool) -> None:
+    """The exported graph without the exporter's stack traces (core/onnx_model.py says why)
+    and in the forms onnxruntime's fusions match (same outputs, same bits). A model with
+    external data keeps its data file as written; only the graph file is rewritten."""
     import onnx
 
-    from edgesmith.toolchain.core.onnx_model import gelu_as_onnxruntime_fuses
+    from edgesmith.toolchain.core.onnx_model import gelu_as_onnxruntime_fuses, strip_stack_traces
 
-    model = onnx.load(str(path))
-    if gelu_as_onnxruntime_fuses(model):
+    model = onnx.load(str(path), load_external_data=False)
+    changed = strip_stack_traces(model)
+    if not external:  # the rewrite reads weights; an external-data model keeps its graph
+        changed += gelu_as_onnxruntime_fuses(model)
+    if changed:
         onnx.save(model, str(path))
