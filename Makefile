@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo text-classifier test test-tf4 test-gpu lint bench support-table clean
+.PHONY: setup demo text-classifier test test-tf4 test-gpu lint docs bench support-table clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,12 @@ support-table: setup $(VENV_TF4)/.installed
 
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
+
+# The documentation site (mkdocs.yml → build/site): the references regenerated from the code,
+# then built with --strict (a broken link or a missing page fails).
+docs: setup
+	$(BIN)/python tools/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: setup
 	$(BIN)/lint-imports

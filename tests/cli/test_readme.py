@@ -42,3 +42,19 @@ def test_quickstart_runs_as_written(name, tmp_path):
     assert report["passed"] is True
     if name == "torch":
         assert {c["output"] for c in report["checks"]} == {"scores", "embedding"}
+
+
+def test_the_readmes_links_resolve():
+    """Every relative link in the README names a file in the repository (the docs site's own
+    links are checked by `mkdocs build --strict` in CI)."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert links
+    missing = [link for link in links if "://" not in link and not (REPO / link).exists()]
+    assert not missing, missing
+
+
+def test_the_readme_is_short():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 200

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from edgesmith.toolchain.cli import _errors, inspect, run, targets
 from edgesmith.toolchain.cli._errors import INTERRUPTED, INTERRUPTED_LINE
@@ -23,9 +25,30 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+class _Group(TyperGroup):
+    """The root command: `--debug` is taken anywhere before `--` (`edgesmith export --debug
+    ...` as well as `edgesmith --debug export ...`), and without it third-party warnings
+    (torch's FutureWarnings, onnxruntime's notes) are not printed."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        asked = "--debug" in args[:end]
+        env = os.environ.get("EDGESMITH_DEBUG", "") not in ("", "0")
+        _errors.debug["on"] = asked or env
+        if asked:
+            args = [a for i, a in enumerate(args) if i >= end or a != "--debug"]
+        if not _errors.debug["on"]:
+            warnings.filterwarnings("ignore")
+        return super().parse_args(ctx, args)
+
+
 def _root(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks (also EDGESMITH_DEBUG=1).")
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks and warnings; anywhere on the line (also EDGESMITH_DEBUG=1).",
+        ),
     ] = False,
     version: Annotated[
         bool,
@@ -34,7 +57,7 @@ def _root(
 ) -> None:
     """Exit codes: 0 ok, 1 accuracy gate or check failed, 2 bad input, 3 target unavailable,
     70 internal error (a bug in edgesmith), 130 interrupted."""
-    _errors.debug["on"] = debug or os.environ.get("EDGESMITH_DEBUG", "") not in ("", "0")
+    _errors.debug["on"] = _errors.debug["on"] or debug  # _Group.parse_args set it first
 
 
 # Commands that are not stages; every stage's command comes from its registration.
@@ -53,6 +76,7 @@ def stage_command(stage: Stage):
 def make_app() -> typer.Typer:
     """The CLI as the registry stands now: one command per registered stage, then the tools."""
     cli = typer.Typer(
+        cls=_Group,
         name="edgesmith",
         help="From a fine-tuned model to a validated edge engine, with an accuracy gate.",
         no_args_is_help=True,

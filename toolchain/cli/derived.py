@@ -74,7 +74,13 @@ def derived_command(stage: Stage):
                           annotation=DynamicAxes),
         inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Task),
     ]  # fmt: skip
-    for name, f in fields.items():
+    from edgesmith.toolchain.training.config import Training
+
+    shared = set(Training.model_fields) if issubclass(stage.config, Training) else set()
+    # the method's own options first, then the training options every trainer shares
+    for name, f in sorted(fields.items(), key=lambda kv: kv[0] in shared):
+        # options grouped in --help: the method's own, then the training every trainer shares
+        panel = "Training" if name in shared else "Method"
         kind, repeatable = _option_type(f.annotation)
         typ = list[kind] if repeatable else kind
         default = f.get_default(call_default_factory=True)
@@ -94,7 +100,9 @@ def derived_command(stage: Stage):
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
-                annotation=Annotated[typ | None, typer.Option(flag, help=help_text)],
+                annotation=Annotated[
+                    typ | None, typer.Option(flag, help=help_text, rich_help_panel=panel)
+                ],
             )
         )
     params.append(

@@ -17,28 +17,48 @@ class Training(StageConfig):
     eval_data: str | None = Field(
         default=None, description="eval data (default: eval_fraction of the data, held out)"
     )
-    eval_fraction: float = Field(default=0.1, gt=0, lt=1)
+    eval_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="fraction of the data held out when no eval data"
+    )
     tokenizer: str | None = Field(
         default=None, description="tokenizer folder for text data (default: the model's)"
     )
     seq_len: int = Field(default=128, ge=1, description="token sequence length for text data")
     limit: int | None = Field(default=None, ge=1, description="use only the first N samples")
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)  # global, across torchrun processes
+    epochs: int = Field(default=10, ge=1, description="training epochs")
+    batch_size: int = Field(
+        default=64, ge=1, description="samples per step, across all torchrun processes"
+    )
     lr: float | None = Field(
         default=None, gt=0, description="peak learning rate (default: by what is trained)"
     )
-    temperature: float = Field(default=4.0, gt=0)
+    temperature: float = Field(
+        default=4.0, gt=0, description="softmax temperature of the soft targets"
+    )
     alpha: float = Field(
         default=0.5, ge=0, le=1, description="weight of the soft targets; 1 - alpha on labels"
     )
-    loss: Literal["auto", "soft", "embedding"] = "auto"
-    output: str | None = None  # the output compared; default the only (batch, features) one
-    mse_weight: float = Field(default=1.0, ge=0)
-    cos_weight: float = Field(default=1.0, ge=0)
-    hidden_weight: float = Field(default=0.0, ge=0)
-    dropout: float | None = Field(default=None, ge=0, lt=1)  # the student's; None: as built
-    weight_decay: float = Field(default=0.01, ge=0)
-    seed: int = 0
-    resume: bool = False  # continue an interrupted run from its last complete epoch
+    loss: Literal["auto", "soft", "embedding"] = Field(
+        default="auto",
+        description="soft targets (classifiers), embedding (MSE + cosine), or auto by the task",
+    )
+    output: str | None = Field(
+        default=None,
+        description="the output compared (default: the only one shaped batch x features)",
+    )
+    mse_weight: float = Field(default=1.0, ge=0, description="embedding loss: weight of MSE")
+    cos_weight: float = Field(
+        default=1.0, ge=0, description="embedding loss: weight of 1 - cosine"
+    )
+    hidden_weight: float = Field(
+        default=0.0, ge=0, description="weight of the hidden-state loss (derived students)"
+    )
+    dropout: float | None = Field(
+        default=None, ge=0, lt=1, description="the student's dropout (default: as built)"
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay")
+    seed: int = Field(default=0, description="seed of the data order and initialisation")
+    resume: bool = Field(
+        default=False, description="continue an interrupted run from its last complete epoch"
+    )
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("data", "eval_data", "tokenizer")

@@ -1,0 +1,63 @@
+"""The command line's grammar: --debug anywhere, third-party warnings hidden without it, the
+options grouped and documented, and the generated reference (every command's options, their
+types, defaults and help) kept equal to what the code says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_debug_is_taken_after_the_command_too(cli, tmp_path):
+    quiet = cli("export", str(tmp_path / "missing"), "-o", tmp_path / "out")
+    loud = cli("export", str(tmp_path / "missing"), "-o", tmp_path / "out", "--debug")
+    assert quiet.code == loud.code == 2
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr
+    assert "model not found" in loud.stderr.splitlines()[-1]
+
+
+def test_third_party_warnings_are_hidden_unless_debug(tmp_path):
+    """A warning raised while a command runs (as torch's FutureWarnings are) is printed with
+    --debug only."""
+    code = (
+        "import functools, sys, warnings\n"
+        "from edgesmith.toolchain.cli import targets\n"
+        "real = targets.command\n"
+        "@functools.wraps(real)\n"
+        "def noisy(*a, **k):\n"
+        "    warnings.warn('from a dependency', FutureWarning)\n"
+        "    return real(*a, **k)\n"
+        "targets.command = noisy\n"
+        "from edgesmith.toolchain.cli.app import make_app\n"
+        "make_app()(args=sys.argv[1:], prog_name='edgesmith')\n"
+    )
+    for flags, shown in (([], False), (["--debug"], True)):
+        r = subprocess.run([sys.executable, "-c", code, "targets", *flags], capture_output=True,
+                           text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert ("from a dependency" in r.stderr) is shown, r.stderr
+
+
+def test_prune_help_groups_its_options_and_documents_each():
+    from typer.testing import CliRunner
+
+    from edgesmith.toolchain.cli.app import make_app
+
+    r = CliRunner().invoke(make_app(), ["prune", "--help"], env={"COLUMNS": "140"})
+    assert r.exit_code == 0
+    out = r.stdout
+    assert "Method" in out and "Training" in out
+    assert out.index("Method") < out.index("Training")
+    assert "--dropout" in out and "the student's dropout" in out
+    assert "one of structured, magnitude, movement, 2:4" in out
+
+
+def test_the_cli_and_recipe_references_are_current():
+    """docs/reference/*.md are generated from the typer app and the pydantic models; an
+    option or field changed without regenerating them fails here."""
+    r = subprocess.run([sys.executable, "tools/docs_reference.py", "--check"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
