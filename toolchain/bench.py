@@ -85,4 +85,5 @@ STAGE = Stage(
     BenchStage,
     run,
     command="edgesmith.toolchain.cli.bench:command",
+    example="edgesmith bench build/engine --target ort-cpu --batch 1,8",
 )

@@ -52,4 +52,5 @@ STAGE = Stage(
     BuildStage,
     run,
     command="edgesmith.toolchain.cli.build:command",
+    example="edgesmith build build/int8 --target ort-cpu -o build/engine",
 )

@@ -61,3 +61,26 @@ def test_the_cli_and_recipe_references_are_current():
     r = subprocess.run([sys.executable, "tools/docs_reference.py", "--check"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_command_shows_an_example_that_its_parser_takes():
+    """Each command's --help ends with an example and the exit codes; every option the
+    example uses is one the command has."""
+    import shlex
+
+    import typer
+
+    from edgesmith.toolchain.cli.app import TOOL_EXAMPLES, make_app
+    from edgesmith.toolchain.core.stage import stages
+
+    group = typer.main.get_command(make_app())
+    ctx = group.make_context("edgesmith", [], resilient_parsing=True)
+    examples = {**{k: s.example for k, s in stages().items()}, **TOOL_EXAMPLES}
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert "Exit codes: 0 ok, 1" in (cmd.epilog or ""), name
+        words = shlex.split(examples[name])
+        assert words[:2] == ["edgesmith", name] and f"Example: {examples[name]}" in cmd.epilog
+        flags = {o for p in cmd.params for o in (*getattr(p, "opts", ()), *p.secondary_opts)}
+        unknown = [w for w in words if w.startswith("-") and w not in flags]
+        assert not unknown, (name, unknown)

@@ -62,6 +62,19 @@ def _root(
 
 # Commands that are not stages; every stage's command comes from its registration.
 TOOL_COMMANDS = {"run": run.command, "targets": targets.command, "inspect": inspect.command}
+TOOL_EXAMPLES = {
+    "run": "edgesmith run recipes/digits.toml",
+    "targets": "edgesmith targets --options trt-gpu",
+    "inspect": "edgesmith inspect build/engine",
+}
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 accuracy gate or check failed (the report is written), 2 bad input, "
+    "3 target unavailable here, 70 internal error, 130 interrupted."
+)
+
+
+def _epilog(example: str) -> str:
+    return (f"Example: {example}\n\n" if example else "") + EXIT_CODES
 
 
 def stage_command(stage: Stage):
@@ -87,9 +100,10 @@ def make_app() -> typer.Typer:
     for kind, stage in stages().items():
         # a stage's own command documents itself (its docstring); a derived one has stage.help
         helptext = None if stage.command else stage.help or None
-        cli.command(kind, help=helptext)(_errors.guarded(stage_command(stage)))
+        epilog = _epilog(stage.example)
+        cli.command(kind, help=helptext, epilog=epilog)(_errors.guarded(stage_command(stage)))
     for name, fn in TOOL_COMMANDS.items():
-        cli.command(name)(_errors.guarded(fn))
+        cli.command(name, epilog=_epilog(TOOL_EXAMPLES[name]))(_errors.guarded(fn))
     return cli
 
 

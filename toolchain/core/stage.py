@@ -136,6 +136,7 @@ class Stage:
     config: type[StageConfig]
     run: Runner
     help: str = ""  # the CLI command's one-line help
+    example: str = ""  # one command line, shown under the command's --help
     # The CLI command ("module:function" or a function); None: derived from `config`.
     command: str | Callable[..., None] | None = None
     # What changes the output beyond the config and the inputs (quantize: the preset this

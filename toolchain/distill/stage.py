@@ -105,4 +105,6 @@ STAGE = Stage(
     run,
     command="edgesmith.toolchain.cli.distill:command",
     distributed=True,
+    example="edgesmith distill --teacher ./my-bert --student-layers 3 --data train.txt "
+    "-o build/student",
 )

@@ -147,4 +147,6 @@ STAGE = Stage(
     ExportStage,
     run,
     command="edgesmith.toolchain.cli.export:command",
+    example="edgesmith export mypkg.net:make --weights net.safetensors --input x:1x12 "
+    "--dynamic x:0 -o build/onnx",
 )

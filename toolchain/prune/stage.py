@@ -154,4 +154,5 @@ STAGE = Stage(
     help="Prune a fine-tuned model for real (an encoder's heads and FFN neurons, a CNN's "
     "channels), recover it by distillation, and measure the engine before and after.",
     distributed=True,
+    example="edgesmith prune ./my-bert -o build/pruned --data train.jsonl --heads 0.5 --ffn 0.5",
 )

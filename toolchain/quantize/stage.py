@@ -350,4 +350,6 @@ STAGE = Stage(
     run,
     command="edgesmith.toolchain.cli.quantize:command",
     cache_context=cache_context,
+    example="edgesmith quantize build/onnx -o build/int8 --calibration calib.npz --eval test.npz "
+    "--max-drop 0.005",
 )

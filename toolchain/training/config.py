@@ -47,9 +47,7 @@ class Training(StageConfig):
         description="the output compared (default: the only one shaped batch x features)",
     )
     mse_weight: float = Field(default=1.0, ge=0, description="embedding loss: weight of MSE")
-    cos_weight: float = Field(
-        default=1.0, ge=0, description="embedding loss: weight of 1 - cosine"
-    )
+    cos_weight: float = Field(default=1.0, ge=0, description="embedding loss: weight of 1 - cosine")
     hidden_weight: float = Field(
         default=0.0, ge=0, description="weight of the hidden-state loss (derived students)"
     )

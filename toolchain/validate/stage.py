@@ -96,4 +96,6 @@ STAGE = Stage(
     ValidateStage,
     run,
     command="edgesmith.toolchain.cli.validate:command",
+    example="edgesmith validate build/engine --reference mypkg.net:make "
+    "--reference-weights net.safetensors --data test.npz -o build/report",
 )
