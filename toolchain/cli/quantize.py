@@ -97,7 +97,9 @@ _Image = Annotated[
 ]
 _Eval = Annotated[
     Path | None,
-    typer.Option("--eval", help="Eval data for the accuracy gate and the fallback loop."),
+    typer.Option(
+        "--eval-data", "--eval", help="Eval data for the accuracy gate and the fallback loop."
+    ),
 ]
 _GatherInt8 = Annotated[
     bool | None,
@@ -152,7 +154,7 @@ def command(
 ) -> None:
     """Quantize to int8 (QDQ) with calibrated ranges.
 
-    With --eval, nodes go back to float until the gate passes (exit 1 if none does).
+    With --eval-data, nodes go back to float until the gate passes (exit 1 if none does).
     """
     recipe = one_stage(
         {"model": str(model)},

@@ -210,7 +210,7 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
 
     src, cfg, preset, reason = job.src, job.cfg, job.preset, "latency: int8 slower than float here"
     if data is None:
-        verdict = "not checked: no data to time it on (give --calibration or --eval)"
+        verdict = "not checked: no data to time it on (give --calibration or --eval-data)"
         job.log(f"latency: {verdict}")
         return LatencyStep(current, {"verdict": verdict})
     base = prepared.path if prepared else Path(src.path)
@@ -350,6 +350,6 @@ STAGE = Stage(
     run,
     command="edgesmith.toolchain.cli.quantize:command",
     cache_context=cache_context,
-    example="edgesmith quantize build/onnx -o build/int8 --calibration calib.npz --eval test.npz "
-    "--max-drop 0.005",
+    example="edgesmith quantize build/onnx -o build/int8 --calibration calib.npz "
+    "--eval-data test.npz --max-drop 0.005",
 )
