@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgesmith.toolchain.core.timing import interleaved  # noqa: F401  (the one timer, re-exported here)
 
 
@@ -23,3 +25,68 @@ def held_out_sentences(n: int) -> list[str]:
     from edgesmith.calibration.sentences import split_sentences
 
     return split_sentences(held_out=0.2, seed=0)[1][:n]
+
+
+RECORDS = Path(__file__).resolve().parent / "records"
+
+
+def record(name: str, figures: dict, goals: list[dict] | None = None) -> Path:
+    """Write benchmarks/records/NAME.json: every figure with what it was measured on (CPU
+    model and instruction set, cores, library versions, the commit and whether the tree had
+    changes, the date, the command) and the goals, each with its figure and whether it is met.
+    The documentation's benchmark page is rendered from these records
+    (tools/docs_reference.py), and the README's figures are checked against them (tests)."""
+    import datetime
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from edgesmith.toolchain.core.presets import detect_isa
+
+    root = RECORDS.parent.parent
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    versions = {}
+    for pkg in ("edgesmith", "torch", "onnxruntime", "onnx", "transformers", "optimum-onnx"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    cpu = ""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info.read_text().splitlines()
+                    if ln.startswith("model name")), "")  # fmt: skip
+    data = {
+        "benchmark": name,
+        "command": " ".join(["python", os.path.relpath(sys.argv[0], root), *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "commit": git("rev-parse", "--short=12", "HEAD"),
+        "tree_changed": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "host": {
+            "cpu": cpu or platform.processor(),
+            "cores": os.cpu_count(),
+            "isa": isa(),
+            **detect_isa().summary(),
+        },  # fmt: skip
+        "versions": {"python": platform.python_version(), **versions},
+        "figures": figures,
+        "goals": goals or [],
+    }
+    RECORDS.mkdir(exist_ok=True)
+    path = RECORDS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"record: {path.relative_to(root)}")
+    return path
+
+
+def goal(what: str, value: float, op: str, bound: float) -> dict:
+    """One goal of a record: `value op bound` (op: "<=" or ">="), met or not."""
+    met = value <= bound if op == "<=" else value >= bound
+    return {"goal": what, "value": value, "op": op, "bound": bound, "met": met}

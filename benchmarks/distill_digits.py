@@ -35,6 +35,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks._common import goal, record  # noqa: E402
+
 DIGITS = REPO / "build" / "digits"
 STUDENT = "examples.digits_student:make_student"
 TEACHER = "examples.digits:make_model"
@@ -169,8 +171,8 @@ def main() -> None:
             f"{name:<26} {' '.join(f'{a:.4f}' for a in accs):<28} {mean:>7.4f} "
             f"{mean / teacher:>9.1%}"
         )
-    goal = summary["distilled"]["of_teacher"] >= 0.99
-    print(f"goal: distilled >= 99% of the teacher's top-1: {'met' if goal else 'MISSED'}")
+    met = summary["distilled"]["of_teacher"] >= 0.99
+    print(f"goal: distilled >= 99% of the teacher's top-1: {'met' if met else 'MISSED'}")
     if ddp:
         base = ddp["1 process, 1 thread"]
         for name, sps in ddp.items():
@@ -190,6 +192,20 @@ def main() -> None:
         )
     )
     print(f"wrote {args.json}")
+    figures = {
+        "teacher_params": first["teacher_params"],
+        "student_params": first["student_params"],
+        "param_ratio": ratio,
+        "teacher_test_top1": teacher,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "students": summary,
+        "ddp_samples_per_s": ddp,
+    }
+    share = summary["distilled"]["of_teacher"]
+    record("distill_digits", figures, [
+        goal("distilled student's test top-1, share of the teacher's", share, ">=", 0.99),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import held_out_sentences, isa  # noqa: E402
+from benchmarks._common import goal, held_out_sentences, isa, record  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -71,28 +71,39 @@ def main() -> None:
             )
         diff = max_abs_diff(src, work / "ours0" / "model.onnx")
         o, t = statistics.median(ours), statistics.median(theirs)
+        figures: dict = {"rounds": args.rounds, "wall_s": {"torch": o, "optimum-cli": t},
+                         "max_abs_diff": {"torch": diff}}  # fmt: skip
         print(f"export all-MiniLM-L6-v2, median of {args.rounds} interleaved runs (whole command)")
         print(f"  host: {isa()}")
         print(f"  edgesmith export --exporter torch (incl. its check vs PyTorch): {o:6.2f} s")
         if both:
             v = statistics.median(via_optimum)
+            figures["wall_s"]["optimum"] = v
             print(f"  edgesmith export --exporter optimum (incl. its check):    {v:6.2f} s")
         print(f"  optimum-cli export onnx (incl. its validation):              {t:6.2f} s")
         print(f"  ratio edgesmith (torch) / optimum-cli: {o / t:.2f}  (goal <= 1.0)")
+        figures["wall_ratio_torch_to_optimum_cli"] = o / t
         print("  torch exporter's ONNX vs PyTorch, 64 held-out sentences, max abs diff:")
         for name, value in diff.items():
             print(f"    {name:22s} {value:.2e}")
         if both:
             d2 = max_abs_diff(src, work / "opt0" / "model.onnx")
+            figures["max_abs_diff"]["optimum"] = d2
             print("  optimum exporter's ONNX vs PyTorch, same sentences:")
             for name, value in d2.items():
                 print(f"    {name:22s} {value:.2e}")
-            int8_engines(src, {"torch": work / "ours0", "optimum": work / "opt0"}, work)
+            exports = {"torch": work / "ours0", "optimum": work / "opt0"}
+            figures["int8_engine"] = int8_engines(src, exports, work)
+        record("export_minilm", figures, [
+            goal("torch exporter's wall time x optimum-cli's", o / t, "<=", 1.0),
+            *[goal(f"torch exporter's {k}, max abs diff to PyTorch", v, "<=", 1e-4)
+              for k, v in diff.items()],
+        ])  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
+def int8_engines(src: str, exports: dict[str, Path], work: Path) -> dict:
     """quantize → build each export the same way; their int8 engines timed side by side and
     compared with PyTorch (cosine of sentence_embedding on 256 held-out sentences)."""
     from edgesmith.calibration.sentences import split_sentences
@@ -115,6 +126,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
     tok = AutoTokenizer.from_pretrained(str(src))
     sentences = held_out_sentences(256)
     ref = _pytorch_embeddings(src, sentences)
+    out: dict = {"batch1_ms": {}, "cosine": {}}
     print("  int8 ort-cpu engine from each exporter (2 threads, interleaved medians):")
     for label, kw in (("own length", {"padding": False}),
                       ("padded 128", {"padding": "max_length", "max_length": 128})):  # fmt: skip
@@ -125,6 +137,7 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
                      if k in runner.io.input_names}  # fmt: skip
             fns[name] = lambda r=runner, f=feeds: r.infer(f)
         ms = interleaved(fns, rounds=200, warmup=20)
+        out["batch1_ms"][label] = ms
         print(f"    batch 1, {label}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()))
     for name, runner in engines.items():
         cos = []
@@ -136,6 +149,8 @@ def int8_engines(src: str, exports: dict[str, Path], work: Path) -> None:
             want = ref[s]
             cos.append(float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))))
         print(f"    {name}: mean cosine to PyTorch {np.mean(cos):.5f}, min {np.min(cos):.5f}")
+        out["cosine"][name] = {"mean": float(np.mean(cos)), "min": float(np.min(cos))}
+    return out
 
 
 def _pytorch_embeddings(src: str, sentences: list[str]) -> dict[str, np.ndarray]:

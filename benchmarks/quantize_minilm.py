@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved, isa  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 BIN = Path(sys.executable).parent
@@ -354,6 +354,21 @@ def main() -> None:
         print("goal for ours: ratio(1024 / 64) <= 1.3")
     (WORK / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"figures written to {WORK / 'results.json'}")
+    results["x_fp32"] = {b: {n: round(ms / t["fp32"], 4) for n, ms in t.items()}
+                         for b, t in lat.items()}  # fmt: skip
+    ours, vnni = results["x_fp32"], "vnni" in isa()
+    bound = 0.45 if vnni else 0.60
+    name = "ours (static)"
+    static = acc[name]
+    record("quantize_minilm", results, [
+        goal(f"static int8 latency x fp32, batch 1 ({'VNNI' if vnni else 'AVX2'} host)",
+             ours[1][name], "<=", bound),
+        goal(f"static int8 latency x fp32, batch 8 ({'VNNI' if vnni else 'AVX2'} host)",
+             ours[8][name], "<=", bound),
+        goal("static int8 cosine to fp32, mean", static["cos_mean"], ">=", 0.997),
+        goal("static int8 same nearest neighbour", static["nn_agreement"], ">=", 0.95),
+        goal("static int8 engine MB", ENGINE_MB[name], "<=", 24.0),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Generate docs/reference/cli.md (from the typer app) and docs/reference/recipe.md (from the
-recipe's and the stages' pydantic models): the references are never written by hand.
+"""Generate docs/reference/cli.md (from the typer app), docs/reference/recipe.md (from the
+recipe's and the stages' pydantic models) and docs/benchmarks.md (from the records the
+benchmark scripts write, benchmarks/records/*.json): none of them is written by hand.
 
     python tools/docs_reference.py          # write both
     python tools/docs_reference.py --check  # exit 1 if either is not what the code says
@@ -126,6 +127,59 @@ def recipe_reference() -> str:
     return "".join(lines)
 
 
+RECORDS = ROOT / "benchmarks" / "records"
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A record's figures as (path, number) rows: nested tables joined with '/'."""
+    if isinstance(value, dict):
+        return [row for k, v in value.items() for row in _flat(v, f"{prefix}{k}/")]
+    if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+        return [(prefix.rstrip("/"), ", ".join(_number(v) for v in value))]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(prefix.rstrip("/"), _number(value))]
+    return []
+
+
+def _number(v: float) -> str:
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.3g}" if abs(v) < 1e-3 and v else f"{v:.4f}".rstrip("0").rstrip(".")
+
+
+def benchmarks_page() -> str:
+    import json
+
+    lines = [HEADER, "# Benchmarks\n\n"]
+    lines.append(
+        "Rendered from the records the benchmark scripts write (`benchmarks/records/*.json`): "
+        "each with the command that reproduces it, the commit, the host's CPU and instruction "
+        "set, and the library versions. A figure holds for the host it was measured on.\n\n"
+    )
+    for path in sorted(RECORDS.glob("*.json")):
+        r = json.loads(path.read_text())
+        host, versions = r["host"], r["versions"]
+        changed = " (with uncommitted changes)" if r.get("tree_changed") else ""
+        lines.append(f"## {r['benchmark']}\n\n")
+        lines.append(f"- command: `{r['command']}`\n")
+        lines.append(f"- commit {r['commit']}{changed}, {r['date']}\n")
+        lines.append(f"- host: {host['cpu']}, {host['cores']} cores; {host['isa']}\n")
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n\n")
+        if r["goals"]:
+            lines.append("| goal | measured | bound | |\n|---|---|---|---|\n")
+            for g in r["goals"]:
+                verdict = "met" if g["met"] else "**missed**"
+                value = _number(g["value"])
+                lines.append(
+                    f"| {_cell(g['goal'])} | {value} | {g['op']} {g['bound']} | {verdict} |\n"
+                )
+            lines.append("\n")
+        lines.append("| figure | value |\n|---|---|\n")
+        lines += [f"| {_cell(k)} | {v} |\n" for k, v in _flat(r["figures"])]
+        lines.append("\n")
+    return "".join(lines)
+
+
 def _table(rows, skip=frozenset()) -> str:
     out = "| field | type | default | meaning |\n|---|---|---|---|\n"
     for name, kind, default, doc in rows:
@@ -138,7 +192,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a reference is stale")
     args = ap.parse_args()
-    pages = {OUT / "cli.md": cli_reference(), OUT / "recipe.md": recipe_reference()}
+    pages = {
+        OUT / "cli.md": cli_reference(),
+        OUT / "recipe.md": recipe_reference(),
+        ROOT / "docs" / "benchmarks.md": benchmarks_page(),
+    }
     stale = [p for p, text in pages.items() if not p.is_file() or p.read_text() != text]
     if args.check:
         for p in stale:

@@ -58,3 +58,46 @@ def test_the_readmes_links_resolve():
 
 def test_the_readme_is_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_readmes_figures_are_held_by_benchmark_records():
+    """Every figure in the README's Measured section (a decimal, a percentage, a number in
+    scientific notation; commands in backticks aside) is a value some benchmark record holds
+    (benchmarks/records/*.json), at the precision the README shows it."""
+    import json
+    import math
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Measured\n", 1)[1].split("\n## ", 1)[0]
+    section = re.sub(r"`[^`]*`", " ", section)
+    values: list[float] = []
+
+    def collect(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                collect(x)
+        elif isinstance(v, list):
+            for x in v:
+                collect(x)
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            values.append(float(v))
+
+    for path in (REPO / "benchmarks" / "records").glob("*.json"):
+        collect(json.loads(path.read_text())["figures"])
+    assert values, "no benchmark records"
+
+    def held(number: str, percent: bool) -> bool:
+        x = float(number)
+        if "e" in number.lower():  # as written: one or two significant digits
+            digits = len(number.lower().split("e")[0].replace(".", "").lstrip("0"))
+            return any(v and f"{v:.{digits - 1}e}" == f"{x:.{digits - 1}e}" for v in values)
+        places = len(number.split(".")[1]) if "." in number else 0
+        scale = 100 if percent else 1
+        return any(math.isclose(round(v * scale, places), x, abs_tol=1e-9) for v in values)
+
+    missing = []
+    for m in re.finditer(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)(%?)", section):
+        if not held(m.group(1), bool(m.group(2))):
+            missing.append(m.group(0))
+    assert not missing, f"README figures no record holds: {missing}"
