@@ -201,3 +201,21 @@ def test_the_embedded_recipes_load(name):
 
 def load_recipe_text(text: str):
     return recipe_from_dict(tomllib.loads(text))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits.toml", "digits_distill.toml"])
+def test_make_demos_recipes_run_and_pass_their_gates(cli, digits, tmp_path, name):
+    """`make demo` as a newcomer runs it: each embedded recipe, as shipped (only the folder of
+    the trained CNN and the run's output moved into the test's own), ends with its gate
+    passed."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "recipes" / name).read_text()
+    text = text.replace('"build/digits/', f'"{digits}/')
+    text = text.replace(f'out = "{digits}/', f'out = "{tmp_path}/')
+    recipe = tmp_path / name
+    recipe.write_text(text)
+    r = cli("run", recipe)
+    assert r.code == 0, r.stderr[-2000:]
+    assert "validate: PASS" in r.stdout + r.stderr
