@@ -15,6 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# NVIDIA's TensorRT bindings (no libraries, ~1.3 MB each) for the API-conformance test
+	# (tests/targets/test_tensorrt_api.py); pip download skips wheels already in the folder.
+	mkdir -p $(VENV)/tensorrt-bindings
+	for w in tensorrt-cu12-bindings==10.0.1 tensorrt-cu13-bindings==10.13.3.9 \
+	         tensorrt-cu13-bindings==10.16.1.11 tensorrt-cu13-bindings==11.4.0.106; do \
+	  $(BIN)/pip download -q --no-deps -d $(VENV)/tensorrt-bindings $$w || exit 1; done
 	touch $@
 
 build/digits/model.safetensors: examples/digits.py | setup
@@ -56,8 +62,12 @@ support-table: setup $(VENV_TF4)/.installed
 	$(VENV_TF4)/bin/python benchmarks/support_matrix.py --exporter optimum
 	$(BIN)/python benchmarks/support_matrix.py --render docs/support.md
 
+# On a machine with an NVIDIA GPU and `pip install '.[gpu]'`: the gpu-marked tests, then the
+# digits CNN and MiniLM (int8 Q/DQ and fp16) built, loaded, validated and benched on trt-gpu
+# and ort-gpu, one table (benchmarks/gpu_check.py; under ten minutes).
 test-gpu: setup
 	$(BIN)/python -m pytest -q -m gpu
+	$(BIN)/python benchmarks/gpu_check.py --out build/gpu-check
 
 # The documentation site (mkdocs.yml → build/site): the references regenerated from the code,
 # then built with --strict (a broken link or a missing page fails).

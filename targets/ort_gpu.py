@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -67,13 +68,54 @@ def _ort():
     return ort
 
 
-def cuda_device_reason(device_id: int = 0) -> str | None:
-    """None when the NVIDIA driver sees device `device_id`, else why not. Asks the driver
-    (libcuda) directly: onnxruntime lists the CUDA provider whether or not a GPU is there."""
+# The oldest driver branch for each CUDA major (NVIDIA's CUDA toolkit release notes).
+DRIVER_FOR_CUDA = {12: "r525", 13: "r580"}
+GPU_INSTALL = "pip install 'onnxruntime-gpu[cuda,cudnn]'"
+TRT10_INSTALL = "pip install 'tensorrt-cu13>=10.13.3.9,<11'"
+
+
+def _loads(name: str) -> bool:
+    """Whether the dynamic loader finds the library `name` (a seam the tests replace)."""
     try:
-        lib = ctypes.CDLL("libcuda.so.1")
+        ctypes.CDLL(name)
     except OSError:
+        return False
+    return True
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _driver():
+    """libcuda, or None without an NVIDIA driver (a seam the tests replace)."""
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+
+
+def cuda_device_reason(device_id: int = 0, cuda_major: int | None = None) -> str | None:
+    """None when the NVIDIA driver sees device `device_id` (and supports CUDA `cuda_major`),
+    else why not. Asks the driver (libcuda) directly: onnxruntime lists the CUDA provider
+    whether or not a GPU is there."""
+    lib = _driver()
+    if lib is None:
         return "no NVIDIA driver (libcuda.so.1 not found)"
+    if cuda_major is not None:
+        version = ctypes.c_int(0)
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value:
+            have = (version.value // 1000, version.value % 1000 // 10)
+            if have[0] < cuda_major:
+                branch = DRIVER_FOR_CUDA.get(cuda_major, "a newer driver")
+                return (
+                    f"the NVIDIA driver supports CUDA {have[0]}.{have[1]} and onnxruntime-gpu is "
+                    f"a CUDA {cuda_major} build: install NVIDIA driver {branch} or later "
+                    f"(e.g. sudo apt install nvidia-driver-{branch[1:]})"
+                )
     if lib.cuInit(0) != 0:
         return "the NVIDIA driver did not initialise (no GPU visible?)"
     count = ctypes.c_int(0)
@@ -82,29 +124,82 @@ def cuda_device_reason(device_id: int = 0) -> str | None:
     return None
 
 
-def _tensorrt_version() -> str | None:
-    """The TensorRT the TensorRT provider will load: the Python package's, else libnvinfer's."""
+def _cuda_major(ort) -> int | None:
+    """The CUDA major this onnxruntime-gpu was built for (its build_and_package_info)."""
     try:
-        return metadata.version("tensorrt")
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        lib = ctypes.CDLL("libnvinfer.so.10")
-    except OSError:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
         return None
-    v = lib.getInferLibVersion()  # MAJOR * 10000 + MINOR * 100 + PATCH
-    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    version = getattr(info, "cuda_version", None)
+    return int(str(version).split(".")[0]) if version else None
+
+
+def cudnn_reason(cuda_major: int | None) -> str | None:
+    """None when cuDNN 9 can be loaded: on the loader path, or pip's nvidia-cudnn-cuXX (which
+    onnxruntime.preload_dlls loads); else the command that installs it."""
+    if _loads("libcudnn.so.9"):
+        return None
+    if cuda_major is not None and _dist_version(f"nvidia-cudnn-cu{cuda_major}"):
+        return None
+    return f"no cuDNN 9 (libcudnn.so.9) for the CUDA provider: {GPU_INSTALL}"
+
+
+def provider_trt_major(ort) -> int:
+    """The TensorRT major onnxruntime's TensorRT provider links (libnvinfer.so.N in its
+    library); 10 if it cannot be read (onnxruntime-gpu 1.31.1 links libnvinfer.so.10)."""
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    try:
+        found = re.search(rb"libnvinfer\.so\.(\d+)", lib.read_bytes())
+    except OSError:
+        found = None
+    return int(found.group(1)) if found else 10
+
+
+def libnvinfer_reason(major: int) -> str | None:
+    """None when libnvinfer.so.MAJOR loads; else what is wrong and the command that fixes it."""
+    if _loads(f"libnvinfer.so.{major}"):
+        return None
+    installed = _tensorrt_version()
+    if installed and installed.split(".")[0] != str(major):
+        return (
+            f"onnxruntime's TensorRT provider needs TensorRT {major} (libnvinfer.so.{major}) "
+            f"and TensorRT {installed} is installed: {TRT10_INSTALL}"
+        )
+    libs = _tensorrt_libs_dir()
+    if libs is not None:
+        return (
+            f"libnvinfer.so.{major} is not on the loader path (pip's tensorrt_libs is not): "
+            f"export LD_LIBRARY_PATH={libs}:$LD_LIBRARY_PATH"
+        )
+    return f"libnvinfer.so.{major} not found (TensorRT {major} is not installed): {TRT10_INSTALL}"
+
+
+def _tensorrt_libs_dir() -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorrt_libs")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return locations[0] if locations else None
+
+
+def _tensorrt_version() -> str | None:
+    """The TensorRT of the installed bindings (`tensorrt.__version__`); None without them."""
+    try:
+        import tensorrt
+    except (ImportError, OSError):
+        return None
+    return str(getattr(tensorrt, "__version__", "") or "") or None
 
 
 def _packages() -> set[str]:
-    names = set()
-    for d in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            metadata.version(d)
-            names.add(d)
-        except metadata.PackageNotFoundError:
-            pass
-    return names
+    return {d for d in ("onnxruntime", "onnxruntime-gpu") if _dist_version(d)}
+
+
+def _preload(ort) -> None:
+    """Load pip's CUDA and cuDNN libraries (onnxruntime-gpu[cuda,cudnn]) before a session."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload(cuda=True, cudnn=True)
 
 
 class OrtGpu:
@@ -164,26 +259,31 @@ class OrtGpu:
     RUNTIME_OPT_LEVEL: ClassVar[str] = "all"
 
     def unavailable_reason(self, provider: str = "cuda", device_id: int = 0) -> str | None:
+        """Why ort-gpu cannot run here, naming the missing piece and the command that fixes
+        it: both onnxruntime builds installed, a CPU build, a driver older than the CUDA this
+        onnxruntime-gpu was built for, no cuDNN, libnvinfer not loadable (tensorrt)."""
         try:
             ort = _ort()
         except ImportError as e:
-            return f"onnxruntime is not installed ({e})"
-        have = ort.get_available_providers()
-        missing = [p for p in PROVIDERS[provider] if p not in have]
-        if missing:
+            return f"onnxruntime is not installed ({e}): {GPU_INSTALL}"
+        if CUDA not in ort.get_available_providers():
             if {"onnxruntime", "onnxruntime-gpu"} <= _packages():
                 return (
                     "onnxruntime and onnxruntime-gpu are both installed and the CPU build's "
-                    "files won: pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
-                    "onnxruntime-gpu"
+                    "files won: pip uninstall -y onnxruntime onnxruntime-gpu && "
+                    f"{GPU_INSTALL}"
                 )
-            if CUDA in missing:
-                return (
-                    f"onnxruntime {ort.__version__} is a CPU build (no {CUDA}); "
-                    "see the README's GPU set-up (pip install 'edgesmith[gpu]')"
-                )
-            return f"onnxruntime {ort.__version__} has no {TRT} (TensorRT not installed)"
-        return cuda_device_reason(device_id)
+            return (
+                f"onnxruntime {ort.__version__} is a CPU build (no {CUDA}): "
+                f"pip uninstall -y onnxruntime && {GPU_INSTALL}"
+            )
+        cuda_major = _cuda_major(ort)
+        why = cuda_device_reason(device_id, cuda_major) or cudnn_reason(cuda_major)
+        if why or provider != "tensorrt":
+            return why
+        # onnxruntime-gpu lists the TensorRT provider whether or not TensorRT is there, and
+        # falls back to the CPU only when a session is made: ask the loader first.
+        return libnvinfer_reason(provider_trt_major(ort))
 
     def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
         o = self._options(cfg.options)
@@ -196,6 +296,7 @@ class OrtGpu:
         if why:
             raise TargetUnavailable(f"ort-gpu cannot build here: {why}")
         ort = _ort()
+        _preload(ort)
         source = Path(model.path)
         if o["fp16"]:
             source = fp16_model(onnx.load(str(source)), nodes, ops, out / ".fp16.onnx")
@@ -242,6 +343,7 @@ class OrtGpu:
         why = self.unavailable_reason(provider, device_id)
         if why:
             raise TargetUnavailable(f"ort-gpu cannot run {directory} here: {why}")
+        _preload(_ort())
         providers = [(name, self._at_load(name, opts, cfg)) for name, opts in cfg["providers"]]
         settings = SessionSettings(
             level=cfg.get("runtime_opt_level", self.RUNTIME_OPT_LEVEL),

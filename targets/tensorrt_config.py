@@ -7,6 +7,7 @@ tested, where neither is installed. Options and profiles: targets/tensorrt_optio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgesmith.targets.tensorrt_options import Profile, shape_str
+from edgesmith.targets.tensorrt_options import Profile, shape_str, version_tuple
 from edgesmith.toolchain.core.artifact import IoSpec
 from edgesmith.toolchain.core.errors import InvalidInput
 
@@ -139,17 +140,45 @@ def io_type_problems(io: IoSpec, network_types: Mapping[str, str]) -> list[str]:
     return problems
 
 
+# Datatype words in the engine inspector's strings, as precisions (Polygraphy matches
+# datatype tokens too): 10.x writes one "Format/Datatype" string per tensor ("Row major linear
+# FP32", "Thirty-two wide channel vectorized row major Int8 format", "Float" for a Myelin
+# layer); 11 writes the datatype in a field of its own.
+PRECISION_TOKENS = {
+    "fp32": "fp32", "float": "fp32", "float32": "fp32",
+    "fp16": "fp16", "half": "fp16", "float16": "fp16",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "int8": "int8", "uint8": "uint8", "fp8": "fp8", "e4m3": "fp8", "int4": "int4",
+    "fp4": "fp4", "int32": "int32", "int64": "int64", "bool": "bool",
+}  # fmt: skip
+DATATYPE_KEYS = ("Datatype", "DataType", "Format/Datatype")  # 11's own field first
+
+
+def tensor_precision(tensor: Any) -> str:
+    """The precision of one inspector tensor entry ("unknown" when it names none)."""
+    if not isinstance(tensor, Mapping):
+        return "unknown"
+    for key in DATATYPE_KEYS:
+        text = tensor.get(key)
+        if not isinstance(text, str):
+            continue
+        for word in re.split(r"[^0-9a-z]+", text.lower()):
+            word = word[1:] if word.startswith("k") and word[1:] in PRECISION_TOKENS else word
+            if word in PRECISION_TOKENS:
+                return PRECISION_TOKENS[word]
+    return "unknown"
+
+
 def layer_precisions(info: Mapping[str, Any]) -> dict[str, int]:
-    """Layers by the type of their first output, from the engine inspector's JSON (detailed
-    verbosity: each layer's "Outputs" carry a "Format/Datatype" such as "Int8 NC/32HW32")."""
+    """Layers by the precision of their first output, from the engine inspector's JSON
+    (detailed verbosity), counted by datatype token: {"int8": 29, "fp32": 4, ...}."""
     counts: dict[str, int] = {}
     for layer in info.get("Layers", []):
         if not isinstance(layer, Mapping):
             counts["unnamed"] = counts.get("unnamed", 0) + 1
             continue
         outs = layer.get("Outputs") or [{}]
-        fmt = str(outs[0].get("Format/Datatype", "unknown")) if isinstance(outs[0], Mapping) else ""
-        kind = fmt.split()[0].lower() if fmt.strip() else "unknown"
+        kind = tensor_precision(outs[0])
         counts[kind] = counts.get(kind, 0) + 1
     return counts
 
@@ -169,32 +198,33 @@ class DeviceFacts:
         return f"{self.gpu} (compute {self.compute_capability}) with TensorRT {self.tensorrt}"
 
 
-def _version(text: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(text).split("."):
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+# Version compatibility: which TensorRT majors load a version-compatible engine built by each
+# major (at the build's version or later): 10.x engines on 10.x and on 11 (TensorRT 11's
+# support matrix), 11.x on 11.x.
+VERSION_COMPATIBLE_RUNTIMES: dict[int, tuple[int, ...]] = {10: (10, 11), 11: (11,)}
 
 
 def compatibility_problems(recorded: Mapping[str, Any], here: DeviceFacts) -> list[str]:
     """Why TensorRT would refuse this engine here; [] if it would not.
 
     What TensorRT checks (its "Engine Compatibility" notes): the TensorRT version (exactly,
-    or with version compatibility the same major at this version or later) and the compute
-    capability (exactly, or with hardware compatibility "ampere+" any GPU of compute 8.0 or
-    later). The GPU's name is recorded but not checked: an A10 engine runs on an A40.
+    or with version compatibility this version or a later one of a major that loads the
+    build's: VERSION_COMPATIBLE_RUNTIMES) and the compute capability (exactly, or with
+    hardware compatibility "ampere+" any GPU of compute 8.0 or later). The GPU's name is
+    recorded but not checked: an A10 engine runs on an A40.
     """
     problems = []
     built, now = recorded.get("tensorrt"), here.tensorrt
     if built is None:
         problems.append("engine.json does not record the TensorRT version")
     elif recorded.get("version_compatible"):
-        b, h = _version(built), _version(now)
-        if b[:1] != h[:1] or h < b:
+        b, h = version_tuple(built), version_tuple(now)
+        majors = VERSION_COMPATIBLE_RUNTIMES.get(b[0], (b[0],))
+        if h[0] not in majors or h < b:
+            later = " or ".join(f"{m}.x" for m in majors)
             problems.append(
                 f"TensorRT {built} at build, {now} here (a version-compatible engine runs on "
-                f"{built} or a later {b[0]}.x)"
+                f"{built} or a later {later})"
             )
     elif str(built) != now:
         problems.append(f"TensorRT {built} at build, {now} here")
@@ -202,7 +232,7 @@ def compatibility_problems(recorded: Mapping[str, Any], here: DeviceFacts) -> li
     if cc is None:
         problems.append("engine.json does not record the compute capability")
     elif recorded.get("hardware_compatibility") == "ampere+":
-        if _version(now_cc := here.compute_capability) < (8, 0):
+        if version_tuple(now_cc := here.compute_capability) < (8, 0):
             problems.append(
                 f"an ampere+ engine needs compute capability 8.0 or later, {now_cc} here"
             )

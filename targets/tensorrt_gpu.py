@@ -1,10 +1,12 @@
 """TensorRT on an NVIDIA GPU: an ONNX model parsed and built into a serialized engine (a plan).
 
-Written against the TensorRT 10 Python API, strongly typed: every tensor's precision comes
-from the model (TensorRT 10.12 deprecated the weak-typing flags FP16/INT8, 11 removes them).
-Int8 comes from Q/DQ nodes (explicit quantization); fp16 is an fp16 copy of the model made
-here (fp32 I/O, `fp32_layers` kept fp32), the AutoCast step TensorRT's migration guide names.
-A TensorRT without strong typing gets the old weakly typed build with the precision flags.
+Written against the TensorRT 10 and 11 Python APIs (checked against NVIDIA's bindings of
+10.0.1, 10.13.3.9, 10.16.1.11 and 11.4.0.106 by tests/targets/test_tensorrt_api.py), strongly
+typed: every tensor's precision comes from the model (10.12 deprecated the weak-typing flags
+FP16/INT8, 11 removed them; every 10.x has STRONGLY_TYPED, and 11 is strongly typed without
+it). Int8 comes from Q/DQ nodes (explicit quantization); fp16 is an fp16 copy of the model
+made here (fp32 I/O, `fp32_layers` kept fp32), the AutoCast step TensorRT's migration guide
+names.
 
 An engine is tied to the TensorRT version and compute capability that built it, unless built
 with version or hardware compatibility (targets/tensorrt_config.py: compatibility_problems);
@@ -39,14 +41,17 @@ from edgesmith.targets.tensorrt_config import (
 from edgesmith.targets.tensorrt_options import (
     HARDWARE_COMPATIBILITY,
     TRT_OPTIONS,
+    TRTEXEC_TIMING_CACHE_NOTE,
     PlanChoices,
     Profile,
     TrtOptions,
+    check_hardware_compatibility,
     parse_options,
     profile_shapes,
     profiles_from_json,
     profiles_to_json,
     trtexec_command,
+    version_tuple,
 )
 from edgesmith.targets.tensorrt_qdq import TRT_PRESET, check_qdq_rules
 from edgesmith.targets.tensorrt_runner import (
@@ -65,14 +70,22 @@ from edgesmith.toolchain.core.presets import Isa, Preset
 ENGINE_FILE = "engine.plan"
 TIMING_CACHE_FILE = "timing.cache"
 LAYERS_FILE = "layers.json"
-SUPPORTED_TRT_MAJOR = 10
+SUPPORTED_TRT_MAJORS = (10, 11)
 
 
-def strongly_typed(trt) -> bool:
-    return hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+def tensorrt_major(trt) -> int:
+    return version_tuple(trt.__version__)[0]
 
 
-def network_from_onnx_path(path: Path, typed: bool):
+def network_flags(trt) -> int:
+    """STRONGLY_TYPED on 10.x; 0 on 11, where every network is strongly typed (the flag is
+    deprecated there)."""
+    if tensorrt_major(trt) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def network_from_onnx_path(path: Path):
     """Builder, network and parser for an ONNX file, parsed by path so external data loads."""
     from edgesmith.targets.tensorrt_config import describe_parser_errors
 
@@ -80,8 +93,7 @@ def network_from_onnx_path(path: Path, typed: bool):
     logger = trt_logger()  # initialises the plugin library before the parser needs it
     logger.errors.clear()
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
-    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(network_flags(trt))  # explicit batch: the only mode
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(path))
     if not ok or parser.num_errors:
@@ -116,11 +128,6 @@ def builder_config(builder, opts: TrtOptions, choices: PlanChoices):
     if opts.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     (config.set_flag if opts.tf32 else config.clear_flag)(trt.BuilderFlag.TF32)
-    if not choices.typed:  # a TensorRT without strong typing: precision by flags
-        if opts.fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if choices.int8:
-            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ scales come from the model
     if choices.sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)  # 2:4 layers may run on sparse cores
     if opts.optimization_level is not None:
@@ -192,12 +199,12 @@ def build_plan(source: Path, io: IoSpec, opts: TrtOptions, choices: PlanChoices)
     build parses this target's fp16 copy of the model, made in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="edgesmith-trt-") as tmp:
         parsed = source
-        if opts.fp16 and choices.typed:
+        if opts.fp16:
             full = onnx.load(str(source))  # with its external data
             fp32 = list(choices.fp32_nodes), list(choices.fp32_ops)
             parsed = fp16_model(full, *fp32, Path(tmp) / "model.fp16.onnx")
         # The parser owns the weights the network points to: keep it until the build ends.
-        builder, network, _parser = network_from_onnx_path(parsed, choices.typed)
+        builder, network, _parser = network_from_onnx_path(parsed)
         check_network(network, io, choices.profiles, source)
         config = builder_config(builder, opts, choices)
         seeded = attach_timing_cache(config, opts)
@@ -210,7 +217,7 @@ def build_plan(source: Path, io: IoSpec, opts: TrtOptions, choices: PlanChoices)
 
 
 class TrtGpu:
-    """Target `trt-gpu`: TensorRT 10 on the CUDA device torch sees as current.
+    """Target `trt-gpu`: TensorRT 10 or 11 on the CUDA device torch sees as current.
 
     Its build options are TRT_OPTIONS (targets/tensorrt_options.py), checked there by
     parse_options; `edgesmith targets --options trt-gpu` lists them.
@@ -239,8 +246,8 @@ class TrtGpu:
         except (ImportError, OSError) as e:
             return f"tensorrt failed to import ({str(e).strip().splitlines()[0]})"
         version = str(getattr(trt, "__version__", "unknown"))
-        if version.split(".")[0] != str(SUPPORTED_TRT_MAJOR):
-            return f"tensorrt {version} is not supported (trt-gpu needs TensorRT 10.x)"
+        if version_tuple(version)[0] not in SUPPORTED_TRT_MAJORS:
+            return f"tensorrt {version} is not supported (trt-gpu needs TensorRT 10.x or 11.x)"
         return device().unavailable_reason()
 
     def build(self, model: ModelArtifact, cfg: BuildConfig, out: Path) -> ModelArtifact:
@@ -268,12 +275,10 @@ class TrtGpu:
             raise TargetUnavailable(f"trt-gpu cannot build here: {why}")
 
         trt = trt_module()
-        typed = strongly_typed(trt)
-        if opts.fp32_layers and not typed:
-            raise InvalidInput("trt-gpu option fp32_layers needs TensorRT with strong typing")
+        check_hardware_compatibility(opts, trt.__version__)
         here = device().facts(trt.__version__)
-        choices = PlanChoices(profiles, typed=typed, int8=int8, sparse=sparse,
-                              fp32_nodes=tuple(fp32[0]), fp32_ops=tuple(fp32[1]))  # fmt: skip
+        choices = PlanChoices(profiles, int8=int8, sparse=sparse, fp32_nodes=tuple(fp32[0]),
+                              fp32_ops=tuple(fp32[1]), major=tensorrt_major(trt))  # fmt: skip
         plan, config, seeded = build_plan(Path(model.path), io, opts, choices)
         (out / ENGINE_FILE).write_bytes(plan)
         (out / TIMING_CACHE_FILE).write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -287,18 +292,23 @@ class TrtGpu:
             "timing_cache_seeded": seeded,
             "shared_timing_cache": str(opts.shared_timing_cache or "") or None,
             "layers": LAYERS_FILE, "layer_precisions": layer_precisions(layers),
-            "typing": "strong" if typed else "weak", **decided,
+            "typing": "strong", **decided,
             "workspace_mb": config.get_memory_pool_limit(trt.MemoryPoolType.WORKSPACE) >> 20,
             "tensorrt": trt.__version__, "gpu": here.gpu,
             "compute_capability": here.compute_capability,
             "trtexec": trtexec_command(str(model.path), opts, choices, files),
             "files": [ENGINE_FILE, TIMING_CACHE_FILE, LAYERS_FILE],
         }  # fmt: skip
-        if opts.fp16 and typed:
-            settings["trtexec_note"] = (
+        notes = []
+        if opts.fp16:
+            notes.append(
                 "the model TensorRT parsed was this target's fp16 copy of --onnx (fp32 I/O, "
                 "fp32_layers kept fp32), which is not kept"
             )
+        if opts.timing_cache or opts.shared_timing_cache:
+            notes.append(TRTEXEC_TIMING_CACHE_NOTE)
+        if notes:
+            settings["trtexec_note"] = "; ".join(notes)
         (out / ENGINE_CONFIG).write_text(json.dumps({**settings, "io": io.to_dict()}, indent=2))
         if int8:
             precision = Precision.mixed if opts.fp16 else Precision.int8

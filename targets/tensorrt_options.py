@@ -17,11 +17,13 @@ from edgesmith.targets.fp16 import FP16, FP32_LAYERS, fp32_layers_option
 from edgesmith.toolchain.core.artifact import IoSpec
 from edgesmith.toolchain.core.errors import InvalidInput
 
-# HardwareCompatibilityLevel members by option value; trtexec's spelling beside each.
+# HardwareCompatibilityLevel members by option value; trtexec's spelling beside each, and the
+# first TensorRT that has the member (SAME_COMPUTE_CAPABILITY arrived in 10.9: absent from the
+# 10.8 bindings, present in 10.9's; tests/targets/test_tensorrt_api.py checks the dumps).
 HARDWARE_COMPATIBILITY = {
-    "none": ("NONE", None),
-    "ampere+": ("AMPERE_PLUS", "ampere+"),
-    "same_compute_capability": ("SAME_COMPUTE_CAPABILITY", "sameComputeCapability"),
+    "none": ("NONE", None, None),
+    "ampere+": ("AMPERE_PLUS", "ampere+", None),
+    "same_compute_capability": ("SAME_COMPUTE_CAPABILITY", "sameComputeCapability", "10.9"),
 }
 OPTIMIZATION_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level; TensorRT's is 3
 
@@ -102,11 +104,11 @@ class PlanChoices:
     what the builder config, the plan and the equivalent trtexec command are made from."""
 
     profiles: Sequence[Profile]  # the optimization profiles (none for a static model)
-    typed: bool  # a strongly typed network (precision from the model), else precision flags
     int8: bool  # the engine has int8 layers (from the model's Q/DQ)
     sparse: bool  # built with SPARSE_WEIGHTS
     fp32_nodes: tuple[str, ...] = ()  # kept in fp32 in an fp16 build: node names
     fp32_ops: tuple[str, ...] = ()  # and op types
+    major: int = 10  # the TensorRT major that builds it (11 is strongly typed without a flag)
 
 
 _MOM = ("min", "opt", "max")
@@ -152,7 +154,8 @@ TRT_OPTIONS: tuple[Option, ...] = (
            "build for other GPUs too: ampere+ (compute 8.0 and later) or any GPU of this "
            "compute capability", choices=tuple(HARDWARE_COMPATIBILITY)),
     Option("version_compatible", bool, False,
-           "the engine also runs on a later TensorRT 10.x (its host code is embedded)"),
+           "the engine also runs on a later TensorRT of its major, and a 10.x engine on 11.x "
+           "(its host code is embedded)"),
     Option("timing_cache", Path, None,
            "an earlier build's timing.cache to start from (read, not modified)"),
     Option("shared_timing_cache", Path, None,
@@ -384,21 +387,55 @@ def profiles_from_json(value: Any) -> list[Profile]:
 # ---------------------------------------------------------------- trtexec
 
 
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'10.13.3.9' -> (10, 13, 3, 9); a part without digits counts 0 ('10.7.0.post1')."""
+    parts = []
+    for p in str(text).split("."):
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_hardware_compatibility(opts: TrtOptions, tensorrt_version: str) -> None:
+    """The hardware_compatibility value this TensorRT has; one line (InvalidInput) if not."""
+    member, _, since = HARDWARE_COMPATIBILITY[opts.hardware_compatibility]
+    if since and version_tuple(tensorrt_version) < version_tuple(since):
+        raise InvalidInput(
+            f"trt-gpu option hardware_compatibility = {opts.hardware_compatibility} needs "
+            f"TensorRT {since} or later (HardwareCompatibilityLevel.{member}); this is "
+            f"{tensorrt_version}: use ampere+ or upgrade TensorRT"
+        )
+
+
+# What trtexec does with --timingCacheFile, unlike this target's options (engine.json says it).
+TRTEXEC_TIMING_CACHE_NOTE = (
+    "trtexec's --timingCacheFile accepts a cache from another GPU or TensorRT (ignoring the "
+    "mismatch) and writes the merged cache back to the file; timing_cache here is only read "
+    "and shared_timing_cache is merged under a lock, and both refuse a mismatched cache"
+)
+
+
 def trtexec_command(
     onnx_name: str, opts: TrtOptions, choices: PlanChoices, files: Mapping[str, str]
 ) -> str:
-    """The trtexec command line that builds the same engine from the same model (TensorRT 10
-    trtexec flags; each repeated --minShapes/--optShapes/--maxShapes triple is one profile)."""
+    """The trtexec command line that builds the same engine from the same model.
+
+    Profiles as trtexec's option parser (samples/common/sampleOptions.cpp) takes them: one
+    --minShapes/--optShapes/--maxShapes triple for one profile; for several, each triple
+    after its --profile=N ("Multiple --minShapes/--optShapes/--maxShapes without --profile are
+    not allowed"). TensorRT 11 networks are strongly typed without --stronglyTyped.
+    """
     args = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={files['engine']}", "--skipInference"]
-    if choices.typed:
+    if choices.major < 11:
         args.append("--stronglyTyped")
-    else:  # the weakly typed build of a TensorRT without strong typing
-        args += ["--fp16"] * opts.fp16 + ["--int8"] * choices.int8
     if not opts.tf32:
         args.append("--noTF32")
     if opts.workspace_mb:
         args.append(f"--memPoolSize=workspace:{opts.workspace_mb}M")
-    for p in choices.profiles:
+    several = len(choices.profiles) > 1
+    for i, p in enumerate(choices.profiles):
+        if several:
+            args.append(f"--profile={i}")
         for k in _MOM:
             spec = ",".join(f"{n}:{shape_str(getattr(r, k))}" for n, r in p.items())
             args.append(f"--{k}Shapes={spec}")

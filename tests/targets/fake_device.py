@@ -40,26 +40,33 @@ class HostDevice:
         return contextlib.nullcontext()
 
 
-def _weakly_typed(mod) -> None:
-    """A TensorRT before strong typing: no STRONGLY_TYPED, the precision flags present."""
-    mod.NetworkDefinitionCreationFlag = mod._enum("NetworkDefinitionCreationFlag", ("UNUSED",))
-    flags = ("TF32", "SPARSE_WEIGHTS", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "FP16", "INT8")
-    mod.BuilderFlag = mod._enum("BuilderFlag", flags)
+def api_for(version: str) -> str:
+    """The dumped TensorRT API a fake of `version` plays: that version's dump, else the
+    nearest dump of the same major (10.14 plays 10.16.1.11, 10.3 plays 10.0.1)."""
+    from tests.targets.trt_api import VERSIONS
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in v.split("."))
+
+    want = key(version)
+    same = [v for v in VERSIONS if key(v)[0] == want[0]]
+    if not same:
+        raise ValueError(f"no dumped TensorRT {want[0]}.x API for a fake {version}")
+    return min(same, key=lambda v: (abs(key(v)[1] - want[1]), -key(v)[1]))
 
 
 @pytest.fixture
 def fake_trt(monkeypatch):
-    """install(version=, cc=, gpu=, typed=): a fresh fake `tensorrt` and a host device; call
-    it again to move the same engines to "another machine"."""
+    """install(version=, cc=, gpu=, api=): a fresh fake `tensorrt` of that version and a host
+    device; call it again to move the same engines to "another machine". Its API is the
+    dump `api` (default: api_for(version))."""
 
-    def install(version="10.13.0.35", cc="8.9", gpu="NVIDIA Fake L4", typed=True):
+    def install(version="10.16.1.11", cc="8.9", gpu="NVIDIA Fake L4", api=None):
         spec = importlib.util.spec_from_file_location("tensorrt", fake_tensorrt.MODULE_FILE)
         mod = importlib.util.module_from_spec(spec)
+        mod.API_VERSION, mod.__version__ = api or api_for(version), version
         spec.loader.exec_module(mod)
-        mod.__version__ = version
         mod.DEVICE.cc, mod.DEVICE.name = cc, gpu
-        if not typed:
-            _weakly_typed(mod)
         monkeypatch.setitem(sys.modules, "tensorrt", mod)
         monkeypatch.setattr(tensorrt_runner, "DEVICE", HostDevice(mod))
         tensorrt_runner.trt_logger.cache_clear()

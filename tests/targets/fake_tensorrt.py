@@ -1,38 +1,47 @@
-"""A stand-in for TensorRT 10's Python bindings (the `tensorrt` module), for make test.
+"""A stand-in for TensorRT's Python bindings (the `tensorrt` module), for make test.
 
-It mirrors the API surface trt-gpu uses (class, method, property and enum names and their
-return conventions: None or False on failure with an ERROR logged, -1 for an invalid
-profile) and refuses what TensorRT 10.12+ deprecates or 11 removes: the weak-typing
-BuilderFlags (FP16, INT8, BF16, FP8, OBEY/PREFER_PRECISION_CONSTRAINTS), EXPLICIT_BATCH,
-calibrators, platform_has_fast_*. Where the real library would compute on a GPU, this one
-runs the parsed ONNX model with onnxruntime on the CPU, reading and writing the memory at
-the addresses it is given, so numerics, shapes, profiles and the output allocator are real.
+Its API is NVIDIA's: the enums (members and values) are made from the dump of the real
+bindings this fake plays (tests/targets/tensorrt_api/<version>.json, read from the wheels by
+tests/targets/trt_api.py), and every method it defines is checked against that dump when the
+module loads: a name the real class lacks is an error, one that exists in another version only
+is left out (11 has no int8_calibrator), and each call binds its arguments to the real pybind
+signature (a keyword the real method does not take is a TypeError, as pybind raises). What
+10.x deprecates is there, as in the real 10.x; what 11 removes is not.
+
+It keeps TensorRT's return conventions (None or False on failure with an ERROR logged, -1 for
+an invalid profile). Where the real library would compute on a GPU, this one runs the parsed
+ONNX model with onnxruntime on the CPU, reading and writing the memory at the addresses it is
+given, so numerics, shapes, profiles and the output allocator are real.
 
 A "plan" is JSON: the ONNX model, the build settings and what TensorRT ties a plan to (its
 version, the compute capability, compatibility modes). The device is `DEVICE`, set by the
-test fixture (tests/targets/conftest.py), with the host stand-in the runner uses.
+test fixture (tests/targets/fake_device.py), with the host stand-in the runner uses.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import ctypes
+import functools
 import hashlib
+import inspect
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
 
-__version__ = "10.13.0.35"
+API_DIR = Path(__file__).with_name("tensorrt_api")
+# The dump this fake plays; the fixture sets API_VERSION (and __version__) before loading.
+API_VERSION = globals().get("API_VERSION", "10.16.1.11")
+API = json.loads((API_DIR / f"{API_VERSION}.json").read_text())
+__version__ = globals().get("__version__", API["version"])
+MAJOR = int(__version__.split(".")[0])
 DEVICE = SimpleNamespace(name="NVIDIA Fake L4", cc="8.9", memory=24 << 30)
 CALLS: list[str] = []  # what was called, for tests that check an order (plugins first)
-
-_REMOVED = (
-    "FP16", "INT8", "BF16", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
-    "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO",
-)  # fmt: skip
 
 
 class _Member:
@@ -52,44 +61,25 @@ class _Member:
         return f"{self.enum}.{self.name}"
 
 
-class _Deprecating(type):
-    def __getattr__(cls, name):
-        if name in getattr(cls, "_removed", ()):
-            raise AttributeError(
-                f"{cls.__name__}.{name} is deprecated since TensorRT 10.12 (weak typing) and "
-                "removed in 11: build strongly typed, precision from the model"
-            )
-        raise AttributeError(f"type object '{cls.__name__}' has no attribute '{name}'")
+def _enum(name: str):
+    """The enum `name` of the dump: its members with their values, nothing else."""
+    members = API["enums"][name]
+    short = name.rsplit(".", 1)[-1]
+    attrs = {m: _Member(short, m, d["value"]) for m, d in members.items()}
+    attrs["__members__"] = dict(attrs)
+    return type(short, (), attrs)
 
 
-def _enum(name: str, members: tuple[str, ...], removed: tuple[str, ...] = ()):
-    attrs = {m: _Member(name, m, i) for i, m in enumerate(members)}
-    attrs["_removed"] = removed
-    return _Deprecating(name, (), attrs)
-
-
-DataType = _enum(
-    "DataType", ("FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64")
-)
-float32, float16, bfloat16 = DataType.FLOAT, DataType.HALF, DataType.BF16
-int8, int32, int64, uint8 = DataType.INT8, DataType.INT32, DataType.INT64, DataType.UINT8
-BuilderFlag = _enum(
-    "BuilderFlag",
-    ("TF32", "SPARSE_WEIGHTS", "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "REFIT"),
-    _REMOVED,
-)
-NetworkDefinitionCreationFlag = _enum(
-    "NetworkDefinitionCreationFlag",
-    ("EXPLICIT_BATCH_UNUSED", "STRONGLY_TYPED"),
-    ("EXPLICIT_BATCH",),
-)
-MemoryPoolType = _enum("MemoryPoolType", ("WORKSPACE", "DLA_MANAGED_SRAM", "TACTIC_SHARED_MEMORY"))
-HardwareCompatibilityLevel = _enum(
-    "HardwareCompatibilityLevel", ("NONE", "AMPERE_PLUS", "SAME_COMPUTE_CAPABILITY")
-)
-ProfilingVerbosity = _enum("ProfilingVerbosity", ("LAYER_NAMES_ONLY", "NONE", "DETAILED"))
-LayerInformationFormat = _enum("LayerInformationFormat", ("ONELINE", "JSON"))
-TensorIOMode = _enum("TensorIOMode", ("NONE", "INPUT", "OUTPUT"))
+DataType = _enum("DataType")
+for _alias, _member in API["datatype_aliases"].items():  # trt.float32 ... and trt.bool
+    globals()[_alias] = getattr(DataType, _member)  # (so this module says builtins.bool)
+BuilderFlag = _enum("BuilderFlag")
+NetworkDefinitionCreationFlag = _enum("NetworkDefinitionCreationFlag")
+MemoryPoolType = _enum("MemoryPoolType")
+HardwareCompatibilityLevel = _enum("HardwareCompatibilityLevel")
+ProfilingVerbosity = _enum("ProfilingVerbosity")
+LayerInformationFormat = _enum("LayerInformationFormat")
+TensorIOMode = _enum("TensorIOMode")
 
 _FROM_ONNX = {
     onnx.TensorProto.FLOAT: DataType.FLOAT,
@@ -118,7 +108,7 @@ def _np_dtype(dt) -> np.dtype:
 
 
 class ILogger:
-    Severity = _enum("Severity", ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"))
+    Severity = _enum("ILogger.Severity")
 
     def __init__(self) -> None:
         pass
@@ -160,10 +150,13 @@ class INetworkDefinition:
         self.outputs: list[ITensor] = []
         self.model: onnx.ModelProto | None = None
 
+    def get_flag(self, flag) -> bool:
+        return builtins.bool(self.flags & (1 << int(flag)))
+
     @property
-    def strongly_typed(self) -> bool:
+    def _strongly_typed(self) -> bool:  # 11: every network is strongly typed
         flag = getattr(NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        return flag is not None and bool(self.flags & (1 << int(flag)))
+        return MAJOR >= 11 or (flag is not None and self.get_flag(flag))
 
     num_inputs = property(lambda self: len(self.inputs))
     num_outputs = property(lambda self: len(self.outputs))
@@ -291,8 +284,12 @@ class IBuilderConfig:
         self._level = level
 
     @property
-    def int8_calibrator(self):
-        raise AttributeError("int8_calibrator is deprecated: explicit quantization (Q/DQ)")
+    def int8_calibrator(self):  # deprecated in 10.1, removed in 11 (left out there)
+        return None
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, calibrator) -> None:
+        _error(self.logger, "this fake has no calibration: explicit quantization (Q/DQ) only")
 
     def set_flag(self, flag) -> None:
         self.flags.add(flag)
@@ -347,8 +344,8 @@ class Builder:
         self.logger = logger
 
     @property
-    def platform_has_fast_fp16(self):
-        raise AttributeError("platform_has_fast_fp16 is deprecated since TensorRT 10.5")
+    def platform_has_fast_fp16(self) -> bool:  # removed in 11 (left out there)
+        return True
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
         return INetworkDefinition(flags)
@@ -403,7 +400,7 @@ def _build_problem(network: INetworkDefinition, config: IBuilderConfig) -> str |
                 ):
                     return f"profile {i}: '{name}' {s} does not fit the network's {t.shape}"
     quantized = any(n.op_type == "QuantizeLinear" for n in network.model.graph.node)
-    if quantized and not network.strongly_typed and not config.get_flag(BuilderFlag.INT8):
+    if quantized and not network._strongly_typed and not config.get_flag(BuilderFlag.INT8):
         return "a network with Q/DQ layers needs the INT8 flag or strong typing"
     level = config.hardware_compatibility_level
     if level == HardwareCompatibilityLevel.AMPERE_PLUS and tuple(
@@ -427,26 +424,43 @@ def _layers(model: onnx.ModelProto, network, config) -> list[dict]:
             continue
         fed = [producers.get(i) for i in n.input]
         if any(p is not None and p.op_type == "DequantizeLinear" for p in fed):
-            fmt = "Int8 NC/32HW32"
+            dtype = "Int8"
         elif types.get(n.output[0]) == onnx.TensorProto.FLOAT16:
-            fmt = "Half NCHW"
+            dtype = "FP16"
         else:
-            fmt = "Float NCHW"
+            dtype = "FP32"
         tactic = ("sm89_xmma_sparse" if sparse and n.op_type in ("Conv", "MatMul", "Gemm")
                   else "sm89_xmma_dense")  # fmt: skip
         out.append({
             "Name": n.name or n.output[0],
-            "LayerType": n.op_type,
-            "Outputs": [{"Name": n.output[0], "Format/Datatype": fmt}],
+            "LayerType": "Myelin" if n.op_type == "MatMul" else n.op_type,
+            "Outputs": [{"Name": n.output[0], **_format(dtype, n.op_type == "MatMul")}],
             "TacticName": tactic,
         })  # fmt: skip
     return out
 
 
+# How the inspector writes a tensor's format and type: 10.x one "Format/Datatype" string
+# (NVIDIA's own wording; a Myelin layer's is just the type, "Float"); 11 two fields.
+_FORMATS = {
+    "Int8": "Thirty-two wide channel vectorized row major Int8 format",
+    "FP16": "Two wide channel vectorized row major FP16 format",
+    "FP32": "Row major linear FP32",
+}
+_MYELIN = {"Int8": "Int8", "FP16": "Half", "FP32": "Float"}
+
+
+def _format(dtype: str, myelin: bool) -> dict[str, str]:
+    if MAJOR >= 11:
+        layout = "Row major linear" if myelin else _FORMATS[dtype].split(f" {dtype}")[0]
+        return {"Format": layout, "Datatype": dtype}
+    return {"Format/Datatype": _MYELIN[dtype] if myelin else _FORMATS[dtype]}
+
+
 # ---------------------------------------------------------------- runtime
 
 
-class IEngineInspector:
+class EngineInspector:
     def __init__(self, plan: dict) -> None:
         self.plan = plan
 
@@ -457,7 +471,8 @@ class IEngineInspector:
             else [layer["Name"] for layer in self.plan["layers"]]
         )
         if fmt == LayerInformationFormat.JSON:
-            return json.dumps({"Layers": layers, "Bindings": [t[0] for t in self.plan["inputs"]]})
+            io = [t[0] for t in self.plan["inputs"]]
+            return json.dumps({"Layers": layers, "Bindings" if MAJOR < 11 else "IOTensors": io})
         return "\n".join(str(layer) for layer in layers)
 
 
@@ -496,12 +511,12 @@ class ICudaEngine:
     def create_execution_context(self) -> IExecutionContext:
         return IExecutionContext(self)
 
-    def create_engine_inspector(self) -> IEngineInspector:
-        return IEngineInspector(self.plan)
+    def create_engine_inspector(self) -> EngineInspector:
+        return EngineInspector(self.plan)
 
 
 def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split("."))
+    return tuple(int(re.sub(r"\D", "", p) or 0) for p in text.split("."))
 
 
 class Runtime:
@@ -520,9 +535,9 @@ class Runtime:
             if not self.engine_host_code_allowed:
                 _error(self.logger, "a version-compatible engine needs engine_host_code_allowed")
                 return None
-            ok = _version(__version__)[:1] == _version(plan["version"])[:1] and _version(
-                __version__
-            ) >= _version(plan["version"])
+            built, here = _version(plan["version"]), _version(__version__)
+            # 11's support matrix: version-compatible 10.x engines run on 11 too
+            ok = here >= built and (here[0] == built[0] or (built[0], here[0]) == (10, 11))
         else:
             ok = plan["version"] == __version__
         if not ok:
@@ -664,5 +679,96 @@ def _read(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     buf = (ctypes.c_char * max(n, 1)).from_address(ptr)
     return np.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize).reshape(shape).copy()
 
+
+# ---------------------------------------------------------------- conformance to the dump
+
+
+def _params(signature: str) -> inspect.Signature:
+    """'(self: X, cache: ITimingCache, flag: bool = False) -> bool' as an inspect.Signature."""
+    inner = signature[1 : signature.rindex(") -> ")]
+    parts, depth, cur = [], 0, ""
+    for ch in inner:
+        depth += ch in "[(<" and 1 or ch in "])>" and -1 or 0
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts += [cur] if cur.strip() else []
+    params = []
+    for part in parts:
+        name = part.split(":")[0].split("=")[0].strip().lstrip("*")
+        default = inspect.Parameter.empty if "=" not in part else None
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(name, kind, default=default))
+    return inspect.Signature(params)
+
+
+def _checked(owner: str, name: str, impl, signatures: list[str]):
+    """`impl` called only with arguments one of the real overloads takes."""
+    sigs = [_params(s) for s in signatures]
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+        if sigs and not any(_binds(sig, args, kwargs) for sig in sigs):
+            raise TypeError(
+                f"{name}(): incompatible function arguments. The following argument types are "
+                f"supported: {'; '.join(signatures)} (the real {owner}.{name}, TensorRT "
+                f"{API['version']})"
+            )
+        return impl(*args, **kwargs)
+
+    return call
+
+
+def _binds(sig: inspect.Signature, args, kwargs) -> bool:
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _known_anywhere(owner: str, name: str) -> bool:
+    for path in API_DIR.glob("*.json"):
+        c = json.loads(path.read_text())["classes"].get(owner, {})
+        if name in c.get("methods", {}) or name in c.get("properties", {}):
+            return True
+    return False
+
+
+def _conform(cls, owner: str | None = None) -> None:
+    """Make the fake class `cls` the real `owner` of this version: methods checked against
+    the dump's signatures, attributes of other versions only removed, invented ones refused."""
+    owner = owner or cls.__name__
+    real = API["classes"].get(owner)
+    if real is None:
+        raise AttributeError(f"fake TensorRT: no class {owner} in TensorRT {API['version']}")
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") or isinstance(value, type) or name.isupper():
+            continue
+        if not (callable(value) or isinstance(value, property)):
+            continue
+        if name in real["methods"]:
+            if callable(value):
+                sigs = real["methods"][name]["signatures"]
+                setattr(cls, name, _checked(owner, name, value, sigs))
+        elif name in real["properties"] or name in real.get("overridable", {}):
+            continue
+        elif _known_anywhere(owner, name):
+            delattr(cls, name)  # another version's API: not this one's
+        else:
+            raise AttributeError(f"fake TensorRT: {owner}.{name} is in no TensorRT's API")
+
+
+CLASSES = (ILogger, Logger, ITensor, INetworkDefinition, ParserError, OnnxParser,
+           IOptimizationProfile, ITimingCache, IBuilderConfig, IHostMemory, Builder,
+           EngineInspector, IOutputAllocator, ICudaEngine, Runtime, IExecutionContext)  # fmt: skip
+for _cls in CLASSES:
+    _conform(_cls)
+init_libnvinfer_plugins = _checked(
+    "tensorrt", "init_libnvinfer_plugins", init_libnvinfer_plugins,
+    API["functions"]["init_libnvinfer_plugins"]["signatures"],
+)  # fmt: skip
 
 MODULE_FILE = Path(__file__)

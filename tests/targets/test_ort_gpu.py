@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -73,7 +74,10 @@ def gpu_ort(monkeypatch):
         monkeypatch.setattr(ort, "InferenceSession", Session)
         monkeypatch.setattr(ort, "get_available_providers",
                             lambda: [*providers, "CPUExecutionProvider"])  # fmt: skip
-        monkeypatch.setattr(ort_gpu, "cuda_device_reason", lambda device_id=0: None)
+        monkeypatch.setattr(ort_gpu, "cuda_device_reason", lambda device_id=0, major=None: None)
+        monkeypatch.setattr(ort_gpu, "cudnn_reason", lambda major: None)
+        monkeypatch.setattr(ort_gpu, "libnvinfer_reason", lambda major: None)
+        monkeypatch.setattr(ort, "preload_dlls", lambda **kw: None, raising=False)
         return state
 
     return install
@@ -105,20 +109,117 @@ def test_a_cpu_build_of_onnxruntime_says_why_not(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(ort_gpu, "_packages", lambda: {"onnxruntime"})
     why = OrtGpu().unavailable_reason()
-    assert "CPU build (no CUDAExecutionProvider)" in why and "edgesmith[gpu]" in why
+    assert "CPU build (no CUDAExecutionProvider)" in why
+    assert why.endswith("pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]'")
 
 
 def test_both_packages_installed_is_named(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(ort_gpu, "_packages", lambda: {"onnxruntime", "onnxruntime-gpu"})
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in OrtGpu().unavailable_reason()
+    assert (
+        "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+        in (OrtGpu().unavailable_reason())
+    )
 
 
-def test_tensorrt_provider_missing_is_named(monkeypatch):
-    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
-    monkeypatch.setattr(ort_gpu, "cuda_device_reason", lambda device_id=0: None)
+class Driver:
+    """libcuda: cuDriverGetVersion says the newest CUDA it supports (13000 for 13.0)."""
+
+    def __init__(self, cuda: int = 13000, devices: int = 1) -> None:
+        self.cuda, self.devices = cuda, devices
+
+    def cuDriverGetVersion(self, ref):
+        ref._obj.value = self.cuda
+        return 0
+
+    def cuInit(self, flags):
+        return 0
+
+    def cuDeviceGetCount(self, ref):
+        ref._obj.value = self.devices
+        return 0
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A GPU build of onnxruntime (CUDA 13, TensorRT provider on libnvinfer.so.10) on a
+    machine made of stand-ins: set(driver=, libs=, dists=, tensorrt=, tensorrt_libs=)."""
+    state = SimpleNamespace(driver=Driver(), libs={"libcudnn.so.9", "libnvinfer.so.10"},
+                            dists={}, tensorrt=None, tensorrt_libs=None)  # fmt: skip
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: [TRT, CUDA, "CPUExecutionProvider"])  # fmt: skip
+    monkeypatch.setattr(ort_gpu, "_cuda_major", lambda ort: 13)
+    monkeypatch.setattr(ort_gpu, "provider_trt_major", lambda ort: 10)
+    monkeypatch.setattr(ort_gpu, "_driver", lambda: state.driver)
+    monkeypatch.setattr(ort_gpu, "_loads", lambda name: name in state.libs)
+    monkeypatch.setattr(ort_gpu, "_dist_version", lambda name: state.dists.get(name))
+    monkeypatch.setattr(ort_gpu, "_tensorrt_version", lambda: state.tensorrt)
+    monkeypatch.setattr(ort_gpu, "_tensorrt_libs_dir", lambda: state.tensorrt_libs)
+    return state
+
+
+def test_a_complete_machine_is_available(machine):
     assert OrtGpu().unavailable_reason("cuda") is None
-    assert "no TensorrtExecutionProvider" in OrtGpu().unavailable_reason("tensorrt")
+    assert OrtGpu().unavailable_reason("tensorrt") is None
+
+
+def test_no_driver_is_named(machine):
+    machine.driver = None
+    assert OrtGpu().unavailable_reason() == "no NVIDIA driver (libcuda.so.1 not found)"
+
+
+def test_a_driver_too_old_for_the_cuda_build_is_named(machine):
+    machine.driver = Driver(cuda=12080)
+    why = OrtGpu().unavailable_reason()
+    assert "supports CUDA 12.8 and onnxruntime-gpu is a CUDA 13 build" in why
+    assert "NVIDIA driver r580 or later (e.g. sudo apt install nvidia-driver-580)" in why
+
+
+def test_no_cudnn_is_named_and_pips_cudnn_counts(machine):
+    machine.libs.discard("libcudnn.so.9")
+    why = OrtGpu().unavailable_reason()
+    assert why == (
+        "no cuDNN 9 (libcudnn.so.9) for the CUDA provider: "
+        "pip install 'onnxruntime-gpu[cuda,cudnn]'"
+    )
+    machine.dists["nvidia-cudnn-cu13"] = "9.10.0"  # onnxruntime.preload_dlls loads it
+    assert OrtGpu().unavailable_reason() is None
+
+
+def test_libnvinfer_not_loadable_is_named_with_the_fix(machine):
+    """onnxruntime-gpu lists the TensorRT provider without TensorRT (1.31.1 does): the loader
+    is asked for libnvinfer.so.10 instead, and the reason says what to do."""
+    machine.libs.discard("libnvinfer.so.10")
+    assert OrtGpu().unavailable_reason("cuda") is None
+    assert OrtGpu().unavailable_reason("tensorrt") == (
+        "libnvinfer.so.10 not found (TensorRT 10 is not installed): "
+        "pip install 'tensorrt-cu13>=10.13.3.9,<11'"
+    )
+    machine.tensorrt_libs = "/venv/site-packages/tensorrt_libs"
+    assert (
+        OrtGpu()
+        .unavailable_reason("tensorrt")
+        .endswith("export LD_LIBRARY_PATH=/venv/site-packages/tensorrt_libs:$LD_LIBRARY_PATH")
+    )
+    machine.tensorrt = "11.4.0.106"
+    why = OrtGpu().unavailable_reason("tensorrt")
+    assert "needs TensorRT 10 (libnvinfer.so.10) and TensorRT 11.4.0.106 is installed" in why
+
+
+def test_the_providers_tensorrt_major_is_read_from_its_library(monkeypatch, tmp_path):
+    capi = tmp_path / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    fake = SimpleNamespace(__file__=str(tmp_path / "onnxruntime" / "__init__.py"))
+    assert ort_gpu.provider_trt_major(fake) == 10  # no library: the default
+    (capi / "libonnxruntime_providers_tensorrt.so").write_bytes(b"\0ELF..libnvinfer.so.11\0")
+    assert ort_gpu.provider_trt_major(fake) == 11
+
+
+def test_the_tensorrt_version_comes_from_the_bindings(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.4.0.106"))
+    assert ort_gpu._tensorrt_version() == "11.4.0.106"
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    assert ort_gpu._tensorrt_version() is None
 
 
 def test_the_driver_is_asked_for_the_device(monkeypatch):
@@ -127,16 +228,7 @@ def test_the_driver_is_asked_for_the_device(monkeypatch):
 
     monkeypatch.setattr(ctypes, "CDLL", no_driver)
     assert cuda_device_reason() == "no NVIDIA driver (libcuda.so.1 not found)"
-
-    class Lib:
-        def cuInit(self, flags):
-            return 0
-
-        def cuDeviceGetCount(self, ref):
-            ref._obj.value = 1
-            return 0
-
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: Lib())
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Driver())
     assert cuda_device_reason(0) is None
     assert cuda_device_reason(1) == "no CUDA device 1 (1 visible)"
 

@@ -1,8 +1,8 @@
 """trt-gpu's build and load path, end to end: on the fake TensorRT in make test (every test
 here), and the same tests on a real GPU with TensorRT under `make test-gpu` (the `gpu` ones).
 
-The fake (fake_tensorrt.py) mirrors TensorRT 10's Python API and refuses the deprecated
-weak-typing flags, so a build that reaches for BuilderFlag.INT8 or FP16 fails here.
+The fake (fake_tensorrt.py) plays a dumped TensorRT API (10.x by default, 11 where a test says
+so): a name or keyword the real bindings of that version lack fails here as it would there.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edgesmith.targets.base import ENGINE_CONFIG, BuildConfig
+from edgesmith.targets.tensorrt_config import tensor_precision
 from edgesmith.targets.tensorrt_gpu import TrtGpu
 from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
 from edgesmith.toolchain.core.errors import InvalidInput
@@ -22,11 +23,13 @@ from tests.targets import trt_models
 REASON = TrtGpu().unavailable_reason()
 
 
-@pytest.fixture(params=["fake", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["fake10", "fake11", pytest.param("gpu", marks=pytest.mark.gpu)])
 def trt(request, fake_trt):
-    """The fake TensorRT, or (marked gpu) the real one on this machine's GPU."""
-    if request.param == "fake":
-        return fake_trt()
+    """The fake TensorRT as 10.16 and as 11.4, or (marked gpu) the real one on this GPU."""
+    if request.param == "fake10":
+        return fake_trt(version="10.16.1.11")
+    if request.param == "fake11":
+        return fake_trt(version="11.4.0.106")
     if REASON:
         pytest.skip(f"trt-gpu unavailable: {REASON}")
     import tensorrt
@@ -78,7 +81,8 @@ def test_fp32_engine_matches_onnxruntime_and_says_how_it_was_built(trt, tmp_path
     assert sum(cfg["layer_precisions"].values()) >= 1
     args = shlex.split(cfg["trtexec"])
     assert args[:2] == ["trtexec", f"--onnx={src}"]
-    for flag in ("--stronglyTyped", "--noTF32", "--memPoolSize=workspace:256M",
+    assert ("--stronglyTyped" in args) is trt.__version__.startswith("10.")
+    for flag in ("--noTF32", "--memPoolSize=workspace:256M",
                  "--minShapes=x:1x3x8x8", "--optShapes=x:2x3x8x8", "--maxShapes=x:8x3x8x8",
                  "--saveEngine=engine.plan", "--exportLayerInfo=layers.json"):  # fmt: skip
         assert flag in args, flag
@@ -111,10 +115,9 @@ def test_fp16_is_an_fp16_copy_with_the_fallback_layers_in_fp32(trt, tmp_path):
     got = TrtGpu().load(art).infer({"x": _x(4, 2)})["y"]
     np.testing.assert_allclose(got, _ort(src, {"x": _x(4, 2)})[0], atol=2e-2, rtol=2e-2)
     if trt.__name__ == "tensorrt" and hasattr(trt, "CALLS"):  # the fake names what it made
-        layers = {x["Name"]: x["Outputs"][0]["Format/Datatype"] for x in
+        layers = {x["Name"]: tensor_precision(x["Outputs"][0]) for x in
                   json.loads((art.path / "layers.json").read_text())["Layers"]}  # fmt: skip
-        assert layers["conv"].startswith("Half") and layers["fc"].startswith("Float")
-        assert layers["relu"].startswith("Float"), layers
+        assert (layers["conv"], layers["fc"], layers["relu"]) == ("fp16", "fp32", "fp32"), layers
 
 
 def test_several_profiles_each_run_takes_one_that_holds_it(trt, tmp_path):
@@ -122,7 +125,10 @@ def test_several_profiles_each_run_takes_one_that_holds_it(trt, tmp_path):
     profiles = [{"max_batch": 4}, {"min_batch": 5, "opt_batch": 8, "max_batch": 16}]
     art = _build(src, tmp_path, {"profiles": profiles})
     assert len(_config(art)["profiles"]) == 2
-    assert _config(art)["trtexec"].count("--minShapes=") == 2
+    args = shlex.split(_config(art)["trtexec"])
+    shapes = [a.split("=")[0] for a in args if a.startswith(("--profile=", "--m", "--opt"))]
+    assert shapes == ["--profile", "--minShapes", "--optShapes", "--maxShapes"] * 2
+    assert [a for a in args if a.startswith("--profile=")] == ["--profile=0", "--profile=1"]
     runner = TrtGpu().load(art)
     for batch, profile in ((8, 1), (2, 0), (16, 1)):
         got = runner.infer({"x": _x(batch)})["y"]
@@ -258,25 +264,29 @@ def test_builder_options_are_applied_and_recorded(fake_trt, tmp_path, monkeypatc
     assert "--builderOptimizationLevel=5" in cfg["trtexec"] and "--noTF32" not in cfg["trtexec"]
 
 
-def test_a_tensorrt_without_strong_typing_gets_the_flags(fake_trt, tmp_path):
-    fake_trt(typed=False)
-    src = trt_models.conv_net(tmp_path / "q.onnx", qdq=True)
-    art = _build(src, tmp_path, {"fp16": True})
-    cfg = _config(art)
-    assert cfg["typing"] == "weak" and cfg["int8"] and art.precision is Precision.mixed
-    args = shlex.split(cfg["trtexec"])
-    assert "--fp16" in args and "--int8" in args and "--stronglyTyped" not in args
-    with pytest.raises(InvalidInput, match="fp32_layers needs TensorRT with strong typing"):
-        _build(src, tmp_path, {"fp16": True, "fp32_layers": ["fc"]}, "other")
-
-
-def test_the_fake_refuses_what_tensorrt_deprecates(fake_trt):
-    mod = fake_trt()
-    for name in ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"):
-        with pytest.raises(AttributeError, match="deprecated since TensorRT 10.12"):
-            getattr(mod.BuilderFlag, name)
+def test_the_fake_has_what_each_tensorrt_has(fake_trt):
+    """Real 10.x keeps the weak-typing API (deprecated since 10.12, 10.1 for calibrators);
+    11 removed it. The fake follows the dump of the version it plays."""
+    mod = fake_trt(version="10.16.1.11")
+    assert {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} <= set(mod.BuilderFlag.__members__)
+    assert hasattr(mod.IBuilderConfig, "int8_calibrator")
+    assert hasattr(mod.Builder, "platform_has_fast_fp16")
+    mod = fake_trt(version="11.4.0.106")
+    assert not {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"} & set(mod.BuilderFlag.__members__)
+    assert "DIRECT_IO" in mod.BuilderFlag.__members__
+    assert not hasattr(mod.IBuilderConfig, "int8_calibrator")
+    assert not hasattr(mod.Builder, "platform_has_fast_fp16")
     with pytest.raises(AttributeError):
         mod.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+
+
+def test_the_fake_takes_the_real_keywords_only(fake_trt):
+    mod = fake_trt()
+    config = mod.Builder(mod.Logger()).create_builder_config()
+    cache = config.create_timing_cache(b"")
+    assert config.set_timing_cache(cache=cache, ignore_mismatch=False)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        config.set_timing_cache(cache, ignore_mismatches=False)  # not the real keyword
 
 
 def test_the_cli_takes_lists_and_tables_as_toml(fake_trt, cli, tmp_path):
@@ -348,3 +358,64 @@ def test_builds_at_once_both_land_in_the_shared_timing_cache(fake_trt, tmp_path,
     entries = set(json.loads(shared.read_bytes())["entries"])
     for art in arts.values():
         assert set(json.loads((art.path / "timing.cache").read_bytes())["entries"]) <= entries
+
+
+# ---------------------------------------------------------------- TensorRT 10 and 11
+
+
+def test_a_version_compatible_10x_engine_runs_on_tensorrt_11(fake_trt, tmp_path):
+    fake_trt(version="10.13.3.9")
+    art = _build(trt_models.conv_net(tmp_path / "m.onnx"), tmp_path, {"version_compatible": True})
+    fake_trt(version="11.4.0.106")  # TensorRT 11's support matrix: 10.x VC engines load
+    assert TrtGpu().load(art).infer({"x": _x(2)})["y"].shape == (2, 5)
+    plain = _build(trt_models.conv_net(tmp_path / "p.onnx"), tmp_path, name="plain")
+    fake_trt(version="10.16.1.11")  # an 11-built engine never runs on 10
+    with pytest.raises(InvalidInput, match="TensorRT 11.4.0.106 at build, 10.16.1.11 here"):
+        TrtGpu().load(plain)
+
+
+def test_tensorrt_11_networks_are_made_without_the_deprecated_flag(fake_trt, tmp_path, monkeypatch):
+    mod = fake_trt(version="11.4.0.106")
+    seen = []
+    create = mod.Builder.create_network
+    monkeypatch.setattr(mod.Builder, "create_network", lambda self, flags=0: seen.append(flags)
+                        or create(self, flags))  # fmt: skip
+    art = _build(trt_models.conv_net(tmp_path / "q.onnx", qdq=True), tmp_path, {"max_batch": 2})
+    assert seen == [0] and _config(art)["int8"] and _config(art)["typing"] == "strong"
+    assert "--stronglyTyped" not in _config(art)["trtexec"]
+    assert _config(art)["layer_precisions"] == {"int8": 1, "fp32": 4}
+
+
+def test_layer_precisions_of_a_10x_int8_engine(fake_trt, tmp_path):
+    fake_trt(version="10.16.1.11")
+    art = _build(trt_models.conv_net(tmp_path / "q.onnx", qdq=True), tmp_path, {"max_batch": 2})
+    layers = json.loads((art.path / "layers.json").read_text())["Layers"]
+    assert "Int8" in layers[0]["Outputs"][0]["Format/Datatype"]  # NVIDIA's wording
+    assert _config(art)["layer_precisions"] == {"int8": 1, "fp32": 4}
+
+
+def test_same_compute_capability_before_10_9_is_one_line_exit_2(fake_trt, cli, tmp_path):
+    fake_trt(version="10.0.1")  # the real 10.0.1 API: no SAME_COMPUTE_CAPABILITY
+    src = trt_models.conv_net(tmp_path / "m.onnx")
+    r = cli("build", src, "--target", "trt-gpu", "-o", tmp_path / "e",
+            "--option", "hardware_compatibility=same_compute_capability")  # fmt: skip
+    assert r.code == 2, r.stderr
+    assert "needs TensorRT 10.9 or later" in r.stderr and "10.0.1" in r.stderr
+    (error,) = [line for line in r.stderr.splitlines() if "error" in line]
+    assert error.startswith("edgesmith: error: trt-gpu option hardware_compatibility")
+    assert "Traceback" not in r.stderr
+    fake_trt(version="10.16.1.11")
+    r = cli("build", src, "--target", "trt-gpu", "-o", tmp_path / "e2",
+            "--option", "hardware_compatibility=same_compute_capability")  # fmt: skip
+    assert r.code == 0, r.stderr
+
+
+def test_the_trtexec_timing_cache_difference_is_stated(fake_trt, tmp_path):
+    fake_trt()
+    seed = _build(trt_models.conv_net(tmp_path / "a.onnx"), tmp_path, name="a")
+    art = _build(trt_models.conv_net(tmp_path / "b.onnx"), tmp_path,
+                 {"timing_cache": str(seed.path / "timing.cache")}, "b")  # fmt: skip
+    cfg = _config(art)
+    assert f"--timingCacheFile={seed.path / 'timing.cache'}" in cfg["trtexec"]
+    assert "writes the merged cache back" in cfg["trtexec_note"]
+    assert "trtexec_note" not in _config(seed)

@@ -90,9 +90,19 @@ def test_unavailable_without_cuda_device(monkeypatch):
 
 
 def test_unavailable_with_another_tensorrt_major(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="11.0.0"))
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__="12.0.0"))
     reason = TrtGpu().unavailable_reason()
-    assert reason is not None and "11.0.0 is not supported" in reason
+    assert reason is not None
+    assert "12.0.0 is not supported (trt-gpu needs TensorRT 10.x or 11.x)" in reason
+
+
+@pytest.mark.parametrize("version", ["10.0.1", "10.16.1.11", "11.4.0.106"])
+def test_tensorrt_10_and_11_are_supported(monkeypatch, version):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", SimpleNamespace(__version__=version))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert TrtGpu().unavailable_reason().startswith("no CUDA device")
 
 
 # ---------------------------------------------------------------- options
@@ -270,9 +280,12 @@ def test_what_tensorrt_checks_is_what_load_checks():
 @pytest.mark.parametrize(
     "built, here, ok",
     [("10.1.0", "10.3.0", True), ("10.3.0", "10.3.0", True), ("10.4.1", "10.3.0", False),
-     ("9.3.0", "10.3.0", False)],
+     ("9.3.0", "10.3.0", False),
+     # TensorRT 11's support matrix: version-compatible 10.x engines run on 11
+     ("10.13.3.9", "11.4.0.106", True), ("11.0.0.114", "11.4.0.106", True),
+     ("11.4.0.106", "10.16.1.11", False), ("11.4.0.106", "11.0.0.114", False)],
 )  # fmt: skip
-def test_version_compatible_engines_run_on_a_later_10x(built, here, ok):
+def test_version_compatible_engines_run_on_a_later_version(built, here, ok):
     rec = {"tensorrt": built, "compute_capability": "8.6", "version_compatible": True}
     facts = DeviceFacts(tensorrt=here, gpu="NVIDIA A10", compute_capability="8.6")
     assert (compatibility_problems(rec, facts) == []) is ok
@@ -462,3 +475,99 @@ def test_a_rank3_matmul_weight_has_its_channels_last(axis, ok):
     assert (bad == []) is ok, bad
     if not ok:
         assert "MatMul 'mm' has output channels on axis 2" in bad[0]
+
+
+# ---------------------------------------------------------------- what real TensorRT writes
+
+
+# The engine inspector's strings as TensorRT 10.x writes them (NVIDIA's QAT example, trtexec
+# --exportLayerInfo) and as 11 writes them (the datatype in a field of its own).
+REAL_10X_LAYERS = {"Layers": [
+    {"Name": "conv1", "Outputs": [{"Format/Datatype":
+        "Thirty-two wide channel vectorized row major Int8 format"}]},
+    {"Name": "conv2", "Outputs": [{"Format/Datatype":
+        "Four wide channel vectorized row major Int8 format"}]},
+    {"Name": "head", "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+    {"Name": "ln", "Outputs": [{"Format/Datatype": "Two wide channel vectorized row major "
+                                                   "FP16 format"}]},
+    {"Name": "myelin", "LayerType": "Myelin", "Outputs": [{"Format/Datatype": "Float"}]},
+    {"Name": "myelin_h", "LayerType": "Myelin", "Outputs": [{"Format/Datatype": "Half"}]},
+    {"Name": "shape", "Outputs": [{"Format/Datatype": "Row major linear Int32 format"}]},
+]}  # fmt: skip
+REAL_11_LAYERS = {"Layers": [
+    {"Name": "conv1", "Outputs": [{"Format": "Thirty-two wide channel vectorized row major",
+                                   "Datatype": "Int8"}]},
+    {"Name": "head", "Outputs": [{"Format": "Row major linear", "Datatype": "FP32"}]},
+    {"Name": "ln", "Outputs": [{"Format": "Row major linear", "Datatype": "kHALF"}]},
+]}  # fmt: skip
+
+
+def test_layer_precisions_count_datatype_tokens_not_first_words():
+    from edgesmith.targets.tensorrt_config import layer_precisions
+
+    assert layer_precisions(REAL_10X_LAYERS) == {"int8": 2, "fp32": 2, "fp16": 2, "int32": 1}
+    assert layer_precisions(REAL_11_LAYERS) == {"int8": 1, "fp32": 1, "fp16": 1}
+    assert layer_precisions({"Layers": ["conv1", {"Outputs": [{"Format/Datatype": "?"}]}]}) == {
+        "unnamed": 1, "unknown": 1}  # fmt: skip
+
+
+def _choices(profiles, major=10):
+    from edgesmith.targets.tensorrt_options import PlanChoices
+
+    return PlanChoices(profiles, int8=False, sparse=False, major=major)
+
+
+FILES = {"engine": "engine.plan", "layers": "layers.json"}
+
+
+def test_trtexec_takes_one_profile_without_and_several_with_profile_n():
+    """sampleOptions.cpp: "Multiple --minShapes/--optShapes/--maxShapes without --profile are
+    not allowed"; each triple follows its --profile=N."""
+    import shlex
+
+    from edgesmith.targets.tensorrt_options import trtexec_command
+
+    one = {"x": ShapeRange((1, 3), (2, 3), (4, 3))}
+    two = {"x": ShapeRange((5, 3), (8, 3), (16, 3))}
+    args = shlex.split(trtexec_command("m.onnx", parse_options({}), _choices([one]), FILES))
+    assert not [a for a in args if a.startswith("--profile")]
+    triple = ["--minShapes=x:1x3", "--optShapes=x:2x3", "--maxShapes=x:4x3"]
+    assert [a for a in args if "Shapes=" in a] == triple
+    args = shlex.split(trtexec_command("m.onnx", parse_options({}), _choices([one, two]), FILES))
+    order = [a for a in args if a.startswith("--profile=") or "Shapes=" in a]
+    assert order == ["--profile=0", "--minShapes=x:1x3", "--optShapes=x:2x3", "--maxShapes=x:4x3",
+                     "--profile=1", "--minShapes=x:5x3", "--optShapes=x:8x3",
+                     "--maxShapes=x:16x3"]  # fmt: skip
+    assert "--stronglyTyped" in args
+    eleven = trtexec_command("m.onnx", parse_options({}), _choices([one], major=11), FILES)
+    assert "--stronglyTyped" not in eleven and "--fp16" not in eleven
+
+
+def test_same_compute_capability_needs_tensorrt_10_9():
+    from edgesmith.targets.tensorrt_options import check_hardware_compatibility
+
+    opts = parse_options({"hardware_compatibility": "same_compute_capability"})
+    for ok in ("10.9.0.34", "10.16.1.11", "11.4.0.106"):
+        check_hardware_compatibility(opts, ok)
+    with pytest.raises(InvalidInput) as e:
+        check_hardware_compatibility(opts, "10.8.0.43")
+    assert str(e.value) == (
+        "trt-gpu option hardware_compatibility = same_compute_capability needs TensorRT 10.9 "
+        "or later (HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY); this is 10.8.0.43: "
+        "use ampere+ or upgrade TensorRT"
+    )
+    check_hardware_compatibility(parse_options({"hardware_compatibility": "ampere+"}), "10.0.1")
+
+
+def test_the_weak_typing_fallback_is_gone():
+    """Every 10.x has STRONGLY_TYPED and 11 is strongly typed without it (the dumps say so,
+    tests/targets/test_tensorrt_api.py): no precision-flag path is left in the target."""
+    import inspect as _inspect
+
+    from edgesmith.targets import tensorrt_gpu, tensorrt_options
+
+    for module in (tensorrt_gpu, tensorrt_options):
+        source = _inspect.getsource(module)
+        assert "BuilderFlag.FP16" not in source and "BuilderFlag.INT8" not in source
+        assert '"--fp16"' not in source and '"--int8"' not in source
+    assert not hasattr(tensorrt_gpu, "strongly_typed")
