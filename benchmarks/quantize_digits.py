@@ -25,7 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved, isa  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 DIGITS = ROOT / "build" / "digits"
@@ -114,6 +114,13 @@ def main() -> None:
     out = {"top1": top1, "latency_ms": lat, "test_images": len(y), "isa": isa(),
            "latency_check": lat_report}  # fmt: skip
     (WORK / "digits-results.json").write_text(json.dumps(out, indent=2) + "\n")
+    shipped, drop = "shipped (checked)", 100 * (top1["fp32"] - top1[f"all-int8 {preset}"])
+    out["x_fp32"] = {b: {k: lat[b][k] / lat[b]["fp32"] for k in paths} for b in (1, 64)}
+    record("quantize_digits", out, [
+        goal(f"all-int8 ({preset}) top-1 drop, points", drop, "<=", 0.3),
+        goal("shipped engine latency x fp32, batch 1", out["x_fp32"][1][shipped], "<=", 1.0),
+        goal("shipped engine latency x fp32, batch 64", out["x_fp32"][64][shipped], "<=", 1.0),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":
