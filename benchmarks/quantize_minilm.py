@@ -150,7 +150,7 @@ def accuracy(sessions: dict, feeds: dict[str, np.ndarray]) -> dict[str, dict]:
     emb = {}
     for name, s in sessions.items():
         out = [
-            s.run(["sentence_embedding"], {k: v[i : i + 8] for k, v in feeds.items()})[0]
+            s.run(["sentence_embedding"], {k: v[i : i + 8] for k, v in own(s, feeds).items()})[0]
             for i in range(0, n, 8)
         ]
         emb[name] = np.concatenate(out).astype(np.float64)
@@ -167,11 +167,17 @@ def accuracy(sessions: dict, feeds: dict[str, np.ndarray]) -> dict[str, dict]:
     return res
 
 
+def own(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds a model takes (an export may or may not have token_type_ids)."""
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
 def latency(sessions: dict, feeds: dict[str, np.ndarray], rounds: int) -> dict[int, dict]:
     out = {}
     for batch in (1, 8):
         f = {k: v[:batch] for k, v in feeds.items()}
-        fns = {name: (lambda s=s, f=f: s.run(None, f)) for name, s in sessions.items()}
+        fns = {name: (lambda s=s, f=own(s, f): s.run(None, f)) for name, s in sessions.items()}
         out[batch] = interleaved(fns, rounds if batch == 1 else max(rounds // 3, 8), warmup=5)
     return out
 
@@ -293,7 +299,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(WORK / "fp32"))
     texts = ev.read_text().splitlines()
     enc = tok(texts, padding="max_length", truncation=True, max_length=SEQ, return_tensors="np")
-    feeds = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    feeds = {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
     # every model as its ort-cpu engine: the same offline optimisation and session for all
     sessions = {name: engine_session(p, name) for name, p in paths.items()}
     acc = accuracy(sessions, feeds)
