@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import typer
 
@@ -34,8 +34,8 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
     if origin is list:
         (item,) = typing.get_args(annotation) or (str,)
         return (item if item in SCALARS else str), True
-    if origin is typing.Literal:
-        return str, False
+    if origin is typing.Literal:  # the parser enforces and shows the choices
+        return annotation, False
     return (annotation if annotation in SCALARS else str), False
 
 
@@ -84,12 +84,7 @@ def derived_command(stage: Stage):
         kind, repeatable = _option_type(f.annotation)
         typ = list[kind] if repeatable else kind
         default = f.get_default(call_default_factory=True)
-        choices = (
-            typing.get_args(f.annotation) if typing.get_origin(f.annotation) is Literal else ()
-        )
-        help_text = (f.description or name.replace("_", " ")) + (
-            f"; one of {', '.join(map(str, choices))}" if choices else ""
-        )
+        help_text = f.description or name.replace("_", " ")
         if f.is_required():
             help_text += " (required)"
         elif default not in (None, [], {}):

@@ -19,6 +19,8 @@ from edgesmith.toolchain.cli.options import (
 from edgesmith.toolchain.distill.stage import DistillStage
 
 D = DistillStage.default
+# the config's Literal: the parser enforces and lists the choices
+LOSSES = DistillStage.model_fields["loss"].annotation
 
 # The command's options (module-level so that its signature stays short).
 _Teacher = Annotated[
@@ -77,7 +79,8 @@ _Alpha = Annotated[
     ),
 ]
 _Loss = Annotated[
-    str | None, typer.Option(help="auto (default), soft (logits) or embedding (MSE + cosine).")
+    LOSSES | None,  # the parser enforces the choices
+    typer.Option(help="soft targets (logits), embedding (MSE + cosine), or auto by the task."),
 ]
 _Output = Annotated[
     str | None,

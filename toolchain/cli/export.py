@@ -9,6 +9,8 @@ from edgesmith.toolchain.cli.options import DynamicAxes, InputDecls, Out, PrintR
 from edgesmith.toolchain.export.stage import ExportStage
 
 D = ExportStage.default
+# the config's Literal: the parser enforces and lists the choices
+EXPORTERS = ExportStage.model_fields["exporter"].annotation
 
 
 def command(
@@ -40,7 +42,7 @@ def command(
         float | None, typer.Option(help=f"Relative tolerance of the check (default {D('rtol')}).")
     ] = None,
     exporter: Annotated[
-        str | None,
+        EXPORTERS,  # Literal | None: choices enforced
         typer.Option(
             help="Hugging Face exporter: torch (torch.onnx dynamo; transformers 4 and 5) or "
             "optimum (needs optimum-onnx, transformers < 4.58). Default torch."

@@ -21,6 +21,8 @@ from edgesmith.toolchain.core.errors import InvalidInput
 from edgesmith.toolchain.quantize.stage import QuantizeStage
 
 D = QuantizeStage.default
+# the config's Literal: the parser enforces and lists the choices
+METHODS = QuantizeStage.model_fields["method"].annotation
 
 
 # The command's options (module-level so that its signature stays short).
@@ -34,9 +36,9 @@ _Calibration = Annotated[
     ),
 ]
 _Method = Annotated[
-    str | None,
+    METHODS | None,  # the parser enforces the choices
     typer.Option(
-        help=f"minmax, percentile, entropy, or dynamic (no calibration); default {D('method')}."
+        help=f"How ranges are set; dynamic: per call, no calibration (default {D('method')})."
     ),
 ]
 _Samples = Annotated[
