@@ -84,3 +84,14 @@ def test_every_command_shows_an_example_that_its_parser_takes():
         flags = {o for p in cmd.params for o in (*getattr(p, "opts", ()), *p.secondary_opts)}
         unknown = [w for w in words if w.startswith("-") and w not in flags]
         assert not unknown, (name, unknown)
+
+
+def test_a_list_is_written_with_commas_or_repeated(cli, tmp_path):
+    """As bench --batch and quantize --latency-batches take them: `2,4` or the flag twice."""
+    base = ("prune", "m", "-o", tmp_path / "p", "--data", "d.npz", "--sparsity", "0.5")
+    commas = cli(*base, "--latency-batches", "2,4", "--print-recipe")
+    twice = cli(*base, "--latency-batches", "2", "--latency-batches", "4", "--print-recipe")
+    assert commas.code == twice.code == 0, commas.stderr
+    assert "latency_batches = [2, 4]" in commas.stdout and commas.stdout == twice.stdout
+    bad = cli(*base, "--latency-batches", "2,x", "--print-recipe")
+    assert bad.code == 2 and "--latency-batches" in bad.stderr

@@ -40,7 +40,10 @@ def _option_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def _parse(name: str, value: Any, annotation: Any) -> Any:
-    """A value typed as str because its field is not a scalar (a dict, a union): JSON or text."""
+    """A value typed as str because its field is not a scalar (a dict, a union): JSON or text;
+    a list's values split at commas (the config converts each item to its type)."""
+    if isinstance(value, list):
+        return [item.strip() for v in value for item in str(v).split(",") if item.strip()]
     if not isinstance(value, str) or _option_type(annotation)[0] is not str:
         return value
     if typing.get_origin(annotation) in (dict,) or annotation is dict:
@@ -82,9 +85,12 @@ def derived_command(stage: Stage):
         # options grouped in --help: the method's own, then the training every trainer shares
         panel = "Training" if name in shared else "Method"
         kind, repeatable = _option_type(f.annotation)
-        typ = list[kind] if repeatable else kind
+        # a list is written as every command writes lists: comma-separated (1,8), or repeated
+        typ = list[str] if repeatable else kind
         default = f.get_default(call_default_factory=True)
         help_text = f.description or name.replace("_", " ")
+        if repeatable:
+            help_text += "; comma-separated, or repeated"
         if f.is_required():
             help_text += " (required)"
         elif default not in (None, [], {}):
