@@ -26,85 +26,134 @@ LOSSES = DistillStage.model_fields["loss"].annotation
 _Teacher = Annotated[
     str,
     typer.Option(
-        help="The teacher: package.module:factory (+ --weights) or a Hugging Face folder."
+        help="The teacher: package.module:factory (+ --weights) or a Hugging Face folder.",
+        rich_help_panel="Input",
     ),
 ]
 _Data = Annotated[
     Path,
-    typer.Option(help="Training data: .npz, .npy folder, text lines or .jsonl; labels optional."),
+    typer.Option(
+        help="Training data: .npz, .npy folder, text lines or .jsonl; labels optional.",
+        rich_help_panel="Data",
+    ),
 ]
 _Student = Annotated[
-    str | None, typer.Option(help="The student's architecture: package.module:factory.")
+    str | None,
+    typer.Option(
+        help="The student's architecture: package.module:factory.", rich_help_panel="Student"
+    ),
 ]
 _StudentLayers = Annotated[
     int | None,
-    typer.Option(help="Or: keep K of a Hugging Face teacher's layers, initialised from it."),
+    typer.Option(
+        help="Or: keep K of a Hugging Face teacher's layers, initialised from it.",
+        rich_help_panel="Student",
+    ),
 ]
 _KeepLayer = Annotated[
     list[int] | None,
     typer.Option(
-        "--keep-layer", help="Which teacher layer to keep (repeatable; default evenly spaced)."
+        "--keep-layer",
+        help="Which teacher layer to keep (repeatable; default evenly spaced).",
+        rich_help_panel="Student",
     ),
 ]
 _EvalData = Annotated[
     Path | None,
-    typer.Option(help="Eval data for the best checkpoint (default: 10% of --data held out)."),
+    typer.Option(
+        help="Eval data for the best checkpoint (default: 10% of --data held out).",
+        rich_help_panel="Data",
+    ),
 ]
 _Tokenizer = Annotated[
-    Path | None, typer.Option(help="Tokenizer folder for text data (default: the teacher's).")
+    Path | None,
+    typer.Option(
+        help="Tokenizer folder for text data (default: the teacher's).", rich_help_panel="Data"
+    ),
 ]
 _SeqLen = Annotated[
-    int | None, typer.Option(help=f"Token sequence length for text data (default {D('seq_len')}).")
+    int | None,
+    typer.Option(
+        help=f"Token sequence length for text data (default {D('seq_len')}).",
+        rich_help_panel="Data",
+    ),
 ]
-_Limit = Annotated[int | None, typer.Option(help="Use only the first N samples.")]
-_Epochs = Annotated[int | None, typer.Option(help=f"Epochs (default {D('epochs')}).")]
+_Limit = Annotated[
+    int | None, typer.Option(help="Use only the first N samples.", rich_help_panel="Data")
+]
+_Epochs = Annotated[
+    int | None, typer.Option(help=f"Epochs (default {D('epochs')}).", rich_help_panel="Training")
+]
 _BatchSize = Annotated[
     int | None,
     typer.Option(
-        help=f"Global batch, split across torchrun processes (default {D('batch_size')})."
+        help=f"Global batch, split across torchrun processes (default {D('batch_size')}).",
+        rich_help_panel="Training",
     ),
 ]
 _Lr = Annotated[
     float | None,
-    typer.Option(help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived)."),
+    typer.Option(
+        help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived).",
+        rich_help_panel="Training",
+    ),
 ]
 _Temperature = Annotated[
     float | None,
-    typer.Option(help=f"Softmax temperature of the soft targets (default {D('temperature')})."),
+    typer.Option(
+        help=f"Softmax temperature of the soft targets (default {D('temperature')}).",
+        rich_help_panel="Training",
+    ),
 ]
 _Alpha = Annotated[
     float | None,
     typer.Option(
-        help=f"Weight of the soft targets; 1 - alpha goes to the labels (default {D('alpha')})."
+        help=f"Weight of the soft targets; 1 - alpha goes to the labels (default {D('alpha')}).",
+        rich_help_panel="Training",
     ),
 ]
 _Loss = Annotated[
     LOSSES | None,  # the parser enforces the choices
-    typer.Option(help="soft targets (logits), embedding (MSE + cosine), or auto by the task."),
+    typer.Option(
+        help="soft targets (logits), embedding (MSE + cosine), or auto by the task.",
+        rich_help_panel="Training",
+    ),
 ]
 _Output = Annotated[
     str | None,
-    typer.Option(help="The output to compare (default: the only (batch, features) one)."),
+    typer.Option(
+        help="The output to compare (default: the only (batch, features) one).",
+        rich_help_panel="Training",
+    ),
 ]
 _HiddenWeight = Annotated[
     float | None,
     typer.Option(
-        help=f"Weight of the hidden-state MSE (derived students; default {D('hidden_weight')})."
+        help=f"Weight of the hidden-state MSE (derived students; default {D('hidden_weight')}).",
+        rich_help_panel="Training",
     ),
 ]
 _Dropout = Annotated[
     float | None,
     typer.Option(
         help="Dropout probability in the student while it trains (default: as built; 0 "
-        "lets it match the teacher's outputs exactly)."
+        "lets it match the teacher's outputs exactly).",
+        rich_help_panel="Training",
     ),
 ]
 _Seed = Annotated[
-    int | None, typer.Option(help="Seed of initialisation, shuffling and the eval split.")
+    int | None,
+    typer.Option(
+        help="Seed of initialisation, shuffling and the eval split.", rich_help_panel="Training"
+    ),
 ]
 _Resume = Annotated[
     bool,
-    typer.Option("--resume", help="Continue an interrupted run after its last complete epoch."),
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run after its last complete epoch.",
+        rich_help_panel="Training",
+    ),
 ]
 
 

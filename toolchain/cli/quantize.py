@@ -32,46 +32,65 @@ _Model = Annotated[
 _Calibration = Annotated[
     Path | None,
     typer.Option(
-        help="Calibration data: .npz, a folder of .npy or images, or text lines (+ tokenizer)."
+        help="Calibration data: .npz, a folder of .npy or images, or text lines (+ tokenizer).",
+        rich_help_panel="Data",
     ),
 ]
 _Method = Annotated[
     METHODS | None,  # the parser enforces the choices
     typer.Option(
-        help=f"How ranges are set; dynamic: per call, no calibration (default {D('method')})."
+        help=f"How ranges are set; dynamic: per call, no calibration (default {D('method')}).",
+        rich_help_panel="Method",
     ),
 ]
 _Samples = Annotated[
-    int | None, typer.Option(help="Calibration samples, drawn with --seed (default: all).")
+    int | None,
+    typer.Option(
+        help="Calibration samples, drawn with --seed (default: all).", rich_help_panel="Data"
+    ),
 ]
 _Seed = Annotated[
-    int | None, typer.Option(help=f"Seed of the calibration draw (default {D('seed')}).")
+    int | None,
+    typer.Option(
+        help=f"Seed of the calibration draw (default {D('seed')}).", rich_help_panel="Data"
+    ),
 ]
 _Percentile = Annotated[
     float | None,
     typer.Option(
-        help=f"Percentile of |x| kept by --method percentile (default {D('percentile')})."
+        help=f"Percentile of |x| kept by --method percentile (default {D('percentile')}).",
+        rich_help_panel="Method",
     ),
 ]
 _Preset = Annotated[
     str | None,
     typer.Option(
-        help="Preset name (default: the target's; for ort-cpu, by this CPU's instruction set)."
+        help="Preset name (default: the target's; for ort-cpu, by this CPU's instruction set).",
+        rich_help_panel="Method",
     ),
 ]
 _OpTypes = Annotated[
     list[str] | None,
-    typer.Option("--op-types", help="Op type to quantize (repeatable; replaces the preset's)."),
+    typer.Option(
+        "--op-types",
+        help="Op type to quantize (repeatable; replaces the preset's).",
+        rich_help_panel="Method",
+    ),
 ]
 _Exclude = Annotated[
     list[str] | None,
-    typer.Option("--exclude", help="Node-name pattern kept in float (fnmatch, repeatable)."),
+    typer.Option(
+        "--exclude",
+        help="Node-name pattern kept in float (fnmatch, repeatable).",
+        rich_help_panel="Method",
+    ),
 ]
 _OutlierRatio = Annotated[
     float | None,
     typer.Option(
         help="Input channels above this × the median channel's max run in float "
-        "(0: off; default: the preset's)."
+        "(0: off; default: the preset's).",
+        rich_help_panel="Method",
     ),
 ]
 _SmoothAlpha = Annotated[
@@ -79,15 +98,21 @@ _SmoothAlpha = Annotated[
     typer.Option(
         help="SmoothQuant strength: move this much of the activation channels' range into "
         "the weights (0: off; default: the preset's).",
+        rich_help_panel="Method",
     ),
 ]
 _Tokenizer = Annotated[
     Path | None,
-    typer.Option(help="Tokenizer folder for text data (default: the model's folder)."),
+    typer.Option(
+        help="Tokenizer folder for text data (default: the model's folder).", rich_help_panel="Data"
+    ),
 ]
 _SeqLen = Annotated[
     int | None,
-    typer.Option(help=f"Token sequence length for text data (default {D('seq_len')})."),
+    typer.Option(
+        help=f"Token sequence length for text data (default {D('seq_len')}).",
+        rich_help_panel="Data",
+    ),
 ]
 _Image = Annotated[
     list[str] | None,
@@ -95,12 +120,16 @@ _Image = Annotated[
         "--image",
         help="Image-folder preprocessing KEY=VALUE (size, scale, mean, std, layout, "
         "resample; lists comma-separated).",
+        rich_help_panel="Data",
     ),
 ]
 _Eval = Annotated[
     Path | None,
     typer.Option(
-        "--eval-data", "--eval", help="Eval data for the accuracy gate and the fallback loop."
+        "--eval-data",
+        "--eval",
+        help="Eval data for the accuracy gate and the fallback loop.",
+        rich_help_panel="Accuracy gate",
     ),
 ]
 _GatherInt8 = Annotated[
@@ -108,20 +137,31 @@ _GatherInt8 = Annotated[
     typer.Option(
         "--gather-int8/--no-gather-int8",
         help="Embedding tables as int8 rows with a scale per row (default: the preset's).",
+        rich_help_panel="Method",
     ),
 ]
 _LatencyBatches = Annotated[
     str | None,
     typer.Option(
         help="Batch sizes at which the int8 engine must not be slower than fp32 here; "
-        "nodes go back to float until it is (default 1,8 for ort-cpu; 'off': no check)."
+        "nodes go back to float until it is (default 1,8 for ort-cpu; 'off': no check).",
+        rich_help_panel="Latency",
     ),
 ]
-_EvalLimit = Annotated[int | None, typer.Option(help="Use only the first N eval samples.")]
-_MaxFallback = Annotated[int | None, typer.Option(help="Put at most N nodes back to float.")]
+_EvalLimit = Annotated[
+    int | None,
+    typer.Option(help="Use only the first N eval samples.", rich_help_panel="Accuracy gate"),
+]
+_MaxFallback = Annotated[
+    int | None,
+    typer.Option(help="Put at most N nodes back to float.", rich_help_panel="Accuracy gate"),
+]
 _CacheDir = Annotated[
     Path | None,
-    typer.Option(help="Calibration cache (default: .edgesmith/cache/quantize beside -o)."),
+    typer.Option(
+        help="Calibration cache (default: .edgesmith/cache/quantize beside -o).",
+        rich_help_panel="Output",
+    ),
 ]
 
 
