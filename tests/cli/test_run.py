@@ -219,3 +219,26 @@ def test_make_demos_recipes_run_and_pass_their_gates(cli, digits, tmp_path, name
     r = cli("run", recipe)
     assert r.code == 0, r.stderr[-2000:]
     assert "validate: PASS" in r.stdout + r.stderr
+
+
+def test_bench_times_the_sequence_lengths_asked_for(cli, export_tiny, tmp_path):
+    """A text model is timed at the lengths users run (--seq), each row naming its length; a
+    model without a sequence axis refuses --seq with exit 2."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=0)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])  # fmt: skip
+    onnx.save(model, str(tmp_path / "text.onnx"))
+    r = cli("bench", tmp_path / "text.onnx", "--batch", "1,2", "--seq", "16,64",
+            "--iterations", "5", "-o", tmp_path / "b")  # fmt: skip
+    assert r.code == 0, r.stderr
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]
+    assert [(row["batch"], row["seq"]) for row in rows] == [(1, 16), (1, 64), (2, 16), (2, 64)]
+    assert export_tiny(tmp_path / "onnx").code == 0
+    r = cli("bench", tmp_path / "onnx", "--seq", "16", "-o", tmp_path / "b2")
+    assert r.code == 2 and "--seq: the model has no sequence axis" in r.stderr
+    assert not (tmp_path / "b2").exists()

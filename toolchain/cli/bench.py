@@ -7,8 +7,7 @@ import typer
 
 from edgesmith.toolchain.bench import BenchStage
 from edgesmith.toolchain.cli._run import execute, one_stage
-from edgesmith.toolchain.cli.options import PrintRecipe, Target, Threads
-from edgesmith.toolchain.core.errors import InvalidInput
+from edgesmith.toolchain.cli.options import PrintRecipe, Target, Threads, int_list
 
 D = BenchStage.default
 
@@ -25,6 +24,13 @@ def command(
     warmup: Annotated[
         int | None, typer.Option(help=f"Untimed runs first (default {D('warmup')}).")
     ] = None,
+    seq: Annotated[
+        str | None,
+        typer.Option(
+            help="Sequence lengths of a text model, comma-separated (default 128): the shapes "
+            "users run, e.g. 16,128."
+        ),
+    ] = None,
     iterations: Annotated[
         int | None, typer.Option(help=f"Timed runs per batch size (default {D('iterations')}).")
     ] = None,
@@ -35,19 +41,14 @@ def command(
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Latency (p50/p90/p99) and throughput on a target, after a warm-up."""
-    try:
-        batches = [int(b) for b in batch.split(",")] if batch is not None else None
-    except ValueError:
-        raise InvalidInput(
-            f"--batch '{batch}': expected integers joined by commas, e.g. 1,8"
-        ) from None
     recipe = one_stage(
         {"model": model},
         {
             "kind": "bench",
             "out": str(out),
             "target": target,
-            "batches": batches,
+            "batches": int_list("--batch", batch),
+            "seqs": int_list("--seq", seq),
             "warmup": warmup,
             "iterations": iterations,
             "threads": threads,

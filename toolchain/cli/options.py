@@ -110,3 +110,15 @@ def parse_budget(items: list[str] | None) -> float | dict[str, float] | None:
             return v
         out[name or "default"] = v
     return out
+
+
+def int_list(flag: str, text: str | None) -> list[int] | None:
+    """A list option's value as every command writes lists: integers joined by commas."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidInput(
+            f"{flag} '{text}': expected integers joined by commas, e.g. 1,8"
+        ) from None
