@@ -150,3 +150,30 @@ def test_a_recipe_with_a_batch_below_1_is_refused():
     with pytest.raises(ValidationError):
         QuantizeStage(method="dynamic", latency_batches=[1, 0])
     assert QuantizeStage(method="dynamic", latency_batches=[]).latency_batches == []
+
+
+def test_text_is_timed_at_its_own_length_and_padded():
+    """For text (an attention mask in the data) each batch is timed at the data's median
+    length, rounded up to a multiple of 8, and at the padded length, or at the lengths given;
+    data without a mask is timed by batch alone."""
+    import numpy as np
+
+    from edgesmith.calibration.sources import Dataset
+    from edgesmith.toolchain.core.errors import InvalidInput
+
+    lengths = [10, 12, 14, 30, 40]
+    mask = np.array([[1] * n + [0] * (128 - n) for n in lengths], dtype=np.int64)
+    ids = np.where(mask == 1, 7, 0)
+    data = Dataset({"input_ids": ids, "attention_mask": mask})
+    feeds = latency.feeds_from(data, [1, 8])
+    assert list(feeds) == ["1x16", "1x128", "8x16", "8x128"]
+    assert feeds["8x16"]["input_ids"].shape == (8, 16)
+    assert feeds["1x128"]["attention_mask"].shape == (1, 128)
+    assert latency.shape_label("8x16") == "batch 8, seq 16" and latency.shape_label(8) == "batch 8"
+    assert list(latency.feeds_from(data, [2], [32, 64])) == ["2x32", "2x64"]
+    with pytest.raises(InvalidInput, match="longer than the data's sequences"):
+        latency.feeds_from(data, [1], [256])
+    plain = Dataset({"x": np.zeros((4, 3), np.float32)})
+    assert list(latency.feeds_from(plain, [1, 8])) == [1, 8]
+    with pytest.raises(InvalidInput, match="no attention mask"):
+        latency.feeds_from(plain, [1], [16])

@@ -15,6 +15,7 @@ from edgesmith.toolchain.cli.options import (
     PrintRecipe,
     Target,
     Threads,
+    int_list,
     parse_budget,
 )
 from edgesmith.toolchain.core.errors import InvalidInput
@@ -148,6 +149,14 @@ _LatencyBatches = Annotated[
         rich_help_panel="Latency",
     ),
 ]
+_LatencySeq = Annotated[
+    str | None,
+    typer.Option(
+        help="Text: the sequence lengths the check times, comma-separated (default: the data's "
+        "median length and its padded length).",
+        rich_help_panel="Latency",
+    ),
+]
 _EvalLimit = Annotated[
     int | None,
     typer.Option(help="Use only the first N eval samples.", rich_help_panel="Accuracy gate"),
@@ -192,6 +201,7 @@ def command(
     cache_dir: _CacheDir = None,
     gather_int8: _GatherInt8 = None,
     latency_batches: _LatencyBatches = None,
+    latency_seq: _LatencySeq = None,
     print_recipe: PrintRecipe = False,
 ) -> None:
     """Quantize to int8 (QDQ) with calibrated ranges.
@@ -227,6 +237,7 @@ def command(
             "cache_dir": path_str(cache_dir),
             "gather_int8": gather_int8,
             "latency_batches": _batches(latency_batches),
+            "latency_seqs": int_list("--latency-seq", latency_seq),
         },
         "quantize",
     )

@@ -85,7 +85,7 @@ class EngineTimer:
     timed by the same session in every trial)."""
 
     source: Path
-    feeds: dict[int, dict[str, np.ndarray]]  # batch → feeds
+    feeds: dict[int | str, dict[str, np.ndarray]]  # shape (feeds_from) → feeds
     rounds: int = 30
     threads: int | None = None
     workdir: Path | None = None
@@ -96,7 +96,7 @@ class EngineTimer:
             self._runners[path] = engine_runner(path, self.threads, self.workdir)
         return self._runners[path]
 
-    def ratios(self, *paths: Path) -> list[dict[int, float]]:
+    def ratios(self, *paths: Path) -> list[dict[int | str, float]]:
         """Each path's engine over the fp32 engine, per batch: all timed in one interleave."""
         runners = {"fp32": self._runner(self.source)}
         runners.update({str(i): self._runner(p) for i, p in enumerate(paths)})
@@ -132,10 +132,44 @@ class Candidates:
     make: Callable[[list[str]], Path]
 
 
-def feeds_from(data, batches: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
-    """Real samples for each batch size (repeated when the data has fewer)."""
-    return {b: {name: np.resize(a, (b, *a.shape[1:])) for name, a in data.feeds.items()}
-            for b in batches}  # fmt: skip
+def feeds_from(
+    data, batches: Sequence[int], seqs: Sequence[int] | None = None
+) -> dict[int | str, dict[str, np.ndarray]]:
+    """Real samples for each shape the check times, keyed by the batch (repeated when the
+    data has fewer samples) or, for text (an attention mask in the data), by "BxS": batch B
+    with the sequences cut to S tokens. The lengths are `seqs`, or by default the data's
+    median length (rounded up to a multiple of 8) and the padded length: a deployed encoder
+    mostly sees a sentence at its own length, and int8 pays differently there."""
+    from edgesmith.toolchain.core.errors import InvalidInput
+
+    by_batch = {b: {name: np.resize(a, (b, *a.shape[1:])) for name, a in data.feeds.items()}
+                for b in batches}  # fmt: skip
+    mask = next((a for name, a in data.feeds.items() if "mask" in name and a.ndim == 2), None)
+    if mask is None:
+        if seqs:
+            raise InvalidInput("--latency-seq: the data has no attention mask, no sequence to cut")
+        return by_batch
+    padded = mask.shape[1]
+    if seqs and max(seqs) > padded:
+        raise InvalidInput(
+            f"--latency-seq {max(seqs)}: longer than the data's sequences ({padded} tokens); "
+            "raise --seq-len"
+        )
+    if not seqs:
+        median = int(np.median(mask.sum(axis=1)))
+        seqs = sorted({min(padded, -(-median // 8) * 8), padded})
+    return {
+        f"{b}x{s}": {k: v[:, :s] if v.ndim >= 2 and v.shape[1] == padded else v
+                     for k, v in feeds.items()}
+        for b, feeds in by_batch.items()
+        for s in seqs
+    }  # fmt: skip
+
+
+def shape_label(key: int | str) -> str:
+    """A timed shape as the report's sentences write it: "batch 8" or "batch 8, seq 16"."""
+    batch, _, seq = str(key).partition("x")
+    return f"batch {batch}" + (f", seq {seq}" if seq else "")
 
 
 def latency_fallback(
@@ -169,7 +203,7 @@ def latency_fallback(
         return None, check
     if worst > 1.0:
         check.verdict = (
-            f"int8 is slower than fp32 here at batch {max(ratios, key=ratios.get)} "
+            f"int8 is slower than fp32 here at {shape_label(max(ratios, key=ratios.get))} "
             f"({worst:.2f}x) with every trial: the model stays fp32"
         )
         return None, check

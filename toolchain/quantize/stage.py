@@ -66,6 +66,8 @@ class QuantizeStage(Gated):
     # (quantize/latency.py); None: 1 and 8 for ort-cpu, off for targets we cannot time here.
     latency_batches: list[Annotated[int, Field(ge=1)]] | None = None
     latency_rounds: int = Field(default=30, ge=3)
+    # text: the sequence lengths timed; None: the data's median length and its padded length
+    latency_seqs: list[Annotated[int, Field(ge=1)]] | None = None
     FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
 
     @model_validator(mode="after")
@@ -206,6 +208,7 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
         EngineTimer,
         feeds_from,
         latency_fallback,
+        shape_label,
     )
 
     src, cfg, preset, reason = job.src, job.cfg, job.preset, "latency: int8 slower than float here"
@@ -227,9 +230,11 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
         return qdq.quantize_dynamic_model(src.path, path, preset, p)
 
     batches = latency_batches(cfg)
-    timer = EngineTimer(Path(src.path), feeds_from(data, batches), cfg.latency_rounds,
+    feeds = feeds_from(data, batches, cfg.latency_seqs)
+    timer = EngineTimer(Path(src.path), feeds, cfg.latency_rounds,
                         cfg.threads, job.tmp / "latency")  # fmt: skip
-    job.log(f"latency: int8 against fp32 engines at batch {', '.join(map(str, batches))}")
+    shapes = ", ".join(shape_label(k) for k in feeds)
+    job.log(f"latency: int8 against fp32 engines at {shapes}")
     path, check = latency_fallback(current.path, Candidates(proto, nodes, make), timer, job.log)
     check.isa = preset.isa
     job.log(f"latency: {check.verdict}")
