@@ -156,7 +156,7 @@ def test_a_crafted_pt2_prints_no_traceback_from_torch(tmp_path):
     src = tmp_path / "model.pt2"
     src.write_bytes(_pt2_bytes("zip of pickles"))
     r = subprocess.run(
-        [sys.executable, "-c", "from toolchain.cli.app import main; main()",
+        [sys.executable, "-c", "from edgesmith.toolchain.cli.app import main; main()",
          "export", str(src), "-o", str(tmp_path / "o")],
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )  # fmt: skip

@@ -17,7 +17,7 @@ import pytest
 from edgesmith.toolchain.core.artifact import integrity_problems
 from tests.conftest import REPO
 
-CLI = [sys.executable, "-c", "from toolchain.cli.app import main; main()"]
+CLI = [sys.executable, "-c", "from edgesmith.toolchain.cli.app import main; main()"]
 
 
 def test_two_runs_of_one_recipe_at_once(tiny, tmp_path):

@@ -131,7 +131,7 @@ def test_help_imports_no_heavy_package():
 
     code = (
         "import sys\n"
-        "from toolchain.cli.app import app\n"
+        "from edgesmith.toolchain.cli.app import app\n"
         "from typer.testing import CliRunner\n"
         "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
         "assert CliRunner().invoke(app, ['quantize', '--help']).exit_code == 0\n"
