@@ -31,6 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks._common import isa  # noqa: E402
 from benchmarks.distill_minilm import (  # noqa: E402
     EDGESMITH,
     LATENCY_SENTENCES,
@@ -41,14 +42,6 @@ from benchmarks.distill_minilm import (  # noqa: E402
     sh,
     unit,
 )
-
-
-def isa() -> str:
-    from edgesmith.targets.ort_cpu import cpu_preset as cpu_preset_name
-    from edgesmith.toolchain.core.presets import detect_isa
-
-    i = detect_isa()
-    return f"{i.arch}, {cpu_preset_name(i)[1]}"
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import numpy as np
 from edgesmith.targets.base import BuildConfig
 from edgesmith.targets.ort_cpu import OrtCpu
 from edgesmith.toolchain.core.artifact import Format, ModelArtifact
-from edgesmith.toolchain.core.presets import detect_isa
 from edgesmith.toolchain.core.timing import side_by_side
 
 Feeds = dict[str, np.ndarray]
@@ -59,8 +58,3 @@ def time_engines(runners: dict[str, Any], feeds: dict[int, Feeds], rounds: int) 
         fns = {name: (lambda r=r, f=f: r.infer(f)) for name, r in runners.items()}
         out[batch] = {k: round(v, 4) for k, v in side_by_side(fns, rounds).items()}
     return out
-
-
-def isa() -> dict[str, Any]:
-    """The instruction set the figures hold for (arch and int8-relevant flags)."""
-    return detect_isa().summary()

@@ -49,10 +49,10 @@ class EngineTimes:
 
 def engine_times(ms: dict[str, dict[str, float]], seq, threads, names: tuple[str, str]):
     """EngineTimes of compare()'s figures: `names` (baseline, candidate), the ISA recorded."""
-    from edgesmith.toolchain.evaluate.engines import isa
+    from edgesmith.toolchain.core.presets import detect_isa
 
     base, cand = names
-    record = {"seq": seq, "threads": threads, "batches": ms, "isa": isa()}
+    record = {"seq": seq, "threads": threads, "batches": ms, "isa": detect_isa().summary()}
     return EngineTimes(record, {b: round(t[cand] / t[base], 4) for b, t in ms.items()})
 
 

@@ -14,7 +14,7 @@ from edgesmith.calibration.sources import Dataset
 from edgesmith.calibration.statistics import PassSettings
 from edgesmith.targets.ort_cpu import SessionSettings, runner_from_onnx
 from edgesmith.toolchain.core.progress import track
-from edgesmith.toolchain.core.timing import interleaved
+from edgesmith.toolchain.evaluate.engines import engine_runner, time_engines
 from edgesmith.toolchain.evaluate.gate import Evaluator
 from edgesmith.toolchain.quantize import qdq
 from edgesmith.toolchain.quantize.calibrate import Prepared
@@ -104,19 +104,14 @@ class AccuracyLoop:
         return node_sensitivity(switch_path, switched, batches, reference, run)
 
     def _cost(self, first: Path, final: Path) -> dict[str, Any]:
-        """Median ms per batch-1 call with and without the fallback, timed side by side."""
+        """Median ms per batch-1 call of the ort-cpu engine with and without the fallback,
+        timed side by side (evaluate/engines.py)."""
         feeds = {k: v[:1] for k, v in self.data.feeds.items()}
         runners = {
-            "all_int8": runner_from_onnx(
-                first, SessionSettings(threads=self.cfg.threads, spinning=False)
-            ),
-            "with_fallback": runner_from_onnx(
-                final, SessionSettings(threads=self.cfg.threads, spinning=False)
-            ),
+            "all_int8": engine_runner(first, self.cfg.threads, self.work),
+            "with_fallback": engine_runner(final, self.cfg.threads, self.work),
         }
-        ms = interleaved(
-            {k: (lambda r=r: r.infer(feeds)) for k, r in runners.items()}, LATENCY_ROUNDS
-        )
+        ms = time_engines(runners, {1: feeds}, LATENCY_ROUNDS)[1]
         cost: dict[str, Any] = {f"{k}_ms": round(v, 4) for k, v in ms.items()}
         cost["cost_ms"] = round(cost["with_fallback_ms"] - cost["all_int8_ms"], 4)
         return cost

@@ -178,10 +178,11 @@ def _nodes(qproto, plan: Plan) -> dict[str, Any]:
     from edgesmith.toolchain.quantize import qdq
     from edgesmith.toolchain.quantize.gather import int8_tables, quantized_gathers
 
+    quantized = qdq.quantized_nodes(qproto)
     return {
-        "quantized": len(qdq.quantized_nodes(qproto)),
+        "quantized": len(quantized),
         "float": dict(plan.excluded.items()),
-        "quantized_names": qdq.quantized_nodes(qproto),
+        "quantized_names": quantized,
         "int8_gathers": quantized_gathers(qproto),
         "int8_tables": int8_tables(qproto),
     }
@@ -251,14 +252,12 @@ def _latency(job: Job, current: Quantized, prepared, data, loop) -> LatencyStep:
     return LatencyStep(Quantized(path, plan, passed, summary), check.to_dict(), again)
 
 
-def _steps(job: Job, work: Workdir, calib, evals) -> tuple[QuantizeReport, Quantized]:
+def _steps(job: Job, work: Workdir, proto, calib, evals) -> tuple[QuantizeReport, Quantized]:
     """Quantize, gate and fall back, check the latency: the report so far and the result."""
-    from edgesmith.toolchain.core.onnx_model import check_onnx
     from edgesmith.toolchain.quantize.loop import AccuracyLoop
     from edgesmith.toolchain.quantize.plan import make_plan
 
-    cfg, preset = job.cfg, job.preset
-    proto = check_onnx(job.src.path)
+    cfg, preset = job.cfg, job.preset  # proto: the source, checked once by run()
     plan = make_plan(proto, preset, cfg.op_types or None, cfg.exclude)
     report = QuantizeReport(
         input={"path": str(job.src.path), "sha256": job.src.sha256},
@@ -300,7 +299,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
             "export it first (edgesmith export, or an export stage before quantize)"
         )
     start = time.perf_counter()
-    io = io_from_onnx(check_onnx(src.path))
+    io = io_from_onnx(proto := check_onnx(src.path))
     tok = find_tokenizer(cfg.tokenizer, src)
     # every input is checked before any quantization work
     calib = calibration_data(cfg, io, tok) if cfg.method != "dynamic" else None
@@ -310,7 +309,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     preset = _preset(cfg)
     job = Job(src, cfg, preset, Path(tempfile.mkdtemp(prefix=".work-", dir=out)), work.log)
     try:
-        report, result = _steps(job, work, calib, evals)
+        report, result = _steps(job, work, proto, calib, evals)
         model_path = _install(result.path, out)
         report.carried = carry_preprocessing(Path(src.path).parent, out)
     finally:
