@@ -20,7 +20,10 @@ STUDENT = "examples.digits_student:make_student"
 
 
 def setup_for(teacher_dir: Path, **kw):
+    """The loop's mechanics are tested at fixed settings (the defaults are tested below)."""
     spec = SourceSpec("examples.digits:make_model", str(teacher_dir / "model.safetensors"))
+    for key, value in {"batch_size": 64, "lr": 3e-3, "patience": 0}.items():
+        kw.setdefault(key, value)
     cfg = DistillStage(
         student=STUDENT,
         data=str(kw.pop("data", teacher_dir / "train.npz")),
@@ -154,3 +157,51 @@ def test_callbacks_see_steps_epochs_and_checkpoints_and_can_stop_the_run(digits_
     assert rec.epochs == [1, 2] and rec.checkpoints == ["epoch-0001", "epoch-0002"]
     per_epoch = len(rec.steps) // 2
     assert per_epoch > 0 and rec.steps == list(range(2 * per_epoch))  # global step numbers
+
+
+def test_without_a_rate_the_range_test_chooses_one_and_puts_the_model_back(
+    digits_teacher, tmp_path
+):
+    """No lr: Smith's range test runs on the run's start, its choice and reason are in the
+    result, and the student starts training from the weights it had before the test; the
+    callbacks' on_train_begin comes after both the probe and the test."""
+    from edgesmith.toolchain.training import trainer as tr
+
+    setup = setup_for(digits_teacher, epochs=1, lr=None)
+    assert setup.train_cfg.find_lr
+    start = {k: v.clone() for k, v in setup.pair.student.state_dict().items()}
+    seen = {}
+
+    class AtBegin(tr.Callback):
+        def on_train_begin(self, trainer):
+            seen["state"] = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+            seen["lr"] = trainer.progress.lr
+
+    result = run(setup, tmp_path / "ckpt", callbacks=[AtBegin()])
+    assert all(torch.equal(start[k], v) for k, v in seen["state"].items())
+    lr = result.settings["lr"]
+    assert lr == seen["lr"] and result.settings["lr_from"].startswith("range test")
+    assert 3e-4 <= lr <= 3e-2  # within 10x of the usual rate for a factory student
+
+
+def test_a_plateau_stops_the_run_after_patience_epochs(digits_teacher, tmp_path):
+    """A run that cannot improve (a rate too small to move a weight) stops `patience` epochs
+    after its last gain; the result says when."""
+    result = run(setup_for(digits_teacher, epochs=10, lr=1e-12, patience=2), tmp_path / "c")
+    assert result.stopped_after == 3 and len(result.history) == 3
+    assert result.settings["patience"] == 2
+
+
+def test_epochs_follow_the_data_size_and_the_amount_pruned():
+    from edgesmith.toolchain.prune.stage import PruneStage
+    from edgesmith.toolchain.training import defaults as d
+    from edgesmith.toolchain.training.defaults import budget_scale, choose_epochs
+
+    assert choose_epochs(7, 10_000, 32).count == 7  # given
+    small, large = choose_epochs(None, 1_000, 32), choose_epochs(None, 64_000, 32)
+    assert small.count == -(-d.AUTO_STEPS // 32) and "from the data size" in small.reason
+    assert large.count == d.MIN_EPOCHS and choose_epochs(None, 10, 32).count == d.MAX_EPOCHS
+    assert 1 == budget_scale(0) < budget_scale(0.5) < budget_scale(0.8) < budget_scale(0.95)
+    at_90 = choose_epochs(None, 1_000, 32, PruneStage(data="d", method="magnitude",
+                                                      sparsity=0.9).budget_scale())  # fmt: skip
+    assert at_90.count > small.count

@@ -4,7 +4,7 @@ sparse flag, and bad input."""
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import math
 
@@ -126,20 +126,28 @@ def test_gradual_methods_keep_only_epochs_at_the_final_sparsity(cli, digits, tmp
 
 
 def test_encoder_weights_only(cli, tiny_classifier, tmp_path):
-    """A Hugging Face encoder, soft movement: its attention and FFN matrices are made sparse
-    under one threshold for all, the token embeddings and the classifier stay dense."""
+    """A Hugging Face encoder, soft movement (Sanh's threshold on sigmoid(scores) with the L1
+    regulariser, λ set by the requested sparsity): its attention and FFN matrices are made
+    sparse, each layer as its scores say, the total near the requested sparsity; the token
+    embeddings and the classifier stay dense."""
     tc = tiny_classifier
     r = cli("prune", tc["model"], "-o", tmp_path / "p", "--data", tc["train"],
             "--eval-data", tc["eval"], "--seq-len", "48", "--latency-rounds", "3",
             "--method", "movement", "--movement", "soft", "--sparsity", "0.5",
-            "--epochs", "2", "--schedule-end", "1", "--mask-interval", "2")  # fmt: skip
+            "--epochs", "16", "--batch-size", "8", "--lr", "1e-3")  # fmt: skip
     assert r.code == 0, r.stderr
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    schedule = report["schedule"]  # 1024 steps: the scores need hundreds to cross
+    assert schedule["soft_threshold"] == 0.1 and schedule["final_l1"] > 0
     model = _export(cli, tmp_path / "p", tmp_path / "onnx")
-    sparse = [row for row in weight_layers(model) if row["sparsity"] > 0.1]
+    sparse = [row for row in weight_layers(model) if row["sparsity"] > 0.05]
     assert len(sparse) == 12  # 2 layers x (Q, K, V, O, FFN in, FFN out)
     total = sum(math.prod(r["shape"]) for r in sparse)
     zeros = sum(r["sparsity"] * math.prod(r["shape"]) for r in sparse)
-    assert zeros / total == pytest.approx(0.5, abs=0.001)  # global: one threshold for all
+    assert zeros / total == pytest.approx(0.5, abs=0.06)  # near, not exact: soft's nature
+    assert zeros / total == pytest.approx(schedule["reached_sparsity"], abs=0.001)
+    # one threshold, not a per-layer count: the layers' sparsities differ
+    assert max(r["sparsity"] for r in sparse) - min(r["sparsity"] for r in sparse) > 0.05
     emb = [i for i in model.graph.initializer if "embeddings" in i.name]
     assert emb and all((numpy_helper.to_array(i) != 0).mean() > 0.99 for i in emb)
 
@@ -183,8 +191,13 @@ def test_trt_build_sets_sparse_weights_for_a_two_four_model(cli, digits, tmp_pat
         (["--method", "2:4", "--sparsity", "0.7"], "2:4 is 50% sparse by definition"),
         (
             ["--method", "movement", "--sparsity", "0.5", "--epochs", "3", "--schedule-end", "4"],
-            "schedule_end 4.0 is after the last epoch (3)",
+            "schedule_end 4 is after the last epoch (3)",
         ),
+        (  # a warm-up longer than the training
+            ["--method", "movement", "--sparsity", "0.5", "--epochs", "3",
+             "--schedule-start", "4"],
+            "schedule_start 4 must be before its end 2.4",
+        ),  # fmt: skip
         (
             ["--method", "magnitude", "--sparsity", "0.5", "--target-latency", "0.5"],
             "heads, ffn and target_latency are for structured pruning",
@@ -273,37 +286,6 @@ def test_the_probe_pass_does_not_reach_the_scores():
     assert sp.targets[0].param.delta.abs().sum() == 0
 
 
-def test_the_trainer_calls_on_train_begin_after_its_probe(monkeypatch):
-    from edgesmith.toolchain.training import trainer as tr
-
-    calls = []
-    monkeypatch.setattr(tr, "freeze_unused", lambda *a: calls.append("probe") or 0)
-
-    class Cb(tr.Callback):
-        def on_train_begin(self, trainer):
-            calls.append("begin")
-
-    class Pair:
-        student = teacher = torch.nn.Linear(2, 2)
-
-    class Cfg:
-        dropout, seed, output, lr, weight_decay = None, 0, "x", 1e-3, 0.0
-
-    t = tr.Trainer.__new__(tr.Trainer)
-    t.cfg, t.device, t.pair, t.train_data, t.callbacks = (
-        Cfg(),
-        torch.device("cpu"),
-        Pair(),
-        None,
-        [Cb()],
-    )
-    t.say = lambda *_: None
-    # the rest of the set-up needs a real run; the order is what is checked
-    with contextlib.suppress(Exception):
-        t._prepare_models()
-    assert calls[:2] == ["probe", "begin"]
-
-
 def test_score_ties_go_to_the_larger_weight():
     """At the first step every score is ±lr: ties are broken by |W|, not by position."""
     from edgesmith.toolchain.prune.sparsity import masks_by_score
@@ -316,3 +298,100 @@ def test_score_ties_go_to_the_larger_weight():
     scores[0, 0] = 1.0  # a higher score is kept whatever its weight
     (mask,) = masks_by_score([scores], 0.5, "layer", [w.abs()])
     assert mask[0, 0] == 1 and int(mask.sum()) == 4
+
+
+def test_on_a_converged_model_movement_masks_beat_a_fixed_random_mask():
+    """An MLP trained to convergence on digits, 80% of its weights pruned over 150 steps:
+    movement's masks (following the scores at every step) keep far more accuracy than a fixed
+    random mask of the same sparsity trained the same way (0.95 against 0.67 when written)."""
+    from sklearn.datasets import load_digits
+
+    from edgesmith.toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    train, test = order[:1400], order[1400:]
+
+    def fit(model, steps, lr, callback=None):
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(steps):
+            idx = train[torch.randint(0, len(train), (32,), generator=gen)]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if callback:
+                callback.on_step(_Trainer, step)
+
+    def accuracy(model):
+        with torch.no_grad():
+            return float((model(x[test]).argmax(1) == y[test]).float().mean())
+
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 10))  # fmt: skip
+    fit(dense, 1500, 1e-3)
+    assert accuracy(dense) > 0.95
+    got = {}
+    for name in ("movement", "random"):
+        model = copy.deepcopy(dense)
+        targets = [Target(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        sp = Sparsifier(targets, _MovementCfg())
+        cb = ScheduleCallback(sp, start=0.0, end=10.0, interval=10)  # 100 steps an epoch
+        if name == "random":
+            gen = torch.Generator().manual_seed(0)
+            sp._set([(torch.rand(t.param.mask.shape, generator=gen) >= 0.8).float()
+                     for t in sp.targets], zero=True)  # fmt: skip
+            cb = None
+        else:
+            cb.on_train_begin(_Trainer)
+        fit(model, 150, 1e-4, cb)
+        got[name] = accuracy(model)
+    assert got["movement"] > got["random"] + 0.15, got
+
+
+def test_movement_warns_of_too_few_steps_and_of_a_fine_tuned_start(cli, digits, tmp_path):
+    """Before it runs: a movement schedule of a few dozen score steps, from the fine-tuned
+    model itself (no --teacher), is named in the report's warning with the fine-pruning
+    command."""
+    r = _prune(cli, digits, tmp_path / "p", "--method", "movement", "--sparsity", "0.5",
+               "--epochs", "1", "--lr", "1e-3")  # fmt: skip
+    assert r.code == 0, r.stderr
+    warning = json.loads((tmp_path / "p" / "report.json").read_text())["warning"]
+    assert "score steps" in warning and "from the fine-tuned model itself" in warning
+    assert "--teacher FINE_TUNED --method movement" in warning
+
+
+def test_fine_pruning_starts_from_the_pretrained_encoder_with_the_teachers_head(
+    cli, tiny_classifier, tmp_path
+):
+    """MODEL a pretrained encoder (no task head), --teacher the fine-tuned classifier,
+    unlabelled text: the student gets the teacher's head (its labels, new weights), is pruned
+    by movement while it learns the task from the teacher, and comes out a classifier."""
+    import shutil
+
+    from transformers import BertModel
+
+    tc = tiny_classifier
+    pretrained = tmp_path / "pretrained"
+    BertModel.from_pretrained(str(tc["model"])).save_pretrained(str(pretrained))
+    for f in tc["model"].iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy(f, pretrained / f.name)
+    r = cli("prune", pretrained, "--teacher", tc["model"], "-o", tmp_path / "p",
+            "--data", tc["train_unlabelled"], "--eval-data", tc["eval"], "--seq-len", "48",
+            "--method", "movement", "--sparsity", "0.5", "--epochs", "6", "--batch-size", "8",
+            "--latency-rounds", "3")  # fmt: skip
+    assert r.code == 0, r.stderr
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    teacher = json.loads((tc["model"] / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == teacher["id2label"]
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert not report.get("warning")  # 384 score steps, and a start that is not fine-tuned
+    acc = report["accuracy"]
+    assert acc["after_pruning"] < 0.5 < acc["after_recovery"]  # a new head learnt the task
+    assert all(abs(v - 0.5) < 0.01 for v in report["layer_sparsity"].values())
