@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo text-classifier test test-tf4 test-gpu lint docs bench support-table clean
+.PHONY: setup demo text-classifier fine-prune test test-tf4 test-gpu lint docs bench support-table clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,12 @@ build/text_classifier/model/model.safetensors: examples/text_classifier.py | set
 # The fine-tuned text classifier: prune → export → quantize → build → validate (a few minutes).
 text-classifier: setup build/text_classifier/model/model.safetensors
 	$(BIN)/edgesmith run recipes/text_classifier.toml
+
+# Fine-pruning: the pretrained encoder pruned by movement while it learns from the classifier.
+fine-prune: setup build/text_classifier/model/model.safetensors
+	$(BIN)/python -c "from pathlib import Path; from examples.text_classifier import \
+	write_initial_model; write_initial_model(Path('build/text_classifier/pretrained'))"
+	$(BIN)/edgesmith run recipes/fine_prune.toml
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

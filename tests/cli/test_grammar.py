@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -95,3 +97,22 @@ def test_a_list_is_written_with_commas_or_repeated(cli, tmp_path):
     assert "latency_batches = [2, 4]" in commas.stdout and commas.stdout == twice.stdout
     bad = cli(*base, "--latency-batches", "2,x", "--print-recipe")
     assert bad.code == 2 and "--latency-batches" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "m", "-o", "o", "--bogus"], "export: no such option: --bogus"),
+        (["prune", "m", "-o", "o", "--method", "foo"], "prune: invalid value for '--method'"),
+        (["validate", "c", "--limit", "x"], "validate: invalid value for '--limit'"),
+        (["export", "m"], "export: missing option '--out'"),
+        (["frobnicate"], "no such command 'frobnicate'"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(cli, args, message):
+    """Like every other bad input: one line naming what is wrong, no box, no usage block."""
+    r = cli(*args)
+    assert r.code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgesmith: error: ") and message in lines[0]
+    assert "--help'" in lines[0]

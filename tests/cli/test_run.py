@@ -189,7 +189,9 @@ def test_changed_source_flags_are_not_served_from_cache(cli, tiny, tmp_path):
     assert dims == [3, 12]
 
 
-@pytest.mark.parametrize("name", ["digits.toml", "digits_distill.toml", "text_classifier.toml"])
+@pytest.mark.parametrize(
+    "name", ["digits.toml", "digits_distill.toml", "text_classifier.toml", "fine_prune.toml"]
+)
 def test_the_embedded_recipes_load(name):
     """Every shipped recipe validates against the stage registry (the make targets run them)."""
     from pathlib import Path

@@ -205,3 +205,19 @@ def test_epochs_follow_the_data_size_and_the_amount_pruned():
     at_90 = choose_epochs(None, 1_000, 32, PruneStage(data="d", method="magnitude",
                                                       sparsity=0.9).budget_scale())  # fmt: skip
     assert at_90.count > small.count
+
+
+def test_the_range_test_picks_a_tenth_of_the_best_rate_or_says_it_cannot():
+    from edgesmith.toolchain.training.defaults import pick_rate, range_rates
+
+    rates = range_rates()
+    falling = [2.3 - 2 * i / 100 if i < 70 else 50.0 for i in range(100)]  # diverges at 70
+    lr, why = pick_rate(rates, falling, prior=1e-3)
+    assert lr == pytest.approx(rates[69] / 10, rel=0.2) and "a tenth of it" in why
+    lr, why = pick_rate(rates, [1.0] * 100, prior=1e-2)  # flat: the rate leaves no trace
+    assert lr == 1e-2 and "did not fall" in why
+    # a model that starts at its teacher's optimum (a dense start): any step makes it worse
+    lr, why = pick_rate(rates, [0.01, 0.02, 0.05] + [1.0] * 97, prior=1e-3)
+    assert lr == 1e-3 and "did not fall" in why
+    lr, _ = pick_rate(rates, [5.0 - 4.9 * i / 99 for i in range(100)], prior=1e-5)
+    assert lr == 1e-4  # held within 10x of the usual rate

@@ -136,8 +136,8 @@ def test_an_unreachable_latency_target_exits_1_with_what_was_tried(cli, tiny_cla
     "flags, message",
     [
         (["--sparsity", "1.5"], "sparsity 1.5: the fraction pruned must be in [0, 1)"),
-        (["--sparsity", "0.5", "--method", "unstructured"], "Invalid value for '--method'"),
-        (["--sparsity", "0.5", "--importance", "bogus"], "Invalid value for '--importance'"),
+        (["--sparsity", "0.5", "--method", "unstructured"], "invalid value for '--method'"),
+        (["--sparsity", "0.5", "--importance", "bogus"], "invalid value for '--importance'"),
         (["--sparsity", "0.5", "--heads", "0.5"], "exactly one of sparsity, heads/ffn"),
         (["--sparsity", "0.5", "--importance", "taylor"], "taylor needs labelled data"),
     ],

@@ -41,6 +41,31 @@ class _Group(TyperGroup):
             warnings.filterwarnings("ignore")
         return super().parse_args(ctx, args)
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """A usage error (an unknown option, a value of the wrong type or outside its
+        choices, a missing argument) is one line on stderr, exit 2, like every other bad
+        input: `edgesmith: error: prune: invalid value for '--method': ...`."""
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # click's ClickException, which typer vendors
+            usage = e.exit_code == 2 and hasattr(e, "ctx")
+            if not usage or type(e).__name__ == "NoArgsIsHelpError":  # `edgesmith prune`: help
+                e.show()
+                sys.exit(e.exit_code)
+            where = e.ctx.command_path if e.ctx is not None else "edgesmith"
+            message = " ".join(e.format_message().replace("Value error, ", "").split())
+            message = message[:1].lower() + message[1:].rstrip(".")
+            command = where.removeprefix("edgesmith").strip()
+            print(f"edgesmith: error: {command + ': ' if command else ''}{message} (see "
+                  f"'{where} --help')", file=sys.stderr)  # fmt: skip
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print(INTERRUPTED_LINE, file=sys.stderr)
+            sys.exit(INTERRUPTED)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 def _root(
     debug: Annotated[

@@ -19,6 +19,15 @@ from edgesmith.toolchain.cli.options import (
 from edgesmith.toolchain.distill.stage import DistillStage
 
 D = DistillStage.default
+
+
+def HELP(name: str) -> str:  # noqa: N802 (reads as the constant it stands for)
+    """The shared training field's own description, as the derived commands show it."""
+    f = DistillStage.model_fields[name]
+    default = f.get_default()
+    text = f.description or name
+    return text + (f" (default {default})" if default is not None else "")
+
 # the config's Literal: the parser enforces and lists the choices
 LOSSES = DistillStage.model_fields["loss"].annotation
 
@@ -82,7 +91,13 @@ _Limit = Annotated[
     int | None, typer.Option(help="Use only the first N samples.", rich_help_panel="Data")
 ]
 _Epochs = Annotated[
-    int | None, typer.Option(help=f"Epochs (default {D('epochs')}).", rich_help_panel="Training")
+    int | None, typer.Option(help=HELP("epochs"), rich_help_panel="Training")
+]
+_Patience = Annotated[
+    int | None, typer.Option(help=HELP("patience"), rich_help_panel="Training")
+]
+_WeightDecay = Annotated[
+    float | None, typer.Option(help=HELP("weight_decay"), rich_help_panel="Training")
 ]
 _BatchSize = Annotated[
     int | None,
@@ -94,7 +109,8 @@ _BatchSize = Annotated[
 _Lr = Annotated[
     float | None,
     typer.Option(
-        help="Peak learning rate (default 3e-3 for a factory student, 1e-4 derived).",
+        help="Peak learning rate (default: a range test's choice, held within 10x of 3e-3 "
+        "for a factory student, 1e-4 for a derived one).",
         rich_help_panel="Training",
     ),
 ]
@@ -173,7 +189,9 @@ def command(
     seq_len: _SeqLen = None,
     limit: _Limit = None,
     epochs: _Epochs = None,
+    patience: _Patience = None,
     batch_size: _BatchSize = None,
+    weight_decay: _WeightDecay = None,
     lr: _Lr = None,
     temperature: _Temperature = None,
     alpha: _Alpha = None,
@@ -207,7 +225,9 @@ def command(
             "seq_len": seq_len,
             "limit": limit,
             "epochs": epochs,
+            "patience": patience,
             "batch_size": batch_size,
+            "weight_decay": weight_decay,
             "lr": lr,
             "temperature": temperature,
             "alpha": alpha,

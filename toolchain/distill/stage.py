@@ -87,13 +87,13 @@ def run(inputs: Inputs, cfg: DistillStage, work: Workdir) -> StageResult:
         ratio,
         setup.train_cfg.loss,
         setup.train_cfg.output,
-        setup.train_cfg.lr,
+        result.settings["lr"],
         result.to_dict(),
     )
     teacher = f" (teacher {result.teacher_metric:.4f})" if result.teacher_metric is not None else ""
     summary = (
         f"student {setup.student_params:,} parameters ({ratio:.1%} of the teacher's); best "
-        f"epoch {result.best_epoch}/{cfg.epochs}: eval {result.metric_name} "
+        f"epoch {result.best_epoch}/{setup.train_cfg.epochs}: eval {result.metric_name} "
         f"{result.best_metric:.4f}{teacher}"
     )
     return StageResult(art, report.to_json(), summary=summary)

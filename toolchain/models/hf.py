@@ -323,7 +323,10 @@ def _from_pretrained(path: Path, task: str, library: str, kwargs: dict) -> Any:
     )
 
 
-def load_hf(path: Path, task: str | None = None) -> HfModel:
+def load_hf(path: Path, task: str | None = None, head: dict | None = None) -> HfModel:
+    """The folder's model for `task`. `head` (num_labels, id2label, label2id): a new task
+    head of that shape on the folder's encoder, initialised from torch's random state (a
+    pretrained encoder made into the student of a fine-tuned classifier: fine-pruning)."""
     path = Path(path)
     config = _config(path)
     if config.get("auto_map"):
@@ -338,7 +341,8 @@ def load_hf(path: Path, task: str | None = None) -> HfModel:
     pruned = _pruning_record(path)
     # a pruned folder's FFN sizes differ per layer, which transformers cannot express: it
     # loads the model at full size, then our code gives it the recorded shapes and its weights
-    extra = {"ignore_mismatched_sizes": True} if pruned else {}
+    extra = {"ignore_mismatched_sizes": True} if pruned or head else {}
+    extra.update(head or {})
     # eager attention: one Softmax per layer in the ONNX (the engine's rewrites read it), where
     # the SDPA path exports as several ops and fails to export for some families (Swin)
     extra["attn_implementation"] = "eager"

@@ -12,10 +12,14 @@ from edgesmith.toolchain.core.artifact import Format, ModelArtifact
 from edgesmith.toolchain.core.errors import InvalidInput
 from edgesmith.toolchain.core.files import sha256_file, sha256_json, sha256_path
 from edgesmith.toolchain.core.stage import Inputs, Workdir
+from edgesmith.toolchain.training.defaults import Epochs, choose_epochs
 from edgesmith.toolchain.training.setup import choose_output, load_data, load_teacher, train_config
 
-DEFAULT_LR = 5e-5  # recovery fine-tunes a model that was trained: a fine-tuning rate
-DEFAULT_LR_CNN = 1e-3  # the same for a small CNN trained with Adam (examples/digits.py: 2e-3)
+# the usual rates the range test is held near (training/defaults.py): recovery fine-tunes a
+# model that was trained, at a fine-tuning rate; a small CNN trained with Adam takes a larger
+# one (examples/digits.py: 2e-3)
+DEFAULT_LR = 5e-5
+DEFAULT_LR_CNN = 1e-3
 
 
 def _check_source(src: ModelArtifact) -> None:
@@ -42,6 +46,7 @@ class Setup:
     lr: float
     loss: str
     own_teacher: bool  # the teacher is the unpruned model itself (no teacher given)
+    epochs: Epochs  # the recovery's, given or chosen (training/defaults.py)
 
     def unpruned(self):
         """The unpruned model, loaded (the teacher's, when it is the same model): an HfModel
@@ -50,15 +55,44 @@ class Setup:
             t = self.teacher
             return (t.hf if self.src.format is Format.hf else t.torch), t.module
         if self.src.format is Format.hf:
+            import torch
+
             from edgesmith.toolchain.models.hf import load_hf
 
-            return load_hf(self.src.path, self.src.info.task), None
+            head = new_head(self.src, self.teacher)
+            if head is None:
+                return load_hf(self.src.path, self.src.info.task), None
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                return load_hf(self.src.path, self.teacher.task, head), None
         from edgesmith.toolchain.models.source import torch_spec
         from edgesmith.toolchain.models.torch import TorchRunner, load_torch
 
         tm = load_torch(torch_spec(self.src))
         TorchRunner(tm)  # names the outputs
         return tm, None
+
+
+def new_head(src: ModelArtifact, teacher) -> dict | None:
+    """Fine-pruning: when MODEL is an encoder without the teacher's classification head (a
+    pretrained encoder, or one with another label set), the head the student gets (the
+    teacher's labels, new weights); None when MODEL already has it."""
+    if teacher.hf is None or src.format is not Format.hf:
+        return None
+    config = teacher.hf.model.config
+    if teacher.task not in ("text-classification", "token-classification", "image-classification",
+                            "audio-classification"):  # fmt: skip
+        return None
+    import json
+
+    own = json.loads((Path(src.path) / "config.json").read_text())
+    from edgesmith.toolchain.models.hf import infer_task
+
+    same = (src.info.task or infer_task(Path(src.path))) == teacher.task
+    if same and own.get("id2label") and len(own["id2label"]) == config.num_labels:
+        return None
+    return {"num_labels": config.num_labels, "id2label": dict(config.id2label),
+            "label2id": dict(config.label2id)}  # fmt: skip
 
 
 def setup(inputs: Inputs, cfg) -> Setup:
@@ -68,9 +102,15 @@ def setup(inputs: Inputs, cfg) -> Setup:
     train, evals = load_data(cfg, teacher.io, teacher.tokenizer)
     output = choose_output(teacher, train, cfg.output)
     lr = cfg.lr or (DEFAULT_LR if src.format is Format.hf else DEFAULT_LR_CNN)
-    loss = train_config(cfg, lr, output, teacher.task).loss
+    epochs = choose_epochs(cfg.epochs, len(train), cfg.batch_size, cfg.budget_scale())
+    if cfg.gradual:
+        try:
+            cfg.schedule_bounds(epochs.count)
+        except ValueError as e:
+            raise InvalidInput(f"{e} ({epochs.count} epochs: {epochs.reason})") from None
+    loss = train_config(cfg, lr, output, teacher.task, epochs).loss
     own = inputs.get("teacher") is None
-    return Setup(src, cfg, teacher, train, evals, output, lr, loss, own)
+    return Setup(src, cfg, teacher, train, evals, output, lr, loss, own, epochs)
 
 
 def recover(candidate, s: Setup, work: Workdir, fingerprint: str, callbacks=()) -> dict:
@@ -79,11 +119,11 @@ def recover(candidate, s: Setup, work: Workdir, fingerprint: str, callbacks=()) 
     from edgesmith.toolchain.training.trainer import Pair, Trainer, TrainRun
 
     cfg = s.cfg
-    tcfg = train_config(cfg, s.lr, s.output, s.teacher.task)
+    tcfg = train_config(cfg, s.lr, s.output, s.teacher.task, s.epochs)
     run = TrainRun(work.scratch / "recovery", fingerprint, work.log, callbacks)
     trainer = Trainer(Pair(candidate.outputs, s.teacher.module), (s.train, s.evals), tcfg, run)
     result = trainer.fit(resume=cfg.resume)
-    return {"loss": tcfg.loss, "epochs": cfg.epochs, **result.to_dict()}
+    return {"loss": tcfg.loss, "epochs": tcfg.epochs, **result.to_dict()}
 
 
 def accuracy(s: Setup, unpruned, pruned) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def prune_structured(s: Setup, work: Workdir, start: float) -> StageResult:
             candidate = pruner.apply(plan)
             if work.rank == 0:
                 report.accuracy = accuracy(s, pruner.wrapped, candidate.outputs)
-            if cfg.epochs:
+            if s.epochs.count:
                 fingerprint = sha256_json({"model": s.src.sha256, "plan": plan.digest()})
                 report.recovery = recover(candidate, s, work, fingerprint)
     finally:

@@ -50,8 +50,10 @@ class PruneStage(Training):
     teacher: str | None = Field(
         default=None, description="the recovery's teacher (default: the unpruned input model)"
     )
-    epochs: int = Field(default=3, ge=0, description="recovery epochs (0: none)")
-    batch_size: int = Field(default=32, ge=1)
+    epochs: int | None = Field(
+        default=None, ge=0, description="recovery epochs (0: none; default: from the data "
+        "size, about 2000 steps scaled by the amount pruned)",
+    )  # fmt: skip
     latency_batches: list[int] = Field(default=[1, 8], description="engine batch sizes timed")
     latency_seq: int = Field(default=128, ge=1, description="sequence length engines are timed at")
     latency_rounds: int = Field(default=20, ge=1, description="interleaved timing rounds")
@@ -63,10 +65,13 @@ class PruneStage(Training):
         default="oneshot", description="magnitude: mask once, or raise the sparsity gradually "
         "(cubic, Zhu & Gupta); movement is always cubic",
     )  # fmt: skip
-    schedule_start: float = Field(default=0.0, ge=0, description="epoch the schedule starts at")
+    schedule_start: float | None = Field(
+        default=None, ge=0, description="epoch the schedule starts at (default: movement "
+        "after a warm-up of 10% of the epochs, as Sanh et al.; magnitude at once)",
+    )  # fmt: skip
     schedule_end: float | None = Field(
-        default=None, gt=0, description="epoch the final sparsity is reached (default: 2/3 of "
-        "the epochs)",
+        default=None, gt=0, description="epoch the final sparsity is reached (default: "
+        "movement at 80% of the epochs, magnitude at 2/3)",
     )  # fmt: skip
     mask_interval: int = Field(default=10, ge=1, description="steps between mask updates")
     movement: Literal["hard", "soft"] = Field(
@@ -99,17 +104,8 @@ class PruneStage(Training):
             raise ValueError(f"method {self.method} needs sparsity (the fraction of weights zero)")
         if self.gradual and self.epochs == 0:
             raise ValueError(f"method {self.method} with a schedule trains: epochs must be >= 1")
-        if self.gradual:
-            end = self.schedule_end_epochs()
-            if end > self.epochs:
-                raise ValueError(
-                    f"schedule_end {end} is after the last epoch ({self.epochs}): the schedule "
-                    "must end within the training"
-                )
-            if self.schedule_start >= end:
-                raise ValueError(
-                    f"schedule_start {self.schedule_start} must be before its end {end}"
-                )
+        if self.gradual and self.epochs is not None:
+            self.schedule_bounds(self.epochs)  # with epochs chosen: checked once they are
         return self
 
     @property
@@ -122,8 +118,35 @@ class PruneStage(Training):
         """The fraction of weights the weight-sparsity methods make zero."""
         return 0.5 if self.method == "2:4" else float(self.sparsity or 0.0)
 
-    def schedule_end_epochs(self) -> float:
-        return self.schedule_end if self.schedule_end is not None else self.epochs * 2 / 3
+    def schedule_bounds(self, epochs: int) -> tuple[float, float]:
+        """The epochs the gradual schedule starts and ends at, over a run of `epochs`:
+        Sanh et al.'s for movement (a warm-up of 10% at full density, the cubic rise, the last
+        20% at the final sparsity), Zhu & Gupta's for magnitude (from the start to 2/3).
+        ValueError when they do not fit in the run."""
+        movement = self.method == "movement"
+        start = self.schedule_start
+        start = (0.1 * epochs if movement else 0.0) if start is None else start
+        end = self.schedule_end
+        end = (0.8 if movement else 2 / 3) * epochs if end is None else end
+        if end > epochs:
+            raise ValueError(
+                f"schedule_end {end:g} is after the last epoch ({epochs}): the schedule must "
+                "end within the training"
+            )
+        if start >= end:
+            raise ValueError(f"schedule_start {start:g} must be before its end {end:g}")
+        return start, end
+
+    def budget_scale(self) -> float:
+        """How much longer than a dense model's the recovery runs when its epochs are chosen
+        (training/defaults.py: budget_scale), by the largest fraction removed."""
+        from edgesmith.toolchain.training.defaults import budget_scale
+
+        if self.target_latency is not None:
+            return budget_scale(1 - self.target_latency)
+        if self.method != "structured":
+            return budget_scale(self.weight_sparsity())
+        return budget_scale(max(self.fractions()))
 
     def fractions(self) -> tuple[float, float]:
         if self.sparsity is not None:

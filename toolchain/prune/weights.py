@@ -69,13 +69,17 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
         report.movement = cfg.movement
     sparsifier = Sparsifier(_targets(s, module), cfg)
     sparsifier.start()
+    before = movement_setting(s)
+    for w in before:
+        work.log(f"warning: {w}")
     callbacks = []
     try:
         shared(None, work)  # joins torchrun's group: every process masks the same way
         if sparsifier.gradual:
-            callbacks.append(ScheduleCallback(
-                sparsifier, cfg.schedule_start, cfg.schedule_end_epochs(), cfg.mask_interval
-            ))  # fmt: skip
+            start_epoch, end_epoch = cfg.schedule_bounds(s.epochs.count)
+            callbacks.append(
+                ScheduleCallback(sparsifier, start_epoch, end_epoch, cfg.mask_interval)
+            )
         if work.rank == 0:
             if sparsifier.gradual:  # what the final magnitude mask gives with no recovery
                 sparsifier.preview()
@@ -84,7 +88,7 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
                 sparsifier.clear()
             else:
                 report.accuracy = accuracy(s, unpruned_outputs, candidate.outputs)
-        if cfg.epochs:
+        if s.epochs.count:
             # a checkpoint resumes only the same masks: the whole config is in its fingerprint
             config = cfg.model_dump(exclude={"out", "resume"})
             fingerprint = sha256_json({"model": s.src.sha256, "config": config})
@@ -100,7 +104,8 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
         make_permanent(sparsifier.targets)
     if report.recovery is not None:
         report.accuracy["after_recovery"] = report.recovery["best_metric"]
-    report.warning = _movement_warning(cfg, report.accuracy) or None
+    warnings = [*before, _movement_warning(cfg, report.accuracy)]
+    report.warning = "; ".join(w for w in warnings if w) or None
     path = candidate.save(work.out)
     measured = _measure(s, work, unpruned_model, candidate)
     report.audit, report.dense_bytes = measured.audit, measured.dense_bytes
@@ -125,6 +130,36 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
         + (f"; warning: {warning}" if warning else "")
     )
     return StageResult(art, data, summary=summary)
+
+
+MIN_SCORE_STEPS = 300
+FINE_PRUNE = (
+    "edgesmith prune PRETRAINED --teacher FINE_TUNED --method movement --sparsity S "
+    "--data TEXT (unlabelled text is enough: the teacher labels it)"
+)
+
+
+def movement_setting(s) -> list[str]:
+    """What makes a movement run unlikely to work, known before it starts: too few steps for
+    the scores to learn, or a start from the fine-tuned model itself (movement is a
+    fine-pruning method: Sanh et al. prune while fine-tuning the pretrained model)."""
+    if s.cfg.method != "movement":
+        return []
+    out = []
+    steps = s.epochs.count * -(-len(s.train) // s.cfg.batch_size)
+    if steps < MIN_SCORE_STEPS:
+        out.append(
+            f"movement gets {steps} score steps ({s.epochs.count} epochs of "
+            f"{len(s.train)} samples at batch {s.cfg.batch_size}); its scores need a few "
+            f"hundred at least (Sanh et al. ran thousands): more data or --epochs"
+        )
+    if s.own_teacher:
+        out.append(
+            "movement from the fine-tuned model itself: its weights barely move, so the "
+            "scores rank them little better than chance; prune while fine-tuning instead: "
+            + FINE_PRUNE + ", or use --method magnitude on the fine-tuned model"
+        )
+    return out
 
 
 def _movement_warning(cfg, acc: dict[str, Any]) -> str:

@@ -25,13 +25,20 @@ class Training(StageConfig):
     )
     seq_len: int = Field(default=128, ge=1, description="token sequence length for text data")
     limit: int | None = Field(default=None, ge=1, description="use only the first N samples")
-    epochs: int = Field(default=10, ge=1, description="training epochs")
+    epochs: int | None = Field(
+        default=None, ge=1,
+        description="training epochs (default: from the data size, about 2000 steps)",
+    )  # fmt: skip
     batch_size: int = Field(
-        default=64, ge=1, description="samples per step, across all torchrun processes"
+        default=32, ge=1, description="samples per step, across all torchrun processes"
     )
     lr: float | None = Field(
-        default=None, gt=0, description="peak learning rate (default: by what is trained)"
+        default=None, gt=0, description="peak learning rate (default: a range test's choice)"
     )
+    patience: int | None = Field(
+        default=None, ge=0, description="stop after this many epochs without a better eval "
+        "metric (0: never; default: a tenth of the epochs, at least 3)",
+    )  # fmt: skip
     temperature: float = Field(
         default=4.0, gt=0, description="softmax temperature of the soft targets"
     )

@@ -36,6 +36,7 @@ from edgesmith.toolchain.models.students import (
     save_hf_student,
     student_from_factory,
 )
+from edgesmith.toolchain.training.defaults import Epochs, choose_epochs, choose_patience
 from edgesmith.toolchain.training.trainer import Callback, Pair, TrainConfig, Trainer, TrainRun
 
 # A student trained from its own initialisation takes a larger step than one initialised
@@ -263,13 +264,18 @@ def derived_student(cfg, src: ModelArtifact, teacher: Teacher, log) -> Student:
     )
 
 
-def train_config(cfg, default_lr: float, output: str, task: str | None) -> TrainConfig:
-    """The loop's settings from a Training config (distill/stage.py)."""
+def train_config(cfg, default_lr: float, output: str, task: str | None, epochs: Epochs):
+    """The loop's settings from a Training config (distill/stage.py) and the epochs chosen
+    (training/defaults.py: choose_epochs); without --lr a range test picks the rate near
+    `default_lr`, the usual one for what is trained."""
     loss = cfg.loss if cfg.loss != "auto" else ("embedding" if task == FEATURE_TASK else "soft")
     return TrainConfig(
-        epochs=cfg.epochs,
+        epochs=epochs.count,
         lr=cfg.lr or default_lr,
         batch_size=cfg.batch_size,
+        find_lr=cfg.lr is None,
+        patience=choose_patience(cfg.patience, epochs.count),
+        epochs_from=epochs.reason,
         loss=loss,
         output=output,
         temperature=cfg.temperature,
@@ -325,6 +331,7 @@ def prepare(src: ModelArtifact, cfg, log: Callable[[str], None]) -> Setup:
     teacher = load_teacher(src, cfg)
     train_data, eval_data = load_data(cfg, teacher.io, teacher.tokenizer)
     output = choose_output(teacher, train_data, cfg.output)
+    epochs = choose_epochs(cfg.epochs, len(train_data), cfg.batch_size)
     if cfg.student:
         student = factory_student(cfg, teacher, output, train_data)
     else:
@@ -341,7 +348,7 @@ def prepare(src: ModelArtifact, cfg, log: Callable[[str], None]) -> Setup:
         Pair(student.module, teacher.module, student.layers),
         train_data,
         eval_data,
-        train_config(cfg, student.default_lr, output, teacher.task),
+        train_config(cfg, student.default_lr, output, teacher.task, epochs),
         fingerprint,
         parameter_count(teacher.module),
         parameter_count(student.module),

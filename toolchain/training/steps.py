@@ -70,6 +70,13 @@ def epoch_batches(
     return [out[i] for i in perm]
 
 
-def lr_at(cfg, step: int, total: int) -> float:
-    """Cosine decay to zero over the run; a function of the step so resume needs no state."""
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+WARMUP = 0.05  # of the run's steps, the rate rising linearly to its peak (at most 200 steps)
+
+
+def lr_at(peak: float, step: int, total: int) -> float:
+    """A linear warm-up, then cosine decay to zero over the run; a function of the step so
+    resume needs no state."""
+    warm = min(200, math.ceil(WARMUP * total))
+    if step < warm:
+        return peak * (step + 1) / warm
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))

@@ -57,6 +57,7 @@ from edgesmith.toolchain.training.parallel import (
     sum_all,
     to_tensors,
 )
+from edgesmith.toolchain.training.defaults import MIN_GAIN, RANGE, pick_rate, range_rates
 from edgesmith.toolchain.training.steps import epoch_batches, evaluate, freeze_unused, lr_at
 
 __all__ = [
@@ -70,8 +71,11 @@ class TrainConfig:
     """Everything that decides the trained weights (its hash guards --resume)."""
 
     epochs: int
-    lr: float
-    batch_size: int = 64  # global, across processes
+    lr: float  # the peak rate; with find_lr, the usual one the range test is held near
+    batch_size: int = 32  # global, across processes
+    find_lr: bool = False  # choose the peak rate by a range test (training/defaults.py)
+    patience: int = 0  # stop after this many epochs without improvement (0: never)
+    epochs_from: str = "given"  # why this many epochs (training/defaults.py: choose_epochs)
     loss: str = "soft"  # "soft": tempered KL (+ CE on labels); "embedding": MSE + cosine
     output: str = "output"  # the named output the loss compares
     temperature: float = 4.0
@@ -110,7 +114,8 @@ class TrainResult:
     world_size: int
     rank_digests: list[str]  # sha256 of each process's final weights; all equal under DDP
     resumed_after: int | None = None  # the epoch a resumed run continued after
-    stopped_after: int | None = None  # set when a callback stopped the run early
+    stopped_after: int | None = None  # set when the run stopped early (plateau or callback)
+    settings: dict[str, Any] = field(default_factory=dict)  # the rate chosen, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +163,9 @@ class _Progress:
     start_epoch: int = 0
     resumed_after: int | None = None
     stopped_after: int | None = None
+    gain_epoch: int = 0  # the last epoch that improved the best metric by more than MIN_GAIN
+    lr: float | None = None  # the peak rate (a resumed run keeps the one its range test chose)
+    lr_reason: str = "given"
 
 
 @dataclass(frozen=True)
@@ -211,8 +219,6 @@ class Trainer:
             set_dropout(self.student, cfg.dropout)
         torch.manual_seed(cfg.seed)
         frozen = freeze_unused(self.student, self.train_data, cfg.output, device)
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
         if frozen:
             self.say(
                 f"{frozen} student parameter tensors do not affect '{cfg.output}'; left untrained"
@@ -250,6 +256,8 @@ class Trainer:
         p = self.progress
         p.history = [EpochLog(**h) for h in state["history"]]
         p.best_epoch, p.best_metric = state["best_epoch"], state["best_metric"]
+        p.gain_epoch = state.get("gain_epoch", p.best_epoch)
+        p.lr, p.lr_reason = state.get("lr"), state.get("lr_from", "given")
         p.start_epoch = p.resumed_after = epoch
         self.say(
             f"resuming after epoch {epoch}/{self.cfg.epochs} (best so far: epoch {p.best_epoch})"
@@ -313,7 +321,7 @@ class Trainer:
     def _step(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         for g in self.opt.param_groups:
-            g["lr"] = lr_at(cfg, step, self.total_steps)
+            g["lr"] = lr_at(self.progress.lr, step, self.total_steps)
         feeds = self.student.prepare(to_tensors(self.train_data.feeds, idx, self.device))
         captured_s, captured_t = self.captured
         captured_s.clear()
@@ -370,6 +378,8 @@ class Trainer:
         # a tie goes to the later, longer-trained epoch
         eligible = all(cb.selectable(self, epoch + 1) for cb in self.callbacks)
         improved = eligible and metric >= p.best_metric
+        if eligible and (metric > p.best_metric + MIN_GAIN or not p.gain_epoch):
+            p.gain_epoch = epoch + 1
         if improved:
             p.best_epoch, p.best_metric = epoch + 1, metric
         slowest = totals[-1] / self.world  # mean over processes of the training seconds
@@ -388,6 +398,9 @@ class Trainer:
                 "epoch": epoch + 1,
                 "best_epoch": p.best_epoch,
                 "best_metric": p.best_metric,
+                "gain_epoch": p.gain_epoch,
+                "lr": p.lr,
+                "lr_from": p.lr_reason,
                 "history": [asdict(x) for x in p.history],
             }
             path = write_checkpoint(self.checkpoints, epoch + 1, self.student, self.opt, state)
@@ -395,7 +408,11 @@ class Trainer:
                 cb.on_checkpoint(self, path)
         if self.world > 1:
             dist.barrier()  # no process runs ahead of the checkpoint it may resume from
-        return any([bool(cb.on_epoch_end(self, h)) for cb in self.callbacks])
+        stop = any([bool(cb.on_epoch_end(self, h)) for cb in self.callbacks])
+        plateau = cfg.patience > 0 and p.gain_epoch and epoch + 1 - p.gain_epoch >= cfg.patience
+        if plateau and not stop:
+            self.say(f"no gain over {cfg.patience} epochs since epoch {p.gain_epoch}: stopping")
+        return stop or bool(plateau)
 
     def fit(self, resume: bool = False) -> TrainResult:
         # the seeds below are the run's own; the process's random state is put back after
@@ -407,6 +424,9 @@ class Trainer:
             self._parallel()
             unhook = self._hidden_hooks()
             try:
+                self._choose_lr()
+                for cb in self.callbacks:
+                    cb.on_train_begin(self)
                 for epoch in range(self.progress.start_epoch, self.cfg.epochs):
                     stop = self._end_epoch(epoch, *self._train_epoch(epoch))
                     if stop and epoch + 1 < self.cfg.epochs:
@@ -434,4 +454,62 @@ class Trainer:
         return TrainResult(
             self.metric_name, self.teacher_metric, p.best_epoch, p.best_metric, p.history,
             world, digests, p.resumed_after, p.stopped_after,
+            {"lr": p.lr, "lr_from": p.lr_reason, "epochs": self.cfg.epochs,
+             "epochs_from": self.cfg.epochs_from, "patience": self.cfg.patience},
         )  # fmt: skip
+
+    # -- the learning rate ---------------------------------------------------------------
+    def _choose_lr(self) -> None:
+        """The peak rate: given, kept from the run resumed, or by the range test (rank 0
+        runs it, every process takes its choice)."""
+        p, cfg = self.progress, self.cfg
+        if p.lr is not None:
+            return
+        if not cfg.find_lr:
+            p.lr, p.lr_reason = cfg.lr, "given"
+            return
+        chosen, reason = (self._range_test() if self.rank == 0 else (0.0, ""))
+        if self.world > 1:
+            box = [chosen, reason]
+            dist.broadcast_object_list(box, src=0)
+            chosen, reason = box
+        p.lr, p.lr_reason = float(chosen), reason
+        self.say(f"learning rate {p.lr:.3g}: {reason}")
+
+    def _range_test(self) -> tuple[float, str]:
+        """Smith's range test on a copy of the run's start (training/defaults.py); the
+        student's state (weights, masks, scores, norms' statistics) is put back after it."""
+        import copy
+
+        cfg = self.cfg
+        saved = copy.deepcopy(self.student.state_dict())
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=RANGE[0], weight_decay=cfg.weight_decay)
+        order = np.random.default_rng(cfg.seed + 7919).permutation(len(self.train_data))
+        batches = epoch_batches(order, cfg.batch_size, self.lengths, cfg.seed)
+        rates, losses = range_rates(), []
+        self.student.train()
+        for i, rate in enumerate(rates):
+            idx = batches[i % len(batches)]
+            for captured in self.captured:
+                captured.clear()
+            for g in opt.param_groups:
+                g["lr"] = rate
+            feeds = self.student.prepare(to_tensors(self.train_data.feeds, idx, self.device))
+            out = self.student(**feeds)[cfg.output]
+            if self.teacher_train is None:
+                with torch.no_grad():
+                    target = self.teacher(**feeds)[cfg.output]
+            else:
+                target = self.teacher_train[torch.from_numpy(idx).to(self.device)]
+            loss, _ = self.loss(out, target, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses):
+                break
+        self.student.load_state_dict(saved)
+        for q in params:
+            q.grad = None
+        return pick_rate(rates, losses, cfg.lr)
