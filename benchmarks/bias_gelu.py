@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import interleaved, isa  # noqa: E402
+from benchmarks._common import interleaved, isa, record  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 
@@ -62,12 +62,17 @@ def main() -> None:
                                         t / "d.onnx"),
         }  # fmt: skip
         print(f"ISA: {isa()}; all-MiniLM-L6-v2, 2 threads, seq 128; x the fp32 engine")
+        figures = {"threads": 2, "seq": 128, "rounds": args.rounds, "latency_ms": {},
+                   "x_fp32": {}}  # fmt: skip
         for b in (1, 8):
             f = {k: v[:b] for k, v in feeds.items()}
             fns = {k: (lambda s=x, f=f: s.run(None, f)) for k, x in s.items()}
             times = interleaved(fns, args.rounds if b == 1 else max(args.rounds // 2, 5))
             print(f"batch {b}: " + ", ".join(f"{k} {v / times['fp32']:.3f}" for k, v in
                                              times.items()))  # fmt: skip
+            figures["latency_ms"][b] = times
+            figures["x_fp32"][b] = {k: v / times["fp32"] for k, v in times.items()}
+    record("bias_gelu", figures, [])
 
 
 if __name__ == "__main__":

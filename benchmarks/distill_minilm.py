@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._common import interleaved  # noqa: E402
+from benchmarks._common import goal, interleaved, record  # noqa: E402
 
 BIN = Path(sys.executable).parent
 EDGESMITH = str(BIN / "edgesmith")
@@ -230,29 +230,40 @@ def main() -> None:
         base = ddp["1 process, 1 thread"]
         for name, sps in ddp.items():
             print(f"DDP {name:<28} {sps:>7.1f} samples/s  ({sps / base:.2f}x)")
+    figures = {
+        "sentences": {"train": len(train), "held_out": len(held_out)},
+        "epochs": args.epochs,
+        "procs": args.procs,
+        "train_minutes": train_seconds / 60,
+        "keep_layers": keep,
+        "distill": metrics,
+        "cosine": {"mean": float(cos.mean()), "p5": float(np.percentile(cos, 5)),
+                   "min": float(cos.min())},
+        "nn_agreement": {"top1": nn1, "top5_overlap": nn5},
+        "latency_own_lengths": lat_own,
+        "latency_padded_128": lat_128,
+        "median_tokens": statistics.median(lengths),
+        "ddp_samples_per_s": ddp,
+    }  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "sentences": {"train": len(train), "held_out": len(held_out)},
-                "epochs": args.epochs,
-                "procs": args.procs,
-                "train_minutes": train_seconds / 60,
-                "keep_layers": keep,
-                "distill": metrics,
-                "cosine": {"mean": float(cos.mean()), "p5": float(np.percentile(cos, 5)),
-                           "min": float(cos.min())},
-                "nn_agreement": {"top1": nn1, "top5_overlap": nn5},
-                "latency_own_lengths": lat_own,
-                "latency_padded_128": lat_128,
-                "median_tokens": statistics.median(lengths),
-                "ddp_samples_per_s": ddp,
-            },
-            indent=2,
-            default=str,
-        )
-    )  # fmt: skip
+    args.json.write_text(json.dumps(figures, indent=2, default=str))
     print(f"wrote {args.json}")
+    settings = {
+        "lr": args.lr,
+        "hidden_weight": args.hidden_weight,
+        "dropout": args.dropout,
+        "libraries": args.libraries,
+        "batch_size": 32,
+        "latency_threads": 1,
+        "latency_rounds": 7,
+        "latency_sentences": {"own_lengths": len(sample), "padded_128": len(sample[:30])},
+    }
+    ddp_x = {k: v / ddp["1 process, 1 thread"] for k, v in ddp.items()} if ddp else {}
+    record("distill_minilm", {**figures, **settings, "ddp_x_1_process_1_thread": ddp_x}, [
+        goal("held-out cosine of student to teacher, mean", float(cos.mean()), ">=", 0.97),
+        goal("ort-cpu latency student/teacher, batch 1, own lengths", lat_own["ratio"],
+             "<=", 0.55),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import held_out_sentences, interleaved  # noqa: E402
+from benchmarks._common import goal, held_out_sentences, interleaved, record  # noqa: E402
 
 WORK = ROOT / "build" / "bench-engine"
 
@@ -113,8 +113,11 @@ def main() -> None:
         "interleaved rounds (ms per call)"
     )
     print(f"{'model':8s} {'batch':>5s} {'eager':>9s} {'engine':>9s} {'engine/eager':>13s}")
+    figures = {"threads": args.threads, "rounds": args.rounds, "minilm_seq": 128, "ms": {}}
+    goals = []
     for name, case in (("digits", digits_case), ("minilm", minilm_case)):
         engine, eager, feeds = case(args.threads)
+        figures["ms"][name] = {}
         for b in (1, 8):
             f = feeds(b)
             inner = 20 if name == "digits" else 1
@@ -122,6 +125,9 @@ def main() -> None:
             t = interleaved(fns, rounds=args.rounds, inner=inner)
             ratio = t["engine"] / t["eager"]
             print(f"{name:8s} {b:5d} {t['eager']:9.3f} {t['engine']:9.3f} {ratio:13.2f}")
+            figures["ms"][name][b] = {**t, "engine/eager": ratio, "inner": inner}
+            goals.append(goal(f"{name} engine/eager latency, batch {b}", ratio, "<=", 1.0))
+    record("engine_vs_eager", figures, goals)
 
 
 if __name__ == "__main__":

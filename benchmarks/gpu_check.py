@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._common import goal, record  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SEQ = 128
 
@@ -163,9 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     models = [digits(work)] + ([] if args.skip_minilm else [minilm(work)])
     rows = [row(m, work, *v) for m in models for v in variants(m)]
     print(table(rows))
-    print(f"({time.perf_counter() - t0:.0f} s; rows in {work / 'gpu_check.json'})")
+    seconds = time.perf_counter() - t0
+    print(f"({seconds:.0f} s; rows in {work / 'gpu_check.json'})")
     (work / "gpu_check.json").write_text(json.dumps(rows, indent=1, default=str))
     bad = [r for r in rows if r.get("error") or r.get("passed") is False]
+    if any("error" not in r for r in rows):  # not when nothing ran (no GPU): keep the last record
+        figures = {
+            "seq": SEQ, "batches": [1, 8], "bench_iterations": 50,
+            "skip_minilm": args.skip_minilm, "seconds": seconds,
+            "rows": {f"{r['model']} {r['precision']} {r['target']}": r for r in rows},
+        }  # fmt: skip
+        record("gpu_check", figures, [goal("rows failed (error or gate)", len(bad), "<=", 0)])
     return 1 if bad else 0
 
 

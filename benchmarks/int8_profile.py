@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import isa  # noqa: E402
+from benchmarks._common import isa, record  # noqa: E402
 
 BIN = Path(sys.executable).parent
 THREADS, SEQ = 2, 128
@@ -120,6 +120,7 @@ def main() -> None:
     print(f"ISA: {isa()}; {THREADS} threads; onnxruntime profiler, {args.runs} runs after "
           f"{args.warmup} warm-up")  # fmt: skip
     results = {}
+    models: dict[str, dict] = {}  # per model (the path as given: the file names may be alike)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         engines = {m: engine(m, tmp) for m in args.models}
@@ -132,16 +133,34 @@ def main() -> None:
                     if op != "(run total)":
                         by_kind[kind(op)] += t
                 run = prof["(run total)"]
+                counts = quantize_counts(m)
                 print(f"\n{m} batch {batch}: {run:.3f} ms per run (kernels "
-                      f"{sum(by_kind.values()):.3f}); {quantize_counts(m)}")  # fmt: skip
+                      f"{sum(by_kind.values()):.3f}); {counts}")  # fmt: skip
                 for k, t in sorted(by_kind.items(), key=lambda kv: -kv[1]):
                     print(f"  {k:<22} {t:8.3f} ms {100 * t / run:5.1f}%")
                 top = sorted(((t, op) for op, t in prof.items() if op != "(run total)"),
                              reverse=True)[:8]  # fmt: skip
                 print("  top ops: " + ", ".join(f"{op} {t:.3f}" for t, op in top))
+                fig = models.setdefault(str(m), {"quantize_counts": counts, "batches": {}})
+                fig["batches"][batch] = {
+                    "ms_per_run": run,
+                    "kernels_ms": sum(by_kind.values()),
+                    "ms_by_kind": {k: t for k, t in by_kind.items()},
+                    "share_by_kind": {k: t / run for k, t in by_kind.items()},
+                    "ms_by_op": {op: t for op, t in prof.items() if op != "(run total)"},
+                    "top_ops": [op for _, op in top],
+                }  # fmt: skip
     out = ROOT / "build" / "int8-profile.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"isa": isa(), "ms_per_run": results}, indent=1) + "\n")
+    record("int8_profile", {
+        "threads": THREADS,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "batches": args.batch or [1],
+        "inputs": {"data": args.data} if args.data else {"text": args.text, "seq": SEQ},
+        "models": models,
+    }, [])  # fmt: skip
 
 
 if __name__ == "__main__":

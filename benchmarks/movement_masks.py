@@ -28,6 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import record  # noqa: E402
 from benchmarks.prune_text_classifier import TC, isa  # noqa: E402
 
 BATCH, SEQ, INTERVAL, LR, EVAL = 32, 64, 10, 5e-5, 400
@@ -133,6 +134,13 @@ def main() -> None:
         accs = " | ".join(f"{results[m][i][2]:.3f}" for m in results)
         print(f"| {step} | {s:.2f} | {accs} |")
     print(f"(accuracy on {EVAL} calibration sentences, every class in proportion)")
+    figures = {
+        "sparsity": args.sparsity, "end": args.end, "steps": args.steps, "batch": BATCH,
+        "seq": SEQ, "lr": LR, "mask_interval": INTERVAL, "eval_sentences": EVAL,
+        "step": {step: {"sparsity": s, "accuracy": {m: results[m][i][2] for m in results}}
+                 for i, (step, s, _) in enumerate(results["movement"])},
+    }  # fmt: skip
+    record("movement_masks", figures, [])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What movement pruning adds to every training step of all-MiniLM-L6-v2, against the step.
 
 Movement's masks follow the scores at every step: hard takes each layer's top scores (a
-selection, torch.kthvalue, not a sort), soft compares the scores with its threshold and moves
+selection, np.partition, not a sort), soft compares the scores with its threshold and moves
 λ (prune/sparsity.py), and both take an Adam step of every score. Timed on the 36 encoder
 matrices of all-MiniLM-L6-v2 (10.6M weights), beside a sort-based top-k (what a selection
 saves) and one training step of the model itself (forward and backward, batch 32, 64 tokens).
@@ -82,7 +82,7 @@ def main() -> None:
         dense(**feeds).last_hidden_state.mean().backward()
 
     fns = {"training step (fwd+bwd, batch 32x64)": train_step, "hard: scores + masks": hard_step,
-           "hard: masks only (kthvalue)": hard_masks_only, "sort-based top-k": sort_top_k,
+           "hard: masks only (selection)": hard_masks_only, "sort-based top-k": sort_top_k,
            "soft: scores + λ + masks": soft_step}  # fmt: skip
     ms = interleaved(fns, args.rounds, warmup=2)
     step = ms["training step (fwd+bwd, batch 32x64)"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import interleaved  # noqa: E402
+from benchmarks._common import interleaved, record  # noqa: E402
 
 SHAPES = ((1, 16, 384), (1, 128, 384), (8, 128, 384), (8, 128, 768))
 
@@ -62,6 +62,7 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, 2 threads, medians of {args.rounds} interleaved rounds")
     print(f"{'shape':<16} {'SkipLayerNorm ms':>17} {'Add + LayerNorm ms':>19} {'ratio':>6}")
     rng = np.random.default_rng(0)
+    figures = {"onnxruntime": ort.__version__, "threads": 2, "rounds": args.rounds, "shapes": {}}
     for shape in SHAPES:
         feeds = {n: rng.standard_normal(shape).astype(np.float32) for n in "ab"}
         sessions = {
@@ -82,6 +83,9 @@ def main() -> None:
         )
         name = "x".join(map(str, shape))
         print(f"{name:<16} {t[True]:17.4f} {t[False]:19.4f} {t[True] / t[False]:6.2f}")
+        figures["shapes"][name] = {"skiplayernorm_ms": t[True], "add_layernorm_ms": t[False],
+                                   "ratio": t[True] / t[False]}  # fmt: skip
+    record("ort_fusions", figures, [])
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import interleaved, isa  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
 
 TC = Path("build/text_classifier")
 OUT = Path("build/bench_prune")
@@ -148,6 +148,30 @@ def main() -> None:
     plot(rows, Path("docs/prune_text_classifier.png"))
     (OUT / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print("goals: pruned fp32 <= 0.50x within 1.0 point; with int8 <= 0.25x within 1.5 points")
+    figures = {
+        "threads": THREADS, "sparsity": args.sparsity, "epochs": args.epochs,
+        "rounds": {"batch 1": args.rounds, "batch 8": max(8, args.rounds // 2)},
+        "test_sentences": len(recs),
+        "top1": acc,
+        "latency_ms": {f"b{b}_s{s}": t[(b, s)] for b, s in cols},
+        "x_unpruned_fp32": {f"b{b}_s{s}": {k: t[(b, s)][k] / t[(b, s)][base] for k in engines}
+                            for b, s in cols},
+    }  # fmt: skip
+
+    def best(kind: str, points: float) -> float:
+        """The fastest pruned `kind` variant within `points` of the unpruned top-1, batch 8,
+        seq 128, x the unpruned fp32 engine (inf if none is)."""
+        fit = [figures["x_unpruned_fp32"]["b8_s128"][k] for k in engines
+               if k.startswith("pruned") and k.endswith(kind)
+               and 100 * (acc[base] - acc[k]) <= points]  # fmt: skip
+        return min(fit, default=float("inf"))
+
+    record("prune_text_classifier", figures, [
+        goal("fastest pruned fp32 within 1.0 point, latency x unpruned fp32 (b8, s128)",
+             best("fp32", 1.0), "<=", 0.5),
+        goal("fastest pruned int8 within 1.5 points, latency x unpruned fp32 (b8, s128)",
+             best("int8", 1.5), "<=", 0.25),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from benchmarks._common import isa
+    from benchmarks._common import isa, record
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -50,6 +50,8 @@ def main() -> None:
         ("half masked, -1e4", -1e4),
         ("half masked, finfo.min (the exported mask)", float(np.finfo(np.float32).min)),
     ]
+    figures = {"onnxruntime": ort.__version__, "shape": shape, "threads": 2, "runs": args.runs,
+               "softmax_ms": {}, "masked_graph_ms": {}, "denormal_as_zero_ms": {}}  # fmt: skip
     for label, value in cases:  # fmt: skip
         x = rng.standard_normal(shape).astype(np.float32)
         if value is not None:
@@ -59,7 +61,9 @@ def main() -> None:
         t = time.perf_counter()
         for _ in range(args.runs):
             s.run(None, {"x": x})
-        print(f"  {label:<44} {(time.perf_counter() - t) / args.runs * 1e3:7.3f} ms")
+        ms = (time.perf_counter() - t) / args.runs * 1e3
+        print(f"  {label:<44} {ms:7.3f} ms")
+        figures["softmax_ms"][label] = ms
     # the ort-cpu engine's rewrite (targets/ort_cpu.py: clamp_masked_softmax) on a masked graph
     from onnx import numpy_helper
 
@@ -89,7 +93,9 @@ def main() -> None:
         t = time.perf_counter()
         for _ in range(args.runs):
             sess.run(None, feeds)
-        print(f"  {label:<44} {(time.perf_counter() - t) / args.runs * 1e3:7.3f} ms")
+        ms = (time.perf_counter() - t) / args.runs * 1e3
+        print(f"  {label:<44} {ms:7.3f} ms")
+        figures["masked_graph_ms"][label] = ms
     # flush-to-zero: onnxruntime sets it on its pool threads only, not on the calling thread,
     # which runs its share of the work (so at 1 or 2 threads it cannot help)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -110,6 +116,8 @@ def main() -> None:
             print(
                 f"  finfo.min mask, {threads} thread(s), set_denormal_as_zero={daz}: {ms:7.3f} ms"
             )
+            figures["denormal_as_zero_ms"].setdefault(threads, {})[f"daz {daz}"] = ms
+    record("softmax_mask", figures, [])
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 
 - after the fine-tune (the fine-tuned MiniLM classifier as MODEL): magnitude and 2:4 with
   the default recovery (no --epochs or --lr: epochs from the data size scaled by the
-  sparsity, the rate from a range test, early stopping), and movement the same way, which
-  the stage warns is the wrong start;
+  sparsity, the rate from a range test, early stopping);
 - fine-pruning (Sanh et al.'s setting): the pretrained all-MiniLM-L6-v2 with a new head as
   MODEL, the fine-tuned classifier as --teacher, pruned while it learns the task: movement
   hard, movement soft and gradual magnitude, the same budget for each (--fine-epochs).
@@ -62,12 +61,10 @@ def variants(args) -> dict[str, tuple[Path, dict | None]]:
     def want(label: str) -> bool:
         return not wanted or label in wanted
 
-    for s in args.sparsity:
-        for label, m in {"magnitude": {"method": "magnitude"}, **FINE}.items():
-            if label == "magnitude cubic" or not want(label):
-                continue
-            prune = {"kind": "prune", "sparsity": s, **m, **data}
-            out[f"{label} {s:.0%}, default recovery"] = chain(f"{label}-{s}", [prune])
+    for s in args.sparsity:  # movement after the fine-tune: the stage warns, see the guide
+        if want("magnitude"):
+            prune = {"kind": "prune", "sparsity": s, "method": "magnitude", **data}
+            out[f"magnitude {s:.0%}, default recovery"] = chain(f"magnitude-{s}", [prune])
     if want("2:4"):
         out["2:4, default recovery"] = chain("two-four", [{"kind": "prune", "method": "2:4",
                                                            **data}])  # fmt: skip

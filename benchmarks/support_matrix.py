@@ -32,7 +32,7 @@ RECORDS = ROOT / "build" / "support"
 def measure(exporter: str) -> Path:
     from typer.testing import CliRunner
 
-    from benchmarks._common import isa
+    from benchmarks._common import isa, record
     from edgesmith.toolchain.cli.app import make_app
     from tests import hf_families
 
@@ -66,7 +66,7 @@ def measure(exporter: str) -> Path:
     versions = {p: metadata.version(p) for p in ("torch", "onnxruntime", "transformers")}
     with contextlib.suppress(metadata.PackageNotFoundError):
         versions["optimum-onnx"] = metadata.version("optimum-onnx")
-    record = {
+    data = {
         "exporter": exporter,
         "versions": versions,
         "host": {"cpu": platform.processor() or platform.machine(), "isa": isa()},
@@ -77,8 +77,11 @@ def measure(exporter: str) -> Path:
     RECORDS.mkdir(parents=True, exist_ok=True)
     major = versions["transformers"].split(".")[0]
     path = RECORDS / f"transformers{major}-{exporter}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"record: {path}")
+    # and the benchmark record (benchmarks/records/support_matrix.json: the latest run only)
+    record("support_matrix", {"exporter": exporter, "transformers": versions["transformers"],
+                              "families": families}, [])  # fmt: skip
     return path
 
 
