@@ -47,7 +47,7 @@ def run_recipe(name: str, stages: list[dict], out: Path = OUT, source: Path = TC
 def variants(sparsities: list[float], epochs: int) -> dict[str, Path]:
     """name → engine directory; every variant built through the pipeline (cached on reruns)."""
     data = {"data": str(TC / "train.jsonl"), "eval_data": str(TC / "calib.jsonl"), "seq_len": 64}
-    quant = {"kind": "quantize", "calibration": str(TC / "calib.jsonl"), "samples": 512,
+    quant = {"kind": "quantize", "calibration": str(TC / "calib.jsonl"), "limit": 512,
              "seq_len": 64}  # fmt: skip
     build = {"kind": "build", "options": {"threads": THREADS}}
     out: dict[str, Path] = {}

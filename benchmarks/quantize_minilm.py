@@ -79,7 +79,7 @@ def build_variants(calib: Path) -> dict[str, Path]:
             WORK / f"variant-{i}",
             "--calibration",
             calib,
-            "--samples",
+            "--limit",
             str(CALIB_SAMPLES),
             "--threads",
             str(THREADS),
@@ -116,7 +116,7 @@ def build(calib: Path) -> dict[str, Path]:
         WORK / "ours",
         "--calibration",
         calib,
-        "--samples",
+        "--limit",
         str(CALIB_SAMPLES),
         *common,
     )

@@ -116,3 +116,18 @@ def test_a_usage_error_is_one_line_and_exit_2(cli, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edgesmith: error: ") and message in lines[0]
     assert "--help'" in lines[0]
+
+
+def test_one_name_per_concept_across_the_stages():
+    """The sample cap is `limit` (and `eval_limit` for the eval data), the eval data
+    `eval_data`, the output `out`, on every stage that has them; the old quantize names are
+    still read."""
+    from edgesmith.toolchain.core.stage import stages
+    from edgesmith.toolchain.quantize.stage import QuantizeStage
+
+    for kind, stage in stages().items():
+        fields = set(stage.config.model_fields)
+        assert not fields & {"samples", "eval", "max_samples", "n_samples"}, kind
+        assert "out" in fields, kind
+    old = QuantizeStage.model_validate({"samples": 64, "eval": "e.npz"})
+    assert old.limit == 64 and old.eval_data == "e.npz"

@@ -429,7 +429,7 @@ def _flag_case(kind: str):
             "zero threads": ["build", onnx_, "--threads", "0"],
             "negative threads": ["build", onnx_, "--threads", "-2"],
             "more samples than the data": ["quantize", onnx_, "--calibration", data,
-                                           "--samples", "1000"],
+                                           "--limit", "1000"],
             "a zero-iteration bench": ["bench", onnx_, "--iterations", "0"],
             "a negative sparsity": ["prune", "tests.models:tiny_mlp", "--weights",
                                     ctx["weights"], "--data", data, "--sparsity", "-0.5"],
@@ -440,7 +440,7 @@ def _flag_case(kind: str):
             "a negative batch size": "batch-size",
             "zero threads": "threads",
             "negative threads": "threads",
-            "more samples than the data": "samples",
+            "more samples than the data": "limit",
             "a zero-iteration bench": "iterations",
             "a negative sparsity": "sparsity",
         }[kind]

@@ -51,7 +51,8 @@ def student_top1(out: Path, teacher: Path) -> float:
 
 def test_distill_writes_a_student_the_export_stage_takes(cli, digits_teacher, tmp_path):
     out = tmp_path / "student"
-    r = cli(*distill_args(digits_teacher, out, "--epochs", "20", "--threads", "1"))
+    args = distill_args(digits_teacher, out, "--epochs", "20", "--patience", "0", "--threads", "1")
+    r = cli(*args)
     assert r.code == 0, r.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     art = manifest["artifact"]
@@ -158,7 +159,7 @@ def test_recipe_chains_distill_export_build_validate(digits_teacher, tmp_path):
 def test_sigkill_mid_run_then_resume(digits_teacher, tmp_path):
     out = tmp_path / "student"
     ckpt = tmp_path / ".edgesmith" / "scratch" / "student"  # the pipeline's scratch
-    cmd = [str(EDGESMITH), *distill_args(digits_teacher, out, "--epochs", "150")]
+    cmd = [str(EDGESMITH), *distill_args(digits_teacher, out, "--epochs", "150", "--patience", "0")]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stderr=subprocess.DEVNULL)
 
     def epochs_done() -> int:

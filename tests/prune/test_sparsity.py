@@ -371,16 +371,8 @@ def test_fine_pruning_starts_from_the_pretrained_encoder_with_the_teachers_head(
     """MODEL a pretrained encoder (no task head), --teacher the fine-tuned classifier,
     unlabelled text: the student gets the teacher's head (its labels, new weights), is pruned
     by movement while it learns the task from the teacher, and comes out a classifier."""
-    import shutil
-
-    from transformers import BertModel
-
     tc = tiny_classifier
-    pretrained = tmp_path / "pretrained"
-    BertModel.from_pretrained(str(tc["model"])).save_pretrained(str(pretrained))
-    for f in tc["model"].iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special")):
-            shutil.copy(f, pretrained / f.name)
+    pretrained = _pretrained(tc["model"], tmp_path / "pretrained")
     r = cli("prune", pretrained, "--teacher", tc["model"], "-o", tmp_path / "p",
             "--data", tc["train_unlabelled"], "--eval-data", tc["eval"], "--seq-len", "48",
             "--method", "movement", "--sparsity", "0.5", "--epochs", "6", "--batch-size", "8",
@@ -395,3 +387,47 @@ def test_fine_pruning_starts_from_the_pretrained_encoder_with_the_teachers_head(
     acc = report["accuracy"]
     assert acc["after_pruning"] < 0.5 < acc["after_recovery"]  # a new head learnt the task
     assert all(abs(v - 0.5) < 0.01 for v in report["layer_sparsity"].values())
+
+
+def _pretrained(classifier, out):
+    """A pretrained encoder as users have one: the classifier's encoder, no task head."""
+    import shutil
+
+    from transformers import BertModel
+
+    BertModel.from_pretrained(str(classifier)).save_pretrained(str(out))
+    for f in classifier.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def test_the_fine_pruning_recipe_runs_to_its_gate(cli, tiny_classifier, tmp_path):
+    """recipes/fine_prune.toml as shipped, its folders moved to the test's (and fewer epochs
+    on the tiny model): prune from the pretrained encoder → export → build → validate against
+    the fine-tuned teacher runs through, and the gate decides."""
+    from pathlib import Path
+
+    tc = tiny_classifier
+    pretrained = _pretrained(tc["model"], tmp_path / "pretrained")
+    text = (Path(__file__).resolve().parents[2] / "recipes" / "fine_prune.toml").read_text()
+    for old, new in {
+        '"build/text_classifier/pretrained"': f'"{pretrained}"',
+        '"build/text_classifier/model"': f'"{tc["model"]}"',
+        '"build/text_classifier/train.jsonl"': f'"{tc["train_unlabelled"]}"',
+        '"build/text_classifier/calib.jsonl"': f'"{tc["eval"]}"',
+        '"build/text_classifier/test.jsonl"': f'"{tc["eval"]}"',
+        '"build/text_classifier/fine_prune"': f'"{tmp_path / "run"}"',
+        "epochs = 12": "epochs = 6\nbatch_size = 8\nlatency_rounds = 3",
+        "seq_len = 64": "seq_len = 48",
+    }.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    recipe = tmp_path / "fine_prune.toml"
+    recipe.write_text(text)
+    r = cli("run", recipe)
+    assert r.code in (0, 1), r.stderr[-2000:]  # 1: the gate failed, with its report
+    out = r.stdout + r.stderr
+    assert "validation: PASS" in out or "validation: FAIL" in out
+    report = json.loads(next((tmp_path / "run").glob("*-prune/report.json")).read_text())
+    assert report["schedule"]["soft_threshold"] == 0.1 and not report.get("warning")

@@ -93,7 +93,7 @@ def _npz(path: Path, x: np.ndarray) -> Path:
         ("nan", "holds NaN or Inf"),
         ("inf", "holds NaN or Inf"),
         ("empty", "holds no samples"),
-        ("too_few", "--samples 100 asked, the data has only 8"),
+        ("too_few", "--limit 100 asked, the data has only 8"),
         ("wrong_dtype", "is float64, the model expects float32"),
         ("missing", "data not found"),
     ],
@@ -108,7 +108,7 @@ def test_bad_calibration_data_exits_2_before_quantizing(cli, conv_net, tmp_path,
     elif case == "empty":
         x = x[:0]
     elif case == "too_few":
-        args = ["--samples", "100"]
+        args = ["--limit", "100"]
     elif case == "wrong_dtype":
         x = x.astype(np.float64)
     data = tmp_path / "missing.npz" if case == "missing" else _npz(tmp_path / f"{case}.npz", x)
@@ -151,7 +151,7 @@ def test_calibration_cache_is_reused_across_settings(cli, conv_net, tmp_path):
     )
     assert [p["cached"] for p in report(third)["calibration"]["passes"]] == [False]
     fourth = tmp_path / "d"  # other samples (a seeded draw): calibrates again
-    assert cli("quantize", conv_net["model"], "-o", fourth, *base, "--samples", "16").code == 0
+    assert cli("quantize", conv_net["model"], "-o", fourth, *base, "--limit", "16").code == 0
     assert [p["cached"] for p in report(fourth)["calibration"]["passes"]] == [False]
     assert len(list((tmp_path / "cache").glob("*.json"))) == 3
 
@@ -234,7 +234,7 @@ def test_digits_int8_within_budget_and_recipe_stage(cli, digits, digits_onnx, tm
         f'model = "examples.digits:make_model"\nweights = "{digits / "model.safetensors"}"\n\n'
         '[[stages]]\nkind = "export"\n\n'
         f'[[stages]]\nkind = "quantize"\ncalibration = "{digits / "calib.npz"}"\n'
-        "samples = 128\nlatency_batches = []  # structure checked below (conftest.py)\n\n"
+        "limit = 128\nlatency_batches = []  # structure checked below (conftest.py)\n\n"
         f'[[stages]]\nkind = "validate"\ndata = "{digits / "test.npz"}"\n'
         'metrics = ["accuracy"]\nmax_drop = 0.003\n'
     )

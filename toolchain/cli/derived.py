@@ -7,6 +7,7 @@ left out takes the config's own default, and the same one-stage recipe as every 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import types
@@ -23,6 +24,13 @@ from edgesmith.toolchain.core.stage import Stage
 
 SKIP = {"kind", "out", "weights", "task", "input", "dynamic"}  # the output, the source's flags
 SCALARS = (str, int, float, bool)
+TorchThreads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", min=1, rich_help_panel="Training",
+        help="PyTorch threads while training (speed only: not part of the recipe).",
+    ),
+]  # fmt: skip
 
 
 def _option_type(annotation: Any) -> tuple[Any, bool]:
@@ -57,11 +65,18 @@ def _parse(name: str, value: Any, annotation: Any) -> Any:
 def derived_command(stage: Stage):
     """A typer command for `stage` built from its config."""
     fields = {k: f for k, f in stage.config.model_fields.items() if k not in SKIP}
+    model_help = "The input model: a Hugging Face folder, or package.module:factory (+ --weights)."
+    model = (
+        typer.Option(f"--{stage.model_option}", help=model_help, rich_help_panel="Input")
+        if stage.model_option
+        else typer.Argument(help=model_help)
+    )
     params = [
         inspect.Parameter(
             "model",
+            inspect.Parameter.KEYWORD_ONLY if stage.model_option else
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=Annotated[str, typer.Argument(help="The input model.")],
+            annotation=Annotated[str, model],
         ),
         inspect.Parameter(
             "out",
@@ -106,6 +121,11 @@ def derived_command(stage: Stage):
                 ],
             )
         )
+    if stage.torch_threads:
+        params.append(
+            inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=TorchThreads)
+        )  # fmt: skip
     params.append(
         inspect.Parameter(
             "print_recipe",
@@ -126,7 +146,13 @@ def derived_command(stage: Stage):
         stage_cfg = {"kind": stage.kind, "out": str(kw["out"]), **values}
         source = {"model": kw["model"], "weights": path_str(kw["weights"]), "task": kw["task"],
                   "inputs": kw["input"] or [], "dynamic": kw["dynamic"] or []}  # fmt: skip
-        execute(one_stage(source, stage_cfg, stage.kind), kw["print_recipe"])
+        speed = contextlib.nullcontext()
+        if kw.get("threads") and not kw["print_recipe"]:  # not in the recipe: speed only
+            from edgesmith.toolchain.models.torch import torch_threads
+
+            speed = torch_threads(kw["threads"])
+        with speed:  # under torchrun every process runs the pipeline (pipeline.py)
+            execute(one_stage(source, stage_cfg, stage.kind), kw["print_recipe"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

@@ -44,12 +44,14 @@ _Method = Annotated[
         rich_help_panel="Method",
     ),
 ]
-_Samples = Annotated[
+_Limit = Annotated[
     int | None,
     typer.Option(
-        help="Calibration samples, drawn with --seed (default: all).", rich_help_panel="Data"
+        "--limit", "--samples",
+        help="Use N calibration samples, drawn with --seed (default: all).",
+        rich_help_panel="Data",
     ),
-]
+]  # fmt: skip
 _Seed = Annotated[
     int | None,
     typer.Option(
@@ -179,7 +181,7 @@ def command(
     out: Out,
     calibration: _Calibration = None,
     method: _Method = None,
-    samples: _Samples = None,
+    limit: _Limit = None,
     seed: _Seed = None,
     percentile: _Percentile = None,
     target: Target = None,
@@ -215,7 +217,7 @@ def command(
             "out": str(out),
             "method": method,
             "calibration": path_str(calibration),
-            "samples": samples,
+            "limit": limit,
             "seed": seed,
             "percentile": percentile,
             "target": target,
@@ -227,7 +229,7 @@ def command(
             "tokenizer": path_str(tokenizer),
             "seq_len": seq_len,
             "image": _image_options(image or []),
-            "eval": path_str(eval),
+            "eval_data": path_str(eval),
             "metrics": metric or [],
             "max_drop": parse_budget(max_drop),
             "output": output,

@@ -144,6 +144,11 @@ class Stage:
     cache_context: Callable[[StageConfig], dict[str, Any]] | None = None
     # True: every torchrun process runs it in step (distill); the others write nothing.
     distributed: bool = False
+    # The derived command's name for its input model, when not the positional MODEL
+    # (distill: --teacher); and whether it takes --threads for PyTorch (speed only, not
+    # part of the recipe).
+    model_option: str = ""
+    torch_threads: bool = False
 
     def __post_init__(self) -> None:
         declared = self.config.model_fields["kind"].default

@@ -24,10 +24,20 @@ class DistillStage(Training):
     """A smaller student trained on the teacher's outputs (toolchain/distill)."""
 
     kind: Literal["distill"] = "distill"
-    student: str | None = None  # package.module:factory, the student's architecture
-    student_layers: int | None = Field(default=None, ge=1)  # or: K of the teacher's layers
-    keep_layers: list[int] = []  # which ones (default: evenly spaced, first and last kept)
-    train_embeddings: bool = False  # derived students: also train the token embeddings
+    student: str | None = Field(
+        default=None, description="the student's architecture: package.module:factory"
+    )
+    student_layers: int | None = Field(
+        default=None, ge=1, description="or: keep K of a Hugging Face teacher's layers, "
+        "initialised from them",
+    )  # fmt: skip
+    keep_layers: list[int] = Field(
+        default=[], description="which teacher layers the student keeps (default: evenly "
+        "spaced, the first and the last kept)",
+    )  # fmt: skip
+    train_embeddings: bool = Field(
+        default=False, description="derived students: also train the token embeddings"
+    )
 
     @model_validator(mode="after")
     def _one_student(self) -> DistillStage:
@@ -103,8 +113,10 @@ STAGE = Stage(
     "distill",
     DistillStage,
     run,
-    command="edgesmith.toolchain.cli.distill:command",
+    help="Distil a teacher into a smaller student (under `torchrun --nproc-per-node N`: DDP).",
     distributed=True,
+    model_option="teacher",
+    torch_threads=True,
     example="edgesmith distill --teacher ./my-bert --student-layers 3 --data train.txt "
     "-o build/student",
 )

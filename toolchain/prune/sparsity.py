@@ -33,9 +33,11 @@ so every process keeps the same scores and masks.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -186,25 +188,33 @@ def cubic(step: int, start: int, end: int, final: float) -> float:
     return final * (1 - (1 - (step - start) / (end - start)) ** 3)
 
 
+def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest value (1-based). On the CPU numpy's introselect (np.partition), about
+    twice as fast as torch.kthvalue on the 10.6M scores of MiniLM's encoder
+    (benchmarks/movement_step_cost.py) and free of the GIL, so layers run in parallel."""
+    if flat.device.type != "cpu":
+        return flat.kthvalue(k).values
+    value = np.partition(flat.detach().numpy(), k - 1)[k - 1]
+    return torch.tensor(value, dtype=flat.dtype)
+
+
 def _keep_top(scores: torch.Tensor, sparsity: float, tiebreak: torch.Tensor | None = None):
     """A 0/1 mask keeping the (1 − sparsity) highest scores: exactly that many, every kept
     score >= every dropped one. Scores tied at the threshold go to the larger `tiebreak` (|W|);
     the first movement step leaves every score at ±lr, and a positional tie-break would drop
-    whole contiguous rows. A selection (kthvalue), not a sort: it runs at every step."""
+    whole contiguous rows. A selection, not a sort: it runs at every step."""
     n = scores.numel()
     drop = int(round(n * sparsity))
     flat = scores.reshape(-1)
-    mask = torch.ones(n, dtype=scores.dtype)
     if drop <= 0:
-        return mask.reshape(scores.shape)
-    threshold = flat.kthvalue(drop).values
-    below = flat < threshold
-    mask[below] = 0
-    ties = (flat == threshold).nonzero().squeeze(1)
-    need = drop - int(below.sum())
+        return torch.ones_like(scores)
+    threshold = _kth_smallest(flat, drop)
+    mask = (flat > threshold).to(scores.dtype)
+    need = (n - drop) - int(mask.sum())  # kept places left for scores tied at the threshold
     if need > 0:
+        ties = (flat == threshold).nonzero().squeeze(1)
         key = tiebreak.reshape(-1)[ties] if tiebreak is not None else ties.to(flat.dtype)
-        mask[ties[torch.topk(key, need, largest=False).indices]] = 0
+        mask[ties[torch.topk(key, need).indices]] = 1
     return mask.reshape(scores.shape)
 
 
@@ -217,7 +227,9 @@ def masks_by_score(
     """Per layer (top scores of each) or global (one threshold over all)."""
     if scope == "layer":
         ties = tiebreak or [None] * len(scores)
-        return [_keep_top(s, sparsity, t) for s, t in zip(scores, ties, strict=True)]
+        pairs = list(zip(scores, ties, strict=True))
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            return list(pool.map(lambda st: _keep_top(st[0], sparsity, st[1]), pairs))
 
     def cat(ts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in ts])

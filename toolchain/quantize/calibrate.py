@@ -37,28 +37,28 @@ from edgesmith.toolchain.quantize.plan import Plan
 
 
 def load_checked(which: str, io: IoSpec, cfg, tok: Path | None) -> Dataset:
-    """The config's `which` data ("calibration" or "eval") for the model's inputs, refused
+    """The config's `which` data ("calibration" or "eval_data") for the model's inputs, refused
     when text has no tokenizer or values are not finite."""
-    p, what = Path(getattr(cfg, which)), f"{which} data"
+    p, what = Path(getattr(cfg, which)), f"{which.removesuffix('_data')} data"
     if p.suffix in TEXT_SUFFIXES and tok is None:
         raise InvalidInput(
             f"{what} {p}: text data needs --tokenizer (no tokenizer beside the model)"
         )
-    limit = cfg.eval_limit if which == "eval" else None
+    limit = cfg.eval_limit if which == "eval_data" else None
     return load_dataset(p, io, Preprocess(tok, cfg.seq_len, cfg.image), limit)
 
 
 def calibration_data(cfg, io: IoSpec, tok: Path | None) -> Dataset:
-    """The calibration samples: all of the data, or `samples` drawn with `seed`; refused if
+    """The calibration samples: all of the data, or `limit` drawn with `seed`; refused if
     empty, short or not finite."""
     data = load_checked("calibration", io, cfg, tok)
-    if cfg.samples is not None:
-        if cfg.samples > len(data):
+    if cfg.limit is not None:
+        if cfg.limit > len(data):
             raise InvalidInput(
-                f"calibration data {cfg.calibration}: --samples {cfg.samples} asked, the data has "
+                f"calibration data {cfg.calibration}: --limit {cfg.limit} asked, the data has "
                 f"only {len(data)}"
             )
-        data = data.take(cfg.samples, seed=cfg.seed)
+        data = data.take(cfg.limit, seed=cfg.seed)
     return data
 
 

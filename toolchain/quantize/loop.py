@@ -66,7 +66,7 @@ class AccuracyLoop:
         `out`)."""
         passed, verdict, checks = self.check(first)
         gate = {
-            "data": self.cfg.eval,
+            "data": self.cfg.eval_data,
             "samples": len(self.data),
             "metrics": self.evaluator.metrics,
             "all_int8": {"passed": passed, "verdict": verdict, "checks": checks},

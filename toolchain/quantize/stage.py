@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from edgesmith.toolchain.core.artifact import Format, ModelArtifact, Precision
 from edgesmith.toolchain.core.errors import InvalidInput
@@ -42,7 +42,11 @@ class QuantizeStage(Gated):
     kind: Literal["quantize"] = "quantize"
     method: Literal["minmax", "percentile", "entropy", "dynamic"] = "minmax"
     calibration: str | None = None  # data: .npz, .npy folder, image folder, text (+ tokenizer)
-    samples: int | None = Field(default=None, ge=1)  # drawn with `seed`; default: all of them
+    # how many calibration samples, drawn with `seed` (default: all); the one name every stage
+    # gives its sample cap ("samples" is still read)
+    limit: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("limit", "samples")
+    )
     seed: int = 0
     percentile: float = Field(default=99.999, gt=50, le=100)
     target: str = "ort-cpu"
@@ -54,7 +58,8 @@ class QuantizeStage(Gated):
     tokenizer: str | None = None  # for text data; default: the model's folder
     seq_len: int = Field(default=128, ge=1)
     image: dict[str, Any] = {}  # image-folder preprocessing (calibration/images.py)
-    eval: str | None = None  # data for the accuracy loop (never the calibration data)
+    # data for the accuracy loop (never the calibration data); "eval" is still read
+    eval_data: str | None = Field(default=None, validation_alias=AliasChoices("eval_data", "eval"))
     eval_limit: int | None = Field(default=None, ge=1)
     sensitivity_samples: int = Field(default=64, ge=1)  # eval samples for the per-node ranking
     max_fallback: int | None = Field(default=None, ge=0)  # nodes put back to float at most
@@ -68,7 +73,7 @@ class QuantizeStage(Gated):
     latency_rounds: int = Field(default=30, ge=3)
     # text: the sequence lengths timed; None: the data's median length and its padded length
     latency_seqs: list[Annotated[int, Field(ge=1)]] | None = None
-    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval")
+    FILE_FIELDS: ClassVar[tuple[str, ...]] = ("calibration", "tokenizer", "eval_data")
 
     @model_validator(mode="after")
     def _needs_data(self) -> QuantizeStage:
@@ -303,7 +308,7 @@ def run(inputs: Inputs, cfg: QuantizeStage, work: Workdir) -> StageResult:
     tok = find_tokenizer(cfg.tokenizer, src)
     # every input is checked before any quantization work
     calib = calibration_data(cfg, io, tok) if cfg.method != "dynamic" else None
-    evals = load_checked("eval", io, cfg, tok) if cfg.eval else None
+    evals = load_checked("eval_data", io, cfg, tok) if cfg.eval_data else None
     if evals is not None:
         check_metric_names(cfg.metrics)
     preset = _preset(cfg)

@@ -47,6 +47,7 @@ from edgesmith.toolchain.training.checkpoints import (
     weights_digest,
     write_checkpoint,
 )
+from edgesmith.toolchain.training.defaults import MIN_GAIN, RANGE, pick_rate, range_rates
 from edgesmith.toolchain.training.losses import LOSS_KINDS, hidden_state_loss, make_loss
 from edgesmith.toolchain.training.parallel import (
     Placement,
@@ -57,7 +58,6 @@ from edgesmith.toolchain.training.parallel import (
     sum_all,
     to_tensors,
 )
-from edgesmith.toolchain.training.defaults import MIN_GAIN, RANGE, pick_rate, range_rates
 from edgesmith.toolchain.training.steps import epoch_batches, evaluate, freeze_unused, lr_at
 
 __all__ = [
