@@ -129,5 +129,5 @@ def test_one_name_per_concept_across_the_stages():
         fields = set(stage.config.model_fields)
         assert not fields & {"samples", "eval", "max_samples", "n_samples"}, kind
         assert "out" in fields, kind
-    old = QuantizeStage.model_validate({"samples": 64, "eval": "e.npz"})
+    old = QuantizeStage.model_validate({"calibration": "c.npz", "samples": 64, "eval": "e.npz"})
     assert old.limit == 64 and old.eval_data == "e.npz"
