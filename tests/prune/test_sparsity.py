@@ -431,3 +431,21 @@ def test_the_fine_pruning_recipe_runs_to_its_gate(cli, tiny_classifier, tmp_path
     assert "validation: PASS" in out or "validation: FAIL" in out
     report = json.loads(next((tmp_path / "run").glob("*-prune/report.json")).read_text())
     assert report["schedule"]["soft_threshold"] == 0.1 and not report.get("warning")
+
+
+def test_soft_movement_picks_only_an_epoch_at_the_sparsity_asked_or_the_last():
+    """Soft movement's masks lag its schedule: an epoch after the schedule's end is a result
+    only once the masks are within a point of the sparsity asked, or when it is the last."""
+    from types import SimpleNamespace
+
+    from edgesmith.toolchain.prune.sparsity import ScheduleCallback, Sparsifier, Target
+
+    cfg = _MovementCfg()
+    cfg.movement = "soft"
+    sp = Sparsifier([Target("lin", torch.nn.Linear(8, 8))], cfg)
+    cb = ScheduleCallback(sp, start=0.0, end=2.0, interval=10)
+    trainer = SimpleNamespace(steps_per_epoch=10, world=1, cfg=SimpleNamespace(epochs=5))
+    sp.current = 0.6  # 0.8 asked
+    assert [cb.selectable(trainer, e) for e in range(1, 6)] == [False] * 4 + [True]
+    sp.current = 0.795
+    assert [cb.selectable(trainer, e) for e in range(1, 6)] == [False, True, True, True, True]

@@ -47,6 +47,7 @@ from edgesmith.toolchain.training.trainer import Callback
 
 METHODS = ("magnitude", "movement", "2:4")
 SOFT_THRESHOLD = 0.1  # soft movement keeps a weight while sigmoid(score) > it (Sanh et al.)
+SOFT_TOLERANCE = 0.01  # soft movement: an epoch this close to the sparsity asked may be the result
 SOFT_GAIN = 1.0  # the λ controller's k: λ·e^(k·(scheduled − heading-for sparsity)) a step
 
 
@@ -413,8 +414,13 @@ class ScheduleCallback(Callback):
             self.s.reset_scores_gradient()
 
     def selectable(self, trainer, epoch: int) -> bool:
-        """Whether the weights after `epoch` (from 1) are at the final sparsity."""
-        return epoch * trainer.steps_per_epoch >= self._bounds(trainer)[1]
+        """Whether the weights after `epoch` (from 1) are at the final sparsity: the schedule
+        has ended, and soft movement's masks, which lag its schedule, are within
+        SOFT_TOLERANCE of it (or it is the last epoch: the sparsest the run has)."""
+        ended = epoch * trainer.steps_per_epoch >= self._bounds(trainer)[1]
+        if not ended or not self.s.soft:
+            return ended
+        return self.s.current >= self.s.sparsity - SOFT_TOLERANCE or epoch == trainer.cfg.epochs
 
     def describe(self) -> dict[str, Any]:
         interval = 1 if self.s.movement else self.interval

@@ -104,7 +104,8 @@ def prune_weights(s, work: Workdir, start: float) -> StageResult:
         make_permanent(sparsifier.targets)
     if report.recovery is not None:
         report.accuracy["after_recovery"] = report.recovery["best_metric"]
-    warnings = [*before, _movement_warning(cfg, report.accuracy)]
+    warnings = [*before, _movement_warning(cfg, report.accuracy), _soft_short(report.schedule,
+                                                                          cfg)]  # fmt: skip
     report.warning = "; ".join(w for w in warnings if w) or None
     path = candidate.save(work.out)
     measured = _measure(s, work, unpruned_model, candidate)
@@ -160,6 +161,19 @@ def movement_setting(s) -> list[str]:
             + FINE_PRUNE + ", or use --method magnitude on the fine-tuned model"
         )
     return out
+
+
+def _soft_short(schedule: dict | None, cfg) -> str:
+    """Soft movement's sparsity is where its scores got to: say so when that is short of what
+    was asked (the scores need a couple of hundred steps each to cross the threshold)."""
+    reached = (schedule or {}).get("reached_sparsity")
+    if reached is None or reached >= cfg.weight_sparsity() - 0.01:
+        return ""
+    return (
+        f"soft movement reached {reached:.1%} of the weights zero, short of the "
+        f"{cfg.weight_sparsity():.0%} asked: its scores need more steps to cross the threshold "
+        "(more --epochs or data), or use --movement hard, which meets the count exactly"
+    )
 
 
 def _movement_warning(cfg, acc: dict[str, Any]) -> str:
