@@ -318,15 +318,14 @@ class Trainer:
         self.lengths = self.student.lengths(self.train_data.feeds)
 
     # -- the loop -----------------------------------------------------------------------
-    def _step(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss_on(self, model: nn.Module, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        """The distillation loss of `model` (the student, or its DDP wrapper) on the batch."""
         cfg = self.cfg
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.progress.lr, step, self.total_steps)
         feeds = self.student.prepare(to_tensors(self.train_data.feeds, idx, self.device))
         captured_s, captured_t = self.captured
         captured_s.clear()
         captured_t.clear()
-        out = self.model(**feeds)[cfg.output]
+        out = model(**feeds)[cfg.output]
         if self.teacher_train is None:
             with torch.no_grad():
                 target = self.teacher(**feeds)[cfg.output]
@@ -337,6 +336,12 @@ class Trainer:
             hidden = hidden_state_loss(captured_s, captured_t)
             loss = loss + cfg.hidden_weight * hidden
             parts["hidden"] = float(hidden.detach())
+        return loss, parts
+
+    def _step(self, idx: np.ndarray, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.progress.lr, step, self.total_steps)
+        loss, parts = self._loss_on(self.model, idx)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -490,24 +495,14 @@ class Trainer:
         rates, losses = range_rates(), []
         self.student.train()
         for i, rate in enumerate(rates):
-            idx = batches[i % len(batches)]
-            for captured in self.captured:
-                captured.clear()
             for g in opt.param_groups:
                 g["lr"] = rate
-            feeds = self.student.prepare(to_tensors(self.train_data.feeds, idx, self.device))
-            out = self.student(**feeds)[cfg.output]
-            if self.teacher_train is None:
-                with torch.no_grad():
-                    target = self.teacher(**feeds)[cfg.output]
-            else:
-                target = self.teacher_train[torch.from_numpy(idx).to(self.device)]
-            loss, _ = self.loss(out, target, idx)
+            loss, _ = self._loss_on(self.student, batches[i % len(batches)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses):
+            if not math.isfinite(losses[-1]):
                 break
         self.student.load_state_dict(saved)
         for q in params:
