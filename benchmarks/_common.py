@@ -90,3 +90,21 @@ def goal(what: str, value: float, op: str, bound: float) -> dict:
     """One goal of a record: `value op bound` (op: "<=" or ">="), met or not."""
     met = value <= bound if op == "<=" else value >= bound
     return {"goal": what, "value": value, "op": op, "bound": bound, "met": met}
+
+
+def sparsity_figures(report: dict) -> dict:
+    """What a weight-sparsity benchmark records of one prune report: the weights zero, the
+    recovery's budget (epochs chosen and run, the rate and why), its wall time, the xz size
+    against the dense model, soft movement's schedule and the stage's warning."""
+    rec, audit = report["recovery"], report["audit"]
+    return {
+        "weight_sparsity": audit["weight_sparsity"],
+        "epochs_run": len(rec["history"]),
+        "epochs_chosen": rec["settings"]["epochs"],
+        "lr": rec["settings"]["lr"],
+        "lr_from": rec["settings"]["lr_from"],
+        "recovery_seconds": round(sum(h["seconds"] for h in rec["history"]), 1),
+        "xz_ratio": audit["bytes"]["xz"] / report["dense_bytes"]["xz"],
+        "schedule": report.get("schedule"),
+        "warning": report.get("warning"),
+    }

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import goal, isa, record  # noqa: E402
+from benchmarks._common import goal, isa, record, sparsity_figures  # noqa: E402
 from benchmarks.prune_digits import DIGITS, THREADS, accuracy  # noqa: E402
 
 OUT = Path("build/bench_sparsity_digits")
@@ -82,16 +82,7 @@ def main() -> None:
     for name, (_, rep) in built.items():
         row = {"top1": acc[name], "delta_points": 100 * (acc[name] - acc["dense"])}
         if rep is not None:
-            rec, audit = rep["recovery"], rep["audit"]
-            row.update(
-                weight_sparsity=audit["weight_sparsity"],
-                epochs_run=len(rec["history"]),
-                epochs_chosen=rec["settings"]["epochs"],
-                lr=rec["settings"]["lr"],
-                recovery_seconds=round(sum(h["seconds"] for h in rec["history"]), 1),
-                xz_ratio=audit["bytes"]["xz"] / rep["dense_bytes"]["xz"],
-                warning=rep.get("warning"),
-            )
+            row.update(sparsity_figures(rep))
         rows[name] = row
         if rep is None:
             print(f"| {name} | 0% | {100 * row['top1']:.2f} | | | | | 1.00 |")

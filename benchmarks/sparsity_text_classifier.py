@@ -32,7 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import goal, isa, record  # noqa: E402
+from benchmarks._common import goal, isa, record, sparsity_figures  # noqa: E402
 from benchmarks.prune_text_classifier import TC, THREADS, accuracy  # noqa: E402
 from benchmarks.prune_text_classifier import run_recipe as tc_recipe  # noqa: E402
 
@@ -104,22 +104,11 @@ def main() -> None:
         if rep is None:
             print(f"| {name} | 0% | {100 * row['top1']:.2f} | | | | | 1.00 |")
             continue
-        rec, audit = rep["recovery"], rep["audit"]
-        row.update(
-            weight_sparsity=audit["weight_sparsity"],
-            epochs_run=len(rec["history"]),
-            epochs_chosen=rec["settings"]["epochs"],
-            lr=rec["settings"]["lr"],
-            lr_from=rec["settings"]["lr_from"],
-            recovery_minutes=round(sum(h["seconds"] for h in rec["history"]) / 60, 1),
-            xz_ratio=audit["bytes"]["xz"] / rep["dense_bytes"]["xz"],
-            schedule=rep.get("schedule"),
-            warning=rep.get("warning"),
-        )
+        row.update(sparsity_figures(rep))
         print(
             f"| {name} | {row['weight_sparsity']:.1%} | {100 * row['top1']:.2f} | "
             f"{row['delta_points']:+.2f} | {row['epochs_run']} / {row['epochs_chosen']} | "
-            f"{row['lr']:.2g} | {row['recovery_minutes']:.1f} | {row['xz_ratio']:.2f} |"
+            f"{row['lr']:.2g} | {row['recovery_seconds'] / 60:.1f} | {row['xz_ratio']:.2f} |"
         )
     goals = []
     if "magnitude 80%, default recovery" in rows:
