@@ -60,17 +60,15 @@ def test_the_readme_is_short():
     assert len((REPO / "README.md").read_text().splitlines()) <= 200
 
 
-def test_the_readmes_figures_are_held_by_benchmark_records():
-    """Every figure in the README's Measured section (a decimal, a percentage, a number in
-    scientific notation; commands in backticks aside) is a value some benchmark record holds
-    (benchmarks/records/*.json), at the precision the README shows it."""
+def figures_not_held(text: str) -> list[str]:
+    """The figures in `text`'s Measured sections (a decimal, a percentage, a number in
+    scientific notation; text in backticks aside) that no benchmark record holds
+    (benchmarks/records/*.json), at the precision the text shows them."""
     import json
     import math
     import re
 
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Measured\n", 1)[1].split("\n## ", 1)[0]
-    section = re.sub(r"`[^`]*`", " ", section)
+    sections = [part.split("\n## ", 1)[0] for part in text.split("\n## Measured\n")[1:]]
     values: list[float] = []
 
     def collect(v):
@@ -94,10 +92,34 @@ def test_the_readmes_figures_are_held_by_benchmark_records():
             return any(v and f"{v:.{digits - 1}e}" == f"{x:.{digits - 1}e}" for v in values)
         places = len(number.split(".")[1]) if "." in number else 0
         scale = 100 if percent else 1
-        return any(math.isclose(round(v * scale, places), x, abs_tol=1e-9) for v in values)
+        return any(
+            math.isclose(round(abs(v) * scale, places), x, abs_tol=1e-9) for v in values
+        )  # a signed figure is written with its sign outside the number (−0.37)
 
     missing = []
-    for m in re.finditer(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)(%?)", section):
-        if not held(m.group(1), bool(m.group(2))):
-            missing.append(m.group(0))
+    for section in sections:
+        section = re.sub(r"`[^`]*`", " ", section)
+        for m in re.finditer(r"(?<![\w.])(\d+\.\d+(?:e-?\d+)?)(%?)", section):
+            if not held(m.group(1), bool(m.group(2))):
+                missing.append(m.group(0))
+    return missing
+
+
+def test_the_readmes_figures_are_held_by_benchmark_records():
+    """Every figure in the README's Measured section is a value some benchmark record holds."""
+    text = (REPO / "README.md").read_text()
+    assert "\n## Measured\n" in text
+    missing = figures_not_held(text)
     assert not missing, f"README figures no record holds: {missing}"
+
+
+DOC_PAGES = sorted(p.relative_to(REPO) for p in (REPO / "docs").rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", [str(p) for p in DOC_PAGES])
+def test_the_docs_figures_are_held_by_benchmark_records(page):
+    """Every figure in a documentation page's Measured section is a value some benchmark
+    record holds: the pages cite measurements, the records (and docs/benchmarks.md, rendered
+    from them) hold them."""
+    missing = figures_not_held((REPO / page).read_text())
+    assert not missing, f"{page}: figures no record holds: {missing}"
