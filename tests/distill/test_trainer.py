@@ -221,3 +221,14 @@ def test_the_range_test_picks_a_tenth_of_the_best_rate_or_says_it_cannot():
     assert lr == 1e-3 and "did not fall" in why
     lr, _ = pick_rate(rates, [5.0 - 4.9 * i / 99 for i in range(100)], prior=1e-5)
     assert lr == 1e-4  # held within 10x of the usual rate
+
+
+def test_a_run_that_stopped_on_a_plateau_stays_stopped_when_resumed(digits_teacher, tmp_path):
+    """Killed after early stopping but before its output was written, `--resume` trains no
+    further epoch: the same weights as the run that stopped."""
+    first = run(setup_for(digits_teacher, epochs=10, lr=1e-12, patience=2), tmp_path / "c")
+    assert first.stopped_after == 3
+    again = run(setup_for(digits_teacher, epochs=10, lr=1e-12, patience=2), tmp_path / "c",
+                resume=True)  # fmt: skip
+    assert again.resumed_after == 3 and len(again.history) == 3
+    assert again.rank_digests == first.rank_digests

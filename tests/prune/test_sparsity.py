@@ -449,3 +449,43 @@ def test_soft_movement_picks_only_an_epoch_at_the_sparsity_asked_or_the_last():
     assert [cb.selectable(trainer, e) for e in range(1, 6)] == [False] * 4 + [True]
     sp.current = 0.795
     assert [cb.selectable(trainer, e) for e in range(1, 6)] == [False, True, True, True, True]
+
+
+def test_soft_movements_lambda_is_in_the_masks_state():
+    """λ travels with the scores in every checkpoint, so a resumed soft run goes on with it."""
+    from edgesmith.toolchain.prune.sparsity import Sparsifier, Target
+
+    cfg = _MovementCfg()
+    cfg.movement = "soft"
+    lin = torch.nn.Linear(8, 8)
+    sp = Sparsifier([Target("lin", lin)], cfg)
+    sp.scheduled = 0.4
+    lin(torch.randn(4, 8)).sum().backward()
+    sp.accumulate(world=1)
+    assert sp.l1 > 0
+    state = {k: v.clone() for k, v in lin.state_dict().items()}
+    fresh = torch.nn.Linear(8, 8)
+    again = Sparsifier([Target("lin", fresh)], cfg)
+    fresh.load_state_dict(state)
+    assert again.l1 == sp.l1
+
+
+def test_a_model_whose_labels_differ_from_the_teachers_gets_a_new_head(tmp_path):
+    from types import SimpleNamespace
+
+    from edgesmith.toolchain.core.artifact import Format
+    from edgesmith.toolchain.prune.common import new_head
+
+    teacher_cfg = SimpleNamespace(num_labels=2, id2label={0: "NEG", 1: "POS"},
+                                  label2id={"NEG": 0, "POS": 1})  # fmt: skip
+    teacher = SimpleNamespace(hf=SimpleNamespace(model=SimpleNamespace(config=teacher_cfg)),
+                              task="text-classification")  # fmt: skip
+
+    def src(id2label):
+        (tmp_path / "config.json").write_text(json.dumps({"id2label": id2label}))
+        info = SimpleNamespace(task="text-classification")
+        return SimpleNamespace(format=Format.hf, path=tmp_path, info=info)
+
+    assert new_head(src({"0": "NEG", "1": "POS"}), teacher) is None
+    head = new_head(src({"0": "POS", "1": "NEG"}), teacher)  # the same count, another order
+    assert head["id2label"] == {0: "NEG", 1: "POS"} and head["num_labels"] == 2

@@ -51,7 +51,7 @@ class _Group(TyperGroup):
             usage = e.exit_code == 2 and hasattr(e, "ctx")
             if not usage or type(e).__name__ == "NoArgsIsHelpError":  # `edgesmith prune`: help
                 e.show()
-                sys.exit(e.exit_code)
+                sys.exit(2 if e.exit_code == 1 else e.exit_code)  # a bad file: bad input
             where = e.ctx.command_path if e.ctx is not None else "edgesmith"
             message = " ".join(e.format_message().replace("Value error, ", "").split())
             message = message[:1].lower() + message[1:].rstrip(".")

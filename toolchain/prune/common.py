@@ -88,9 +88,10 @@ def new_head(src: ModelArtifact, teacher) -> dict | None:
     own = json.loads((Path(src.path) / "config.json").read_text())
     from edgesmith.toolchain.models.hf import infer_task
 
-    same = (src.info.task or infer_task(Path(src.path))) == teacher.task
-    if same and own.get("id2label") and len(own["id2label"]) == config.num_labels:
-        return None
+    labels = {int(k): v for k, v in (config.id2label or {}).items()}
+    own_labels = {int(k): v for k, v in (own.get("id2label") or {}).items()}
+    if (src.info.task or infer_task(Path(src.path))) == teacher.task and own_labels == labels:
+        return None  # the same labels in the same order: MODEL's head is the task's
     return {"num_labels": config.num_labels, "id2label": dict(config.id2label),
             "label2id": dict(config.label2id)}  # fmt: skip
 
@@ -160,12 +161,13 @@ def shared(plan, work: Workdir):
     chose the plan by timing engines, and the others, waiting to join, took no core from it."""
     import torch.distributed as dist
 
-    from edgesmith.toolchain.training.parallel import init_distributed
+    from edgesmith.toolchain.training.parallel import device_for_rank, init_distributed
 
     _, world = init_distributed()
     if world == 1:
         return plan
     work.log(f"distributed: {world} processes ({dist.get_backend()})")
     box = [plan]
-    dist.broadcast_object_list(box, src=0)  # between our own processes, not from a file
+    # between our own processes, not from a file
+    dist.broadcast_object_list(box, src=0, device=device_for_rank())
     return box[0]

@@ -90,6 +90,9 @@ class WeightMask(nn.Module):
             for name in ("scores", "score_avg", "score_sq"):
                 self.register_buffer(name, torch.zeros_like(weight))
             self.register_buffer("score_steps", torch.zeros((), dtype=torch.int64))
+            # soft movement's λ (the same in every mask; in the state, so a resumed run goes
+            # on with it); negative: not started
+            self.register_buffer("l1", torch.full((), -1.0, dtype=torch.float64))
             self.register_buffer("delta", torch.zeros_like(weight), persistent=False)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -195,7 +198,9 @@ def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     (benchmarks/movement_step_cost.py) and free of the GIL, so layers run in parallel."""
     if flat.device.type != "cpu":
         return flat.kthvalue(k).values
-    value = np.partition(flat.detach().numpy(), k - 1)[k - 1]
+    values = flat.detach()
+    values = values.float() if values.dtype == torch.bfloat16 else values  # numpy has no bf16
+    value = np.partition(values.numpy(), k - 1)[k - 1]
     return torch.tensor(value, dtype=flat.dtype)
 
 
@@ -271,7 +276,6 @@ class Sparsifier:
         install(self.targets, self.movement)
         self.current = 0.0
         self.scheduled: float | None = None  # soft: the schedule's sparsity now (None: before)
-        self.l1 = 0.0  # soft movement's λ at the last step
 
     @property
     def gradual(self) -> bool:
@@ -326,12 +330,21 @@ class Sparsifier:
             total += p.scores.numel()
         return under / total
 
+    @property
+    def l1(self) -> float:
+        """Soft movement's λ at the last step (0 before the schedule starts)."""
+        return max(0.0, float(self.targets[0].param.l1)) if self.movement else 0.0
+
+    def _set_l1(self, value: float) -> None:
+        for t in self.targets:
+            t.param.l1.fill_(value)
+
     def _soft_l1(self) -> float:
         """λ for this step (module docstring): 0 before the schedule starts; then from the
         scale of the task's score gradient, moved by the heading-for sparsity's error."""
-        if self.scheduled is None:
+        if self.scheduled is None or self.sparsity == 0:
             return 0.0
-        if not self.l1:
+        if float(self.targets[0].param.l1) < 0:  # the schedule's first step
             grads = torch.cat([t.param.delta.abs().reshape(-1) for t in self.targets])
             return max(float(grads.mean()), 1e-12)
         error = self.scheduled - self.heading_for()
@@ -340,8 +353,7 @@ class Sparsifier:
     def update_movement(self, sparsity: float) -> None:
         scores = [t.param.scores for t in self.targets]
         weights = [_original(t).detach().abs() for t in self.targets]
-        scope = "global" if self.cfg.movement == "soft" else self.cfg.scope
-        self._set(masks_by_score(scores, sparsity, scope, weights), zero=False)
+        self._set(masks_by_score(scores, sparsity, self.cfg.scope, weights), zero=False)
         self.current = sparsity
 
     def reset_scores_gradient(self) -> None:
@@ -362,10 +374,13 @@ class Sparsifier:
 
                     dist.all_reduce(t.param.delta)
                     t.param.delta.div_(world)
+            l1 = 0.0
             if self.soft:
-                self.l1 = self._soft_l1()
+                l1 = self._soft_l1()
+                if l1 > 0:
+                    self._set_l1(l1)
             for t in self.targets:
-                t.param.score_step(self.l1)
+                t.param.score_step(l1)
 
     def layer_sparsity(self) -> dict[str, float]:
         return {t.name: round(1 - float(t.param.mask.mean()), 4) for t in self.targets}
@@ -416,11 +431,12 @@ class ScheduleCallback(Callback):
     def selectable(self, trainer, epoch: int) -> bool:
         """Whether the weights after `epoch` (from 1) are at the final sparsity: the schedule
         has ended, and soft movement's masks, which lag its schedule, are within
-        SOFT_TOLERANCE of it (or it is the last epoch: the sparsest the run has)."""
+        SOFT_TOLERANCE of it (or it is the last epoch: the run's result all the same)."""
         ended = epoch * trainer.steps_per_epoch >= self._bounds(trainer)[1]
         if not ended or not self.s.soft:
             return ended
-        return self.s.current >= self.s.sparsity - SOFT_TOLERANCE or epoch == trainer.cfg.epochs
+        near = abs(self.s.current - self.s.sparsity) <= SOFT_TOLERANCE
+        return near or epoch == trainer.cfg.epochs
 
     def describe(self) -> dict[str, Any]:
         interval = 1 if self.s.movement else self.interval

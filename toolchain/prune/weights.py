@@ -166,13 +166,15 @@ def movement_setting(s) -> list[str]:
 def _soft_short(schedule: dict | None, cfg) -> str:
     """Soft movement's sparsity is where its scores got to: say so when that is short of what
     was asked (the scores need a couple of hundred steps each to cross the threshold)."""
-    reached = (schedule or {}).get("reached_sparsity")
-    if reached is None or reached >= cfg.weight_sparsity() - 0.01:
+    from edgesmith.toolchain.prune.sparsity import SOFT_TOLERANCE
+
+    reached, asked = (schedule or {}).get("reached_sparsity"), cfg.weight_sparsity()
+    if reached is None or abs(reached - asked) <= SOFT_TOLERANCE:
         return ""
     return (
-        f"soft movement reached {reached:.1%} of the weights zero, short of the "
-        f"{cfg.weight_sparsity():.0%} asked: its scores need more steps to cross the threshold "
-        "(more --epochs or data), or use --movement hard, which meets the count exactly"
+        f"soft movement reached {reached:.1%} of the weights zero, not the {asked:.0%} asked: "
+        "its scores need more steps to settle at the threshold (more --epochs or data), or "
+        "use --movement hard, which meets the count exactly"
     )
 
 

@@ -77,13 +77,17 @@ def pick_rate(rates: list[float], losses: list[float], prior: float) -> tuple[fl
         best = min(best, value)
         if i >= MIN_RANGE_STEPS and value > 4 * best:  # diverged: later points say nothing
             break
-    if len(smooth) < MIN_RANGE_STEPS or min(smooth) > (1 - MIN_FALL) * smooth[0]:
+    if not smooth:
+        return prior, f"range test: no finite loss; the usual rate {prior:.2g}"
+    lowest = min(range(len(smooth)), key=smooth.__getitem__)
+    fell = smooth[lowest] < (1 - MIN_FALL) * smooth[0] and smooth[0] > 1e-6 and lowest > 0
+    if len(smooth) < MIN_RANGE_STEPS or not fell:
         # e.g. a gradual pruning run starts dense, as its teacher: at its optimum already
         return prior, (
-            f"range test: the loss did not fall ({len(smooth)} steps from {smooth[0]:.3g}"
-            if smooth else "range test: no finite loss"
-        ) + f"); the usual rate {prior:.2g}"
-    at = rates[min(range(len(smooth)), key=smooth.__getitem__)]
+            f"range test: the loss did not fall ({len(smooth)} steps from {smooth[0]:.3g}); "
+            f"the usual rate {prior:.2g}"
+        )
+    at = rates[lowest]
     chosen = min(prior * 10, max(prior / 10, at / 10))
     bound = "" if chosen == at / 10 else f", held within 10× of the usual {prior:.2g}"
     return chosen, (

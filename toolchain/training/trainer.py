@@ -205,7 +205,9 @@ class Trainer:
             raise InvalidInput(
                 f"too little data: {len(train_data)} training, {len(eval_data)} eval samples"
             )
-        key = f"{fingerprint}\0{sorted(asdict(cfg).items())}"
+        # what decides the weights (epochs_from is prose about a setting, not one)
+        decided = {k: v for k, v in asdict(cfg).items() if k != "epochs_from"}
+        key = f"{fingerprint}\0{sorted(decided.items())}"
         self.run_id = hashlib.sha256(key.encode()).hexdigest()
         self.progress = _Progress()
 
@@ -257,6 +259,7 @@ class Trainer:
         p.history = [EpochLog(**h) for h in state["history"]]
         p.best_epoch, p.best_metric = state["best_epoch"], state["best_metric"]
         p.gain_epoch = state.get("gain_epoch", p.best_epoch)
+        p.stopped_after = state.get("stopped_after")  # a run that had ended stays ended
         p.lr, p.lr_reason = state.get("lr"), state.get("lr_from", "given")
         p.start_epoch = p.resumed_after = epoch
         self.say(
@@ -397,6 +400,11 @@ class Trainer:
             + f"  eval {self.metric_name} {metric:.4f}{'  (best)' if improved else ''}"
             + f"  {h.seconds:.1f}s, {h.samples_per_s:.0f} samples/s"
         )
+        last = epoch + 1 >= cfg.epochs
+        plateau = cfg.patience > 0 and p.gain_epoch and epoch + 1 - p.gain_epoch >= cfg.patience
+        plateau = bool(plateau) and not last
+        if plateau:
+            self.say(f"no gain over {cfg.patience} epochs since epoch {p.gain_epoch}: stopping")
         if self.rank == 0:
             state = {
                 "run_id": self.run_id,
@@ -404,6 +412,7 @@ class Trainer:
                 "best_epoch": p.best_epoch,
                 "best_metric": p.best_metric,
                 "gain_epoch": p.gain_epoch,
+                "stopped_after": epoch + 1 if plateau else None,
                 "lr": p.lr,
                 "lr_from": p.lr_reason,
                 "history": [asdict(x) for x in p.history],
@@ -414,10 +423,7 @@ class Trainer:
         if self.world > 1:
             dist.barrier()  # no process runs ahead of the checkpoint it may resume from
         stop = any([bool(cb.on_epoch_end(self, h)) for cb in self.callbacks])
-        plateau = cfg.patience > 0 and p.gain_epoch and epoch + 1 - p.gain_epoch >= cfg.patience
-        if plateau and not stop:
-            self.say(f"no gain over {cfg.patience} epochs since epoch {p.gain_epoch}: stopping")
-        return stop or bool(plateau)
+        return stop or plateau
 
     def fit(self, resume: bool = False) -> TrainResult:
         # the seeds below are the run's own; the process's random state is put back after
@@ -433,6 +439,8 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_train_begin(self)
                 for epoch in range(self.progress.start_epoch, self.cfg.epochs):
+                    if self.progress.stopped_after:  # resumed after the run had stopped
+                        break
                     stop = self._end_epoch(epoch, *self._train_epoch(epoch))
                     if stop and epoch + 1 < self.cfg.epochs:
                         self.progress.stopped_after = epoch + 1
@@ -473,10 +481,12 @@ class Trainer:
         if not cfg.find_lr:
             p.lr, p.lr_reason = cfg.lr, "given"
             return
-        chosen, reason = (self._range_test() if self.rank == 0 else (0.0, ""))
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # every process's RNG as if it had not run
+            chosen, reason = self._range_test() if self.rank == 0 else (0.0, "")
         if self.world > 1:
             box = [chosen, reason]
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, device=self.device)
             chosen, reason = box
         p.lr, p.lr_reason = float(chosen), reason
         self.say(f"learning rate {p.lr:.3g}: {reason}")
