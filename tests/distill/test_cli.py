@@ -100,12 +100,14 @@ def test_two_processes_finish_with_identical_weights_and_the_same_quality(
     cli, digits_teacher, tmp_path
 ):
     single = tmp_path / "single"
-    r = cli(*distill_args(digits_teacher, single, "--epochs", "15", "--threads", "1"))
+    # every epoch run (no early stop), so the two runs' last epochs are the same epoch
+    fixed = ("--epochs", "15", "--patience", "0")
+    r = cli(*distill_args(digits_teacher, single, *fixed, "--threads", "1"))
     assert r.code == 0, r.stderr
     double = tmp_path / "double"
     p = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "--no-python", str(EDGESMITH), *distill_args(digits_teacher, double, "--epochs", "15")],
+         "--no-python", str(EDGESMITH), *distill_args(digits_teacher, double, *fixed)],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
@@ -114,6 +116,8 @@ def test_two_processes_finish_with_identical_weights_and_the_same_quality(
     m1 = json.loads((single / "manifest.json").read_text())["metrics"]
     assert m2["world_size"] == 2 and len(m2["rank_digests"]) == 2
     assert m2["rank_digests"][0] == m2["rank_digests"][1]
+    # the range test runs on rank 0 and every process takes its rate: the single run's
+    assert m2["settings"]["lr"] == m1["settings"]["lr"]
     # The global batch is split across the processes, so both runs take the same steps.
     assert abs(student_top1(double, digits_teacher) - student_top1(single, digits_teacher)) <= 0.02
     assert (

@@ -430,7 +430,9 @@ def test_the_fine_pruning_recipe_runs_to_its_gate(cli, tiny_classifier, tmp_path
     out = r.stdout + r.stderr
     assert "validation: PASS" in out or "validation: FAIL" in out
     report = json.loads(next((tmp_path / "run").glob("*-prune/report.json")).read_text())
-    assert report["schedule"]["soft_threshold"] == 0.1 and not report.get("warning")
+    assert report["schedule"]["soft_threshold"] == 0.1
+    warning = report.get("warning") or ""  # soft may end short of 90% in so few steps
+    assert "fine-tuned model itself" not in warning and "score steps" not in warning
 
 
 def test_soft_movement_picks_only_an_epoch_at_the_sparsity_asked_or_the_last():
