@@ -33,6 +33,7 @@ so every process keeps the same scores and masks.
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ from edgesmith.toolchain.training.trainer import Callback
 
 METHODS = ("magnitude", "movement", "2:4")
 SOFT_THRESHOLD = 0.1  # soft movement keeps a weight while sigmoid(score) > it (Sanh et al.)
+SOFT_LOGIT = math.log(SOFT_THRESHOLD / (1 - SOFT_THRESHOLD))  # the same, on the score itself
 SOFT_TOLERANCE = 0.01  # soft movement: an epoch this close to the sparsity asked may be the result
 SOFT_GAIN = 1.0  # the λ controller's k: λ·e^(k·(scheduled − heading-for sparsity)) a step
 
@@ -118,7 +120,7 @@ class WeightMask(nn.Module):
 # (half of it: a falling score's pull, λ·sigmoid'(S), weakens as it falls, so a straight
 # line from its current step overestimates how far it gets; measured on the tests' encoder:
 # the full horizon reached 44% by the end of a 50% run, half of it 49.7%)
-HORIZON = round(-float(torch.logit(torch.tensor(SOFT_THRESHOLD))) / WeightMask.SCORE_LR / 2)
+HORIZON = round(-SOFT_LOGIT / WeightMask.SCORE_LR / 2)
 
 
 @dataclass
@@ -312,21 +314,23 @@ class Sparsifier:
 
     def update_soft(self) -> None:
         """Soft movement: keep the weights whose sigmoid(score) is over the threshold."""
-        logit = float(torch.logit(torch.tensor(SOFT_THRESHOLD)))
-        self._set([(t.param.scores > logit).to(t.param.mask.dtype) for t in self.targets],
+        self._set([(t.param.scores > SOFT_LOGIT).to(t.param.mask.dtype) for t in self.targets],
                   zero=False)  # fmt: skip
+        self.current = self.masked_fraction()
+
+    def masked_fraction(self) -> float:
+        """The fraction of all the targets' weights the masks drop now."""
         masks = [t.param.mask for t in self.targets]
-        self.current = 1 - float(sum(m.sum() for m in masks)) / sum(m.numel() for m in masks)
+        return 1 - float(sum(m.sum() for m in masks)) / sum(m.numel() for m in masks)
 
     def heading_for(self) -> float:
         """The fraction of scores under the soft threshold HORIZON steps on, each moving by
         its current Adam step (WeightMask.score_step's, without bias correction's last bit)."""
-        logit = float(torch.logit(torch.tensor(SOFT_THRESHOLD)))
         under, total = 0, 0
         for t in self.targets:
             p = t.param
             step = p.score_avg / (p.score_sq.sqrt() + p.EPS)
-            under += int((p.scores + HORIZON * p.SCORE_LR * step <= logit).sum())
+            under += int((p.scores + HORIZON * p.SCORE_LR * step <= SOFT_LOGIT).sum())
             total += p.scores.numel()
         return under / total
 
@@ -443,8 +447,7 @@ class ScheduleCallback(Callback):
         out = {"kind": "cubic", "start_epoch": self.start_epoch, "end_epoch": self.end_epoch,
                "mask_interval_steps": interval}  # fmt: skip
         if self.s.soft:
-            masks = [t.param.mask for t in self.s.targets]  # the weights kept (best epoch's)
-            reached = 1 - float(sum(m.sum() for m in masks)) / sum(m.numel() for m in masks)
+            reached = self.s.masked_fraction()  # the masks kept: the best epoch's
             out.update(soft_threshold=SOFT_THRESHOLD, final_l1=self.s.l1,
                        reached_sparsity=round(reached, 4))  # fmt: skip
         return out
