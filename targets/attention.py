@@ -1,0 +1,620 @@
+"""Attention blocks of an optimised ONNX graph rewritten into onnxruntime's fused
+MultiHeadAttention (com.microsoft), recognised by data flow.
+
+An exported encoder computes attention as a dozen nodes per layer: Q, K and V reshaped to heads
+and transposed, the scaled Q·Kᵀ, the additive mask (and any position bias), Softmax, the
+weighted sum of V, the transpose and reshape back. onnxruntime's own AttentionFusion matches
+only the graphs its transformers optimizer was written around (not torch.export's), and its
+Attention op packs the Q, K and V weights, which an int8 graph keeps in its own int8 products.
+MultiHeadAttention takes Q, K and V as computed, so the projections stay as they are (float
+MatMuls, or int8 MatMulIntegerToFloat with their bias) and only the attention core is fused.
+
+Matched, per Softmax on the last axis:
+
+    scores = Q_h · K_hᵀ × scale          (MatMul or FusedMatMul; a scalar Mul/Div on the scores
+                                          or on Q_h is folded into the scale)
+    x      = scores + bias + ...          (any additive terms: the mask, a position bias)
+    p      = Softmax(x)                   (after our masked-Softmax clamp, which it replaces)
+    out    = Reshape(Transpose(p · V_h))  (back to [B, S, N·H])
+
+with X_h = Transpose(Reshape(X, [., ., N, H]), [0, 2, 1, 3]) (K_hᵀ: perm [0, 2, 3, 1]). The
+additive terms are summed and broadcast to [B|1, N|1, S, T] as MultiHeadAttention's
+attention_bias, floored at MASK_FLOOR (what the clamp did: a masked key's weight stays 0, and
+the kernel's exp never sees the -3.4e38 of finfo.min). A block that computes anything else
+(rotary embeddings between the reshape and the product, disentangled attention's extra terms
+read from Q_h) is left as it is; nodes only the fused block read are removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgesmith.toolchain.core.onnx_model import GraphIndex
+
+MS = "com.microsoft"
+# Additive attention terms are floored here: exp(-10000 + any score) is 0 in float32, as
+# finfo.min's is, and stays in the range onnxruntime's exp computes directly (the masked
+# Softmax's slow path: benchmarks/softmax_mask.py). The transformers optimizer's Attention
+# uses the same value for its masks (mask_filter_value).
+MASK_FLOOR = -10000.0
+
+
+@dataclass
+class Block:
+    """One matched attention block."""
+
+    softmax: str
+    q: str
+    k: str
+    v: str
+    heads: int
+    scale: float
+    out: str  # the [B, S, N·H] tensor the block computes
+    bias: list[str] = field(default_factory=list)  # additive terms before the Softmax
+    packed: bool = False  # Q, K and V computed by one product (_pack)
+    quantize: list[str] | None = None  # the scale and zero point the output is quantized with
+
+
+def _const(index: GraphIndex, tensor: str) -> np.ndarray | None:
+    """The value of a constant tensor (an initializer or a Constant node), else None."""
+    a = index.array(tensor)
+    if a is not None:
+        return a
+    node = index.producers.get(tensor)
+    if node is not None and node.op_type == "Constant" and node.attribute:
+        attr = node.attribute[0]
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name in ("value_float", "value_int"):
+            return np.array(helper.get_attribute_value(attr))
+        if attr.name in ("value_floats", "value_ints"):
+            return np.array(helper.get_attribute_value(attr))
+    return None
+
+
+def _scalar(index: GraphIndex, tensor: str) -> float | None:
+    a = _const(index, tensor)
+    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _op(index: GraphIndex, tensor: str, *ops: str) -> onnx.NodeProto | None:
+    node = index.producers.get(tensor)
+    return node if node is not None and node.op_type in ops else None
+
+
+def _shape_tail(index: GraphIndex, shape: str, n: int) -> list[int] | None:
+    """The last `n` entries of a Reshape's shape tensor when they are constants, with the
+    shape's length; from an initializer or a Concat whose last pieces are constants."""
+    a = _const(index, shape)
+    if a is not None:
+        return [int(x) for x in a.reshape(-1)[-n:]] + [a.size]
+    concat = _op(index, shape, "Concat")
+    if concat is None:
+        return None
+    pieces = [_const(index, i) for i in concat.input]
+    tail = [int(x) for p in pieces[::-1] if p is not None for x in p.reshape(-1)[::-1]]
+    n_const = 0
+    for p in pieces[::-1]:
+        if p is None:
+            break
+        n_const += p.size
+    if n_const < n:
+        return None
+    length = _shape_length(index, concat)
+    return None if length is None else tail[:n][::-1] + [length]
+
+
+def _shape_length(index: GraphIndex, concat: onnx.NodeProto) -> int | None:
+    """How many entries a Concat of 1-D shape pieces has (None when one piece is unknown)."""
+    sizes = [_elements(index, i) for i in concat.input]
+    return None if None in sizes else sum(sizes)
+
+
+def _elements(index: GraphIndex, tensor: str, depth: int = 0) -> int | None:
+    """The element count of a small 1-D shape piece: a constant, a Shape slice, a scalar
+    unsqueezed or reshaped to a constant shape, a Cast of one; None when it is not known."""
+    c = _const(index, tensor)
+    if c is not None:
+        return c.size
+    node = index.producers.get(tensor)
+    if node is None or depth > 4:
+        return None
+    if node.op_type == "Shape":
+        start, end = _attr(node, "start", 0), _attr(node, "end")
+        return end - start if end is not None and 0 <= start <= end else None
+    if node.op_type == "Unsqueeze":  # a scalar made 1-D
+        return 1
+    if node.op_type == "Reshape":  # to [1] or [-1]: as many as its input has
+        shape = _const(index, node.input[1])
+        if shape is None or shape.size != 1 or shape[0] not in (1, -1):
+            return None
+        return _elements(index, node.input[0], depth + 1)
+    if node.op_type in ("Cast", "Identity", "Squeeze", "Neg"):
+        return _elements(index, node.input[0], depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Div"):  # shape arithmetic: broadcast of pieces
+        sizes = [_elements(index, i, depth + 1) for i in node.input]
+        return None if None in sizes else max(sizes)
+    return None
+
+
+def _heads(index: GraphIndex, tensor: str, perm: list[int]) -> tuple[str, int, int] | None:
+    """(X, N, H) when `tensor` = Transpose(Reshape(X, [., ., N, H]), perm)."""
+    t = _op(index, tensor, "Transpose")
+    if t is None or list(_attr(t, "perm", [])) != perm:
+        return None
+    r = _op(index, t.input[0], "Reshape")
+    if r is None:
+        return None
+    tail = _shape_tail(index, r.input[1], 2)
+    if tail is None or tail[2] != 4 or 0 in tail[:2] or min(tail[:2]) < -1:
+        return None
+    heads, size = tail[:2]
+    if -1 in (heads, size):  # [., ., -1, H] or [., ., N, -1]: from the projection's width
+        width = _width(index, r.input[0])
+        known = size if heads == -1 else heads
+        if width is None or known == -1 or width % known:
+            return None
+        heads, size = (width // size, size) if heads == -1 else (heads, width // heads)
+    return r.input[0], heads, size
+
+
+def _width(index: GraphIndex, tensor: str) -> int | None:
+    """The last dimension of a projection's output: its weight's columns, through a bias Add."""
+    for _ in range(3):
+        node = index.producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type in ("MatMul", "MatMulIntegerToFloat", "MatMulInteger", "FusedMatMul"):
+            w = index.initializers.get(node.input[1])
+            return int(w.dims[-1]) if w is not None and len(w.dims) == 2 else None
+        if node.op_type != "Add":
+            return None
+        consts = [i for i in node.input if i in index.initializers]
+        if len(consts) != 1:
+            return None
+        tensor = next(i for i in node.input if i not in index.initializers)
+    return None
+
+
+def _scores(index: GraphIndex, tensor: str, scale: float = 1.0):
+    """(Q, K, N, H, scale, additive terms) of a scores tensor, or None."""
+    node = index.producers.get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "Add":
+        for k, i in enumerate(node.input[:2]):
+            found = _scores(index, i, scale)
+            if found is not None:
+                return (*found[:5], [*found[5], node.input[1 - k]])
+        return None
+    if node.op_type in ("Mul", "Div"):
+        for k, i in enumerate(node.input[:2]):
+            c = _scalar(index, node.input[1 - k])
+            if c is None or c == 0 or (node.op_type == "Div" and k == 1):
+                continue
+            return _scores(index, i, scale * (c if node.op_type == "Mul" else 1 / c))
+        return None
+    if node.op_type == "MatMul":
+        alpha, trans_b = 1.0, 0
+    elif node.op_type == "FusedMatMul" and node.domain == MS:
+        if any(_attr(node, a, 0) for a in ("transA", "transBatchA", "transBatchB")):
+            return None
+        alpha, trans_b = _attr(node, "alpha", 1.0), _attr(node, "transB", 0)
+    else:
+        return None
+    qh, kt = node.input[0], node.input[1]
+    q_scale = 1.0
+    mul = _op(index, qh, "Mul", "Div")  # Q_h scaled before the product
+    if mul is not None:
+        for k, i in enumerate(mul.input[:2]):
+            c = _scalar(index, mul.input[1 - k])
+            if c is not None and c != 0 and not (mul.op_type == "Div" and k == 1):
+                qh, q_scale = i, (c if mul.op_type == "Mul" else 1 / c)
+                break
+    q = _heads(index, qh, [0, 2, 1, 3])
+    k = _heads(index, kt, [0, 2, 1, 3] if trans_b else [0, 2, 3, 1])
+    if q is None or k is None or q[1:] != k[1:]:
+        return None
+    return q[0], k[0], q[1], q[2], scale * alpha * q_scale, []
+
+
+def match(index: GraphIndex, softmax: onnx.NodeProto) -> Block | None:
+    """The attention block around `softmax`, or None when it is not one we can fuse."""
+    if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) != -1:
+        return None
+    x = softmax.input[0]
+    clamp = _op(index, x, "Max")  # clamp_masked_softmax's Max(x, ReduceMax(x) - floor)
+    if clamp is not None and clamp.name.endswith("/mask_clamp/Max"):
+        x = clamp.input[0]
+    found = _scores(index, x)
+    if found is None:
+        return None
+    q, k, heads, size, scale, bias = found
+    readers = index.readers(softmax.output[0])
+    if (
+        len(readers) != 1
+        or readers[0].op_type != "MatMul"
+        or readers[0].input[0] != softmax.output[0]
+    ):
+        return None
+    v = _heads(index, readers[0].input[1], [0, 2, 1, 3])
+    if v is None or v[1] != heads:
+        return None
+    after = index.readers(readers[0].output[0])
+    quantize = None  # the weighted sum quantized before the head merge (an int8 product reads it)
+    if len(after) == 1 and after[0].op_type == "QuantizeLinear":
+        quantize = after[0]
+        after = index.readers(quantize.output[0])
+    if (
+        len(after) != 1
+        or after[0].op_type != "Transpose"
+        or list(_attr(after[0], "perm", [])) != [0, 2, 1, 3]
+    ):
+        return None
+    merge = index.readers(after[0].output[0])
+    if len(merge) != 1 or merge[0].op_type != "Reshape":
+        return None
+    tail = _shape_tail(index, merge[0].input[1], 1)
+    if tail is None or tail[1] != 3 or tail[0] not in (-1, heads * v[2]):
+        return None
+    return Block(softmax.name, q, k, v[0], heads, scale, merge[0].output[0], bias,
+                 quantize=list(quantize.input[1:]) if quantize is not None else None)  # fmt: skip
+
+
+def fuse_attention(model: onnx.ModelProto) -> list[Block]:
+    """Rewrite every matched attention block into one MultiHeadAttention; returns the blocks.
+    `model` is changed in place (nodes only the fused blocks read are removed)."""
+    index = GraphIndex(model)
+    blocks = [b for n in model.graph.node if (b := match(index, n)) is not None]
+    if not blocks:
+        return []
+    inserts: dict[str, list[onnx.NodeProto]] = {}
+    biases: dict[tuple[str, ...], str] = {}
+    floor = "attention/mask_floor"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(MASK_FLOOR, np.float32), floor))
+    one = "attention/one"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), one))
+    for b in blocks:
+        merge = index.producers[b.out]
+        nodes: list[onnx.NodeProto] = []
+        bias = ""
+        if b.bias:
+            key = tuple(sorted(b.bias))
+            if key not in biases:
+                base = f"{b.softmax}/attention_bias"
+                total = b.bias[0]
+                for k, t in enumerate(b.bias[1:]):
+                    nodes.append(
+                        helper.make_node(
+                            "Add", [total, t], [f"{base}/sum{k}"], name=f"{base}/Add{k}"
+                        )
+                    )
+                    total = f"{base}/sum{k}"
+                # [B|1, N|1, 1|S, T] → [B|1, N|1, S, T]: the rows of the query's length
+                nodes += [
+                    helper.make_node(
+                        "Shape", [b.q], [f"{base}/qshape"], name=f"{base}/Shape", start=1, end=2
+                    ),
+                    helper.make_node(
+                        "Concat",
+                        [one, one, f"{base}/qshape", one],
+                        [f"{base}/rows"],
+                        name=f"{base}/Concat",
+                        axis=0,
+                    ),
+                    helper.make_node(
+                        "Max", [total, floor], [f"{base}/floored"], name=f"{base}/Max"
+                    ),
+                    helper.make_node(
+                        "Expand",
+                        [f"{base}/floored", f"{base}/rows"],
+                        [f"{base}/bias"],
+                        name=f"{base}/Expand",
+                    ),
+                ]
+                biases[key] = f"{base}/bias"
+            bias = biases[key]
+        qkv, packed = [b.q, b.k, b.v], _pack(index, b)
+        mha_bias = ""
+        if packed is not None:
+            pack_nodes, qkv, mha_bias, init = packed
+            nodes += pack_nodes
+            model.graph.initializer.extend(init)
+            b.packed = True
+        out = b.out if b.quantize is None else f"{b.out}/float"
+        if b.quantize is not None:
+            q = helper.make_node(
+                "QuantizeLinear", [out, *b.quantize], [b.out], name=f"{b.softmax}/QuantizeLinear"
+            )
+        mha = helper.make_node(
+            "MultiHeadAttention",
+            [*qkv, mha_bias, "", bias],
+            [out],
+            name=f"{b.softmax}/MultiHeadAttention",
+            domain=MS,
+            num_heads=b.heads,
+            scale=float(b.scale),
+        )
+        merge.output[0] = f"{b.out}/unfused"
+        inserts.setdefault(merge.name, []).extend(
+            [*nodes, mha, *([q] if b.quantize is not None else [])]
+        )
+    _insert_after(model, inserts)
+    _prune_dead(model)
+    if not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
+    return blocks
+
+
+def _projection(index: GraphIndex, tensor: str):
+    """(kind, node, weight, bias) of a projection X·W (+ b) whose only reader is its block:
+    kind "float" for MatMul (+ Add of a [N] bias), "int8" for MatMulIntegerToFloat (its bias
+    input, if any); None for anything else."""
+    if len(index.readers(tensor)) != 1:
+        return None
+    node = index.producers.get(tensor)
+    if node is None:
+        return None
+    inits = index.initializers
+    if node.op_type == "MatMulIntegerToFloat" and node.domain == MS:
+        w = node.input[1]
+        if (
+            w not in inits
+            or len(inits[w].dims) != 2
+            or any(i and i not in inits for i in node.input[3:])
+        ):
+            return None
+        return "int8", node, w, node.input[6] if len(node.input) > 6 else ""
+    bias = ""
+    if node.op_type == "Add":
+        consts = [i for i in node.input if i in inits and len(inits[i].dims) == 1]
+        if len(consts) != 1:
+            return None
+        bias = consts[0]
+        x = next(i for i in node.input if i != bias)
+        if len(index.readers(x)) != 1:
+            return None
+        node = index.producers.get(x)
+    if node is None or node.op_type != "MatMul" or node.input[1] not in inits:
+        return None
+    if len(inits[node.input[1]].dims) != 2:
+        return None
+    return "float", node, node.input[1], bias
+
+
+def _per_column(index: GraphIndex, name: str, width: int, dtype) -> np.ndarray:
+    """An optional per-column input as a [width] array ("" → zeros; a scalar → repeated)."""
+    if not name:
+        return np.zeros(width, dtype)
+    a = index.array(name)
+    return np.broadcast_to(a.reshape(-1), (width,)) if a.size == 1 else a.reshape(-1)
+
+
+def _pack(index: GraphIndex, b: Block):
+    """Q, K and V from one product when they project one input: their weights side by side,
+    then a Split (onnxruntime's CPU MultiHeadAttention takes no packed Q/K/V). One GEMM of
+    3·N columns for three of N: at one short sentence the three products' fixed cost per call
+    is most of their time. The float biases go to MultiHeadAttention's bias input; an int8
+    product keeps its own (and its per-column scales and zero points, concatenated).
+    Returns (nodes, [q, k, v], bias for MultiHeadAttention, initializers) or None."""
+    found = [_projection(index, t) for t in (b.q, b.k, b.v)]
+    if any(f is None for f in found) or len({f[0] for f in found}) != 1:
+        return None
+    kind = found[0][0]
+    nodes = [f[1] for f in found]
+    if len({n.name for n in nodes}) != 3:
+        return None
+    shared = (slice(0, 1),) if kind == "float" else (slice(0, 1), slice(2, 3), slice(4, 5))
+    for sl in shared:  # the same activation (and, in int8, its scale and zero point)
+        if len({tuple(n.input[sl]) for n in nodes}) != 1:
+            return None
+    ws = [index.array(f[2]) for f in found]
+    if len({w.shape[0] for w in ws}) != 1 or len({w.dtype for w in ws}) != 1:
+        return None
+    widths = [w.shape[1] for w in ws]
+    base = f"{b.softmax}/qkv"
+    init = [numpy_helper.from_array(np.concatenate(ws, axis=1), f"{base}/weight")]
+    bias = np.concatenate(
+        [_per_column(index, f[3], w, np.float32) for f, w in zip(found, widths, strict=True)]
+    )
+    if kind == "float":
+        product = helper.make_node(
+            "MatMul", [nodes[0].input[0], f"{base}/weight"], [f"{base}/out"], name=f"{base}/MatMul"
+        )
+        init.append(numpy_helper.from_array(bias.astype(np.float32), f"{base}/bias"))
+        mha_bias = f"{base}/bias" if any(f[3] for f in found) else ""
+    else:
+        inputs = list(nodes[0].input[:7]) + [""] * (7 - len(nodes[0].input))
+        inputs[1] = f"{base}/weight"
+        for k, what in ((3, "scale"), (5, "zero_point")):
+            names = [n.input[k] if len(n.input) > k else "" for n in nodes]
+            if not any(names):
+                inputs[k] = ""
+                continue
+            ref = index.array(next(x for x in names if x))
+            cols = np.concatenate(
+                [_per_column(index, x, w, ref.dtype) for x, w in zip(names, widths, strict=True)]
+            )
+            init.append(numpy_helper.from_array(cols, f"{base}/{what}"))
+            inputs[k] = f"{base}/{what}"
+        if any(f[3] for f in found):
+            init.append(numpy_helper.from_array(bias.astype(np.float32), f"{base}/bias"))
+            inputs[6] = f"{base}/bias"
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        product = helper.make_node(
+            "MatMulIntegerToFloat",
+            inputs,
+            [f"{base}/out"],
+            name=f"{base}/MatMulIntegerToFloat",
+            domain=MS,
+        )
+        mha_bias = ""
+    init.append(numpy_helper.from_array(np.array(widths, np.int64), f"{base}/split"))
+    outs = [f"{base}/{x}" for x in "qkv"]
+    split = helper.make_node(
+        "Split", [f"{base}/out", f"{base}/split"], outs, name=f"{base}/Split", axis=-1
+    )
+    return [product, split], outs, mha_bias, init
+
+
+def _insert_after(model: onnx.ModelProto, after: dict[str, list[onnx.NodeProto]]) -> None:
+    nodes = []
+    for n in model.graph.node:
+        nodes.append(n)
+        nodes.extend(after.get(n.name, []))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _prune_dead(model: onnx.ModelProto) -> None:
+    """Remove nodes none of whose outputs is read (and initializers no node reads)."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for n in reversed(list(g.node)):
+        if any(o in needed for o in n.output if o):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    del g.node[:]
+    g.node.extend(reversed(keep))
+    live = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(live)
+
+
+# The shapes a build times the fused graph at: (batch, length of the symbolic non-batch axes):
+# one short sentence, one padded to 128, eight padded to 128 (the shapes users run an encoder
+# at; benchmarks/attention_peer.py times the same against the transformers optimizer).
+SHAPES = ((1, 16), (1, 128), (8, 128))
+ROUNDS = 15
+# The fused graph is kept when it is faster at every shape, within this much of the unfused
+# at any one (noise), and faster overall (the geometric mean of the ratios).
+TOLERANCE = 1.02
+# Outputs of the fused and unfused graphs may differ by float rounding only (the same
+# products summed in another order): relative to the output's largest magnitude.
+AGREEMENT = 1e-4
+
+
+def choose(
+    unfused: onnx.ModelProto, io, mode: str, settings, workdir
+) -> tuple[onnx.ModelProto, dict]:
+    """The graph to ship and what was done. "unfused": `unfused` as it is. "fused": every
+    matched block fused, once both graphs agree on seeded inputs. "auto": fused where it also
+    times faster, both graphs side by side at SHAPES with the engine's own session settings.
+    The inputs are seeded (core/timing.py) with a quarter of each mask's keys padded. A fused
+    graph that does not load, run or agree is not kept. Returns (model, engine.json record)."""
+    rec: dict = {"mode": mode, "blocks": 0, "kept": False}
+    if mode == "unfused":
+        return unfused, {**rec, "why": "attention = unfused"}
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in unfused.graph.node for a in n.attribute):  # fmt: skip
+        return unfused, {**rec, "why": "the graph has subgraphs (If/Loop/Scan): not rewritten"}
+    fused = onnx.ModelProto()
+    fused.CopyFrom(unfused)
+    blocks = fuse_attention(fused)
+    rec.update(blocks=len(blocks), heads=sorted({b.heads for b in blocks}),
+               packed=sum(b.packed for b in blocks))  # fmt: skip
+    if not blocks:
+        return unfused, {**rec, "why": "no attention block matched"}
+    try:
+        measured = _measure(unfused, fused, io, settings, workdir, timed=mode == "auto")
+    except _Rejected as e:
+        return unfused, {**rec, "why": str(e)}
+    except _CannotRun as e:
+        if mode == "auto":
+            return unfused, {**rec, "why": f"not measured: {e}"}
+        return fused, {**rec, "kept": True, "why": f"attention = fused (not checked: {e})"}
+    if mode == "fused":
+        return fused, {**rec, "kept": True, "why": "attention = fused; outputs checked"}
+    ratios = [m["fused_ms"] / m["unfused_ms"] for m in measured.values()]
+    mean = float(np.exp(np.mean(np.log(ratios))))
+    keep = max(ratios) <= TOLERANCE and mean < 1.0
+    why = (f"fused {mean:.3f}x the unfused time (geometric mean over {len(ratios)} shapes, "
+           f"slowest {max(ratios):.3f}x)")  # fmt: skip
+    rec = {**rec, "kept": keep, "why": why if keep else why + ": not faster, kept unfused",
+           "measured": measured}  # fmt: skip
+    return (fused if keep else unfused), rec
+
+
+class _CannotRun(Exception):
+    """The unfused graph does not run on seeded inputs: nothing to compare with."""
+
+
+class _Rejected(Exception):
+    """The fused graph does not load, run or agree with the unfused one."""
+
+
+def _feeds(io, batch: int, seq: int | None) -> dict[str, np.ndarray]:
+    from edgesmith.toolchain.core.timing import synthetic_feeds
+
+    feeds = synthetic_feeds(io, batch, seq)
+    for name, a in feeds.items():
+        if "mask" in name and a.ndim == 2 and a.shape[1] >= 4 and a.dtype.kind in "iub":
+            a[:, a.shape[1] - a.shape[1] // 4 :] = 0  # the padded keys of a batch
+    return feeds
+
+
+def _measure(unfused, fused, io, settings, workdir, timed: bool) -> dict[str, dict]:
+    from edgesmith.toolchain.core.ort_session import ort_session
+    from edgesmith.toolchain.core.timing import side_by_side
+
+    paths = {}
+    for name, m in (("unfused", unfused), ("fused", fused)):
+        paths[name] = workdir / f".attention-{name}.onnx"
+        onnx.save(m, str(paths[name]))
+    try:
+        sessions = {"unfused": ort_session(paths["unfused"], settings)}
+        try:
+            sessions["fused"] = ort_session(paths["fused"], settings)
+        except Exception as e:  # noqa: BLE001 (onnxruntime's own types): it refused the rewrite
+            raise _Rejected(f"the fused graph does not load: {_line(e)}") from None
+        seq_axes = any(not isinstance(d, int) for t in io.inputs for d in t.dims[1:])
+        shapes = SHAPES if seq_axes else tuple(dict.fromkeys((b, None) for b, _ in SHAPES))
+        out: dict[str, dict] = {}
+        failed = ""
+        for batch, seq in shapes:
+            try:
+                feeds = _feeds(io, batch, seq)
+                ref = sessions["unfused"].run(None, feeds)
+            except Exception as e:  # noqa: BLE001 (onnxruntime's own types): not at this shape
+                failed = f"batch {batch}, length {seq}: {_line(e)}"
+                continue
+            try:
+                got = sessions["fused"].run(None, feeds)
+            except Exception as e:  # noqa: BLE001
+                raise _Rejected(f"the fused graph does not run: {_line(e)}") from None
+            for a, b in zip(ref, got, strict=True):
+                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                err = float(np.abs(a - b).max()) / max(float(np.abs(a).max()), 1e-30)
+                if not err <= AGREEMENT:
+                    raise _Rejected(f"the fused graph's outputs differ from the unfused "
+                                    f"({err:.2e} of the largest): kept unfused")  # fmt: skip
+            shape = f"{batch}x{seq}" if seq else str(batch)
+            if not timed:
+                return {shape: {}}
+            fns = {k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()}
+            t = side_by_side(fns, ROUNDS)
+            out[shape] = {"unfused_ms": round(t["unfused"], 4), "fused_ms": round(t["fused"], 4)}
+        if not out:
+            raise _CannotRun(f"the model does not run on seeded inputs ({failed})")
+        return out
+    finally:
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+
+
+def _line(e: Exception) -> str:
+    what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return what.removeprefix("[ONNXRuntimeError] : ")[:240]
