@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgesmith.targets.ort_cpu import MASK_CONSTANT  # a masked key's term is at or below it
 from edgesmith.toolchain.core.onnx_model import GraphIndex
 
 MS = "com.microsoft"
@@ -281,6 +282,7 @@ def fuse_attention(model: onnx.ModelProto) -> list[Block]:
         return []
     inserts: dict[str, list[onnx.NodeProto]] = {}
     biases: dict[tuple[str, ...], str] = {}
+    probed: dict[tuple[str, ...], str | None] = {}
     floor = "attention/mask_floor"
     model.graph.initializer.append(numpy_helper.from_array(np.array(MASK_FLOOR, np.float32), floor))
     one = "attention/one"
@@ -289,7 +291,14 @@ def fuse_attention(model: onnx.ModelProto) -> list[Block]:
         merge = index.producers[b.out]
         nodes: list[onnx.NodeProto] = []
         bias = ""
-        if b.bias:
+        padding = ""
+        if b.bias and (mask := _padding_input(model, index, b.bias, probed)):
+            padding = f"attention/{mask}/int32"
+            if padding not in biases.values():
+                nodes.append(helper.make_node("Cast", [mask], [padding], name=f"{padding}/Cast",
+                                              to=onnx.TensorProto.INT32))  # fmt: skip
+                biases[(padding,)] = padding
+        elif b.bias:
             key = tuple(sorted(b.bias))
             if key not in biases:
                 base = f"{b.softmax}/attention_bias"
@@ -326,20 +335,19 @@ def fuse_attention(model: onnx.ModelProto) -> list[Block]:
                 biases[key] = f"{base}/bias"
             bias = biases[key]
         qkv, packed = [b.q, b.k, b.v], _pack(index, b)
-        mha_bias = ""
+        mha_bias, out = "", b.out if b.quantize is None else f"{b.out}/float"
         if packed is not None:
             pack_nodes, qkv, mha_bias, init = packed
             nodes += pack_nodes
             model.graph.initializer.extend(init)
             b.packed = True
-        out = b.out if b.quantize is None else f"{b.out}/float"
         if b.quantize is not None:
             q = helper.make_node(
                 "QuantizeLinear", [out, *b.quantize], [b.out], name=f"{b.softmax}/QuantizeLinear"
             )
         mha = helper.make_node(
             "MultiHeadAttention",
-            [*qkv, mha_bias, "", bias],
+            [*qkv, mha_bias, padding, bias],
             [out],
             name=f"{b.softmax}/MultiHeadAttention",
             domain=MS,
@@ -355,6 +363,80 @@ def fuse_attention(model: onnx.ModelProto) -> list[Block]:
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     return blocks
+
+
+def _padding_input(model, index: GraphIndex, bias: list[str], probed: dict) -> str | None:
+    """The graph input a block's additive term is the padding mask of, or None.
+
+    It is when the term is computed from one [B, T] integer or bool input alone (other inputs
+    only through their Shape) and is, for every probe, 0 where that input is 1 and <= -1000
+    where it is 0, whatever the query row and head: then MultiHeadAttention takes the input
+    itself as its key_padding_mask (masked keys at -10000, as MASK_FLOOR) and the nodes that
+    built the [B, 1, S, T] mask go. A causal, windowed or position term fails the probe."""
+    key = tuple(sorted(bias))
+    if key in probed:
+        return probed[key]
+    probed[key] = None
+    if len(bias) != 1:
+        return None
+    inputs = {i.name: i for i in model.graph.input}
+    found, todo, seen = set(), [bias[0]], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in inputs:
+            found.add(t)
+        node = index.producers.get(t)
+        if node is not None and node.op_type != "Shape":
+            todo.extend(i for i in node.input if i)
+    if len(found) != 1:
+        return None
+    mask = inputs[next(iter(found))]
+    tt = mask.type.tensor_type
+    if len(tt.shape.dim) != 2 or tt.elem_type not in (
+        onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL
+    ):  # fmt: skip
+        return None
+    try:
+        ok = _probe(model, bias[0], mask.name)
+    except Exception:  # noqa: BLE001 (onnxruntime's own types): a term we cannot evaluate
+        ok = False
+    probed[key] = mask.name if ok else None
+    return probed[key]
+
+
+def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
+    """Evaluate `term` (its subgraph only) on random masks at two shapes; True when it is the
+    padding mask of `mask` broadcast over rows and heads."""
+    import onnxruntime as ort
+
+    from edgesmith.toolchain.core.artifact import TensorSpec
+    from edgesmith.toolchain.core.onnx_model import _specs
+
+    sub = onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], [term])
+    specs: list[TensorSpec] = list(_specs(sub.graph.input))
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, length in ((2, 7), (3, 12)):
+        feeds = {}
+        for t in specs:
+            shape = [batch] + [length if not isinstance(d, int) else d for d in t.dims[1:]]
+            feeds[t.name] = np.ones(shape, np.dtype(t.dtype))
+        m = (rng.random((batch, length)) < 0.6).astype(np.dtype(feeds[mask].dtype))
+        m[:, 0] = 1  # every row keeps a key
+        feeds[mask] = m
+        out = session.run(None, feeds)[0]
+        if out.ndim != 4 or out.shape[0] not in (1, batch) or out.shape[-1] != length:
+            return False
+        keep = np.broadcast_to(
+            m.astype(bool)[:, None, None, :], np.broadcast_shapes(out.shape, (batch, 1, 1, length))
+        )
+        full = np.broadcast_to(out, keep.shape)
+        if not (np.all(full[keep] == 0) and np.all(full[~keep] <= MASK_CONSTANT)):
+            return False
+    return True
 
 
 def _projection(index: GraphIndex, tensor: str):
@@ -433,7 +515,7 @@ def _pack(index: GraphIndex, b: Block):
             "MatMul", [nodes[0].input[0], f"{base}/weight"], [f"{base}/out"], name=f"{base}/MatMul"
         )
         init.append(numpy_helper.from_array(bias.astype(np.float32), f"{base}/bias"))
-        mha_bias = f"{base}/bias" if any(f[3] for f in found) else ""
+        mha_bias = f"{base}/bias" if any(bias) else ""
     else:
         inputs = list(nodes[0].input[:7]) + [""] * (7 - len(nodes[0].input))
         inputs[1] = f"{base}/weight"
@@ -448,9 +530,9 @@ def _pack(index: GraphIndex, b: Block):
             )
             init.append(numpy_helper.from_array(cols, f"{base}/{what}"))
             inputs[k] = f"{base}/{what}"
-        if any(f[3] for f in found):
+        inputs[6] = f"{base}/bias" if any(bias) else ""  # not the first product's own
+        if any(bias):
             init.append(numpy_helper.from_array(bias.astype(np.float32), f"{base}/bias"))
-            inputs[6] = f"{base}/bias"
         while inputs and not inputs[-1]:
             inputs.pop()
         product = helper.make_node(
