@@ -415,7 +415,7 @@ def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
     from edgesmith.toolchain.core.artifact import TensorSpec
     from edgesmith.toolchain.core.onnx_model import _specs
 
-    sub = onnx.utils.Extractor(model).extract_model([i.name for i in model.graph.input], [term])
+    sub = _subgraph(model, term)
     specs: list[TensorSpec] = list(_specs(sub.graph.input))
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -424,6 +424,7 @@ def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
         for t in specs:
             shape = [batch] + [length if not isinstance(d, int) else d for d in t.dims[1:]]
             feeds[t.name] = np.ones(shape, np.dtype(t.dtype))
+        length = feeds[mask].shape[1]  # a fixed length stays
         m = (rng.random((batch, length)) < 0.6).astype(np.dtype(feeds[mask].dtype))
         m[:, 0] = 1  # every row keeps a key
         feeds[mask] = m
@@ -437,6 +438,38 @@ def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
         if not (np.all(full[keep] == 0) and np.all(full[~keep] <= MASK_CONSTANT)):
             return False
     return True
+
+
+def _subgraph(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """The nodes `tensor` is computed by (back to the graph inputs), as a model of its own."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input}
+    nodes, taken, used, todo, seen = [], set(), set(), [tensor], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in inits or t in inputs:
+            used.add(t)
+        node = producers.get(t)
+        if node is not None and id(node) not in taken:
+            taken.add(id(node))
+            nodes.append(node)
+            todo.extend(i for i in node.input if i)
+    order = {id(n): k for k, n in enumerate(model.graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    graph = helper.make_graph(
+        nodes,
+        "term",
+        [inputs[i] for i in inputs if i in used],
+        [helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)],
+        [inits[i] for i in inits if i in used],
+    )
+    return helper.make_model(
+        graph, opset_imports=list(model.opset_import), ir_version=model.ir_version
+    )
 
 
 def _projection(index: GraphIndex, tensor: str):

@@ -66,3 +66,126 @@ def test_fused_attention_computes_what_the_unfused_graph_does(cli, family, tmp_p
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             scale = max(1.0, float(np.abs(a).max()))
             assert np.abs(a - b).max() <= bound * scale, (precision, np.abs(a - b).max())
+
+
+def _attention_graph(causal: bool, seq: int = 6, heads: int = 2, size: int = 4):
+    """One attention block as an exporter writes it: Q/K/V MatMul + bias, heads reshaped and
+    transposed, Q·Kᵀ / sqrt(H), the additive padding mask (1 - mask) · finfo.min (and a
+    causal term), Softmax, the weighted sum, heads merged, the output projection."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = heads * size
+    rng = np.random.default_rng(0)
+    init = {f"w{c}": rng.standard_normal((d, d)).astype(np.float32) / 3 for c in "qkvo"}
+    init |= {f"b{c}": rng.standard_normal(d).astype(np.float32) / 3 for c in "qkv"}
+    init |= {
+        "heads": np.array([0, 0, heads, size], np.int64),
+        "merged": np.array([0, 0, d], np.int64),
+        "root": np.array(np.sqrt(size), np.float32),
+        "one": np.array(1.0, np.float32),
+        "min": np.array(np.finfo(np.float32).min, np.float32),
+        "axes": np.array([1, 2], np.int64),
+        "causal": np.triu(np.full((seq, seq), -1e4, np.float32), 1)[None, None],
+    }
+    nodes = []
+    for c in "qkv":
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{c}"], [f"{c}0"]),
+            helper.make_node("Add", [f"{c}0", f"b{c}"], [f"{c}1"]),
+            helper.make_node("Reshape", [f"{c}1", "heads"], [f"{c}2"]),
+            helper.make_node("Transpose", [f"{c}2"], [f"{c}h"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["qh", "kt"], ["s0"]),
+        helper.make_node("Div", ["s0", "root"], ["s1"]),
+        helper.make_node("Unsqueeze", ["mask", "axes"], ["m0"]),
+        helper.make_node("Cast", ["m0"], ["m1"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "m1"], ["m2"]),
+        helper.make_node("Mul", ["m2", "min"], ["m3"]),
+        helper.make_node("Add", ["s1", "m3"], ["s2"]),
+    ]
+    last = "s2"
+    if causal:
+        nodes.append(helper.make_node("Add", ["s2", "causal"], ["s3"]))
+        last = "s3"
+    nodes += [
+        helper.make_node("Softmax", [last], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "vh"], ["o0"]),
+        helper.make_node("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["o1", "merged"], ["o2"]),
+        helper.make_node("MatMul", ["o2", "wo"], ["y"]),
+    ]
+    for i, n in enumerate(nodes):
+        n.name = f"n{i}_{n.op_type}"
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, d]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, d])],
+        [numpy_helper.from_array(v, k) for k, v in init.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _optimised(model, tmp_path):
+    """The graph as the engine build rewrites it: after onnxruntime's offline optimisation."""
+    from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
+
+    onnx.save(model, str(tmp_path / "in.onnx"))
+    ort_session(tmp_path / "in.onnx", SessionSettings("extended"), save_to=tmp_path / "opt.onnx")
+    out = onnx.load(str(tmp_path / "opt.onnx"))
+    for p in tmp_path.iterdir():
+        p.unlink()
+    return out
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["padding", "padding+causal"])
+def test_a_padding_mask_becomes_the_key_padding_mask_and_nothing_else_does(causal, tmp_path):
+    """A term probed to be the padding mask of `mask` is passed as key_padding_mask; a causal
+    term besides it keeps the additive path. Both compute what the graph did, padding anywhere
+    in the row."""
+    import onnxruntime as ort
+
+    from edgesmith.targets.attention import fuse_attention
+
+    model = _optimised(_attention_graph(causal), tmp_path)
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    blocks = fuse_attention(fused)
+    assert len(blocks) == 1 and blocks[0].heads == 2 and blocks[0].packed
+    mha = next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention")
+    padding, bias = (list(mha.input) + ["", ""])[4:6]
+    if causal:
+        assert padding == "" and bias != ""
+    else:
+        assert padding != "" and bias == ""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 6, 8)).astype(np.float32)
+    mask = (rng.random((3, 6)) < 0.6).astype(np.int64)
+    mask[:, 0] = 1
+    ref, got = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x, "mask": mask}
+        )[0]
+        for m in (model, fused)
+    )
+    assert np.abs(ref - got).max() < 1e-5
+
+
+def test_the_build_records_what_it_did_and_why(tmp_path):
+    """auto: both graphs timed side by side at batch 1 and 8, the faster kept; unfused: none."""
+    from edgesmith.targets.attention import choose
+    from edgesmith.toolchain.core.onnx_model import io_from_onnx
+    from edgesmith.toolchain.core.ort_session import SessionSettings
+
+    model = _optimised(_attention_graph(False), tmp_path)
+    settings = SessionSettings(threads=1, spinning=False)
+    _, rec = choose(model, io_from_onnx(model), "auto", settings, tmp_path)
+    assert rec["blocks"] == 1 and set(rec["measured"]) == {"1", "8"}
+    assert all(m["fused_ms"] > 0 and m["unfused_ms"] > 0 for m in rec["measured"].values())
+    assert rec["kept"] == ("not faster" not in rec["why"])
+    kept, rec = choose(model, io_from_onnx(model), "unfused", settings, tmp_path)
+    assert kept is model and not rec["kept"]
+    assert not list(tmp_path.iterdir())  # the timed copies are removed
