@@ -27,6 +27,7 @@ read from Q_h) is left as it is; nodes only the fused block read are removed.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,7 @@ class Block:
     out: str  # the [B, S, N·H] tensor the block computes
     bias: list[str] = field(default_factory=list)  # additive terms before the Softmax
     packed: bool = False  # Q, K and V computed by one product (_pack)
+    op: str = "MultiHeadAttention"  # the fused op the block became
     quantize: list[str] | None = None  # the scale and zero point the output is quantized with
 
 
@@ -273,9 +275,12 @@ def match(index: GraphIndex, softmax: onnx.NodeProto) -> Block | None:
                  quantize=list(quantize.input[1:]) if quantize is not None else None)  # fmt: skip
 
 
-def fuse_attention(model: onnx.ModelProto) -> list[Block]:
-    """Rewrite every matched attention block into one MultiHeadAttention; returns the blocks.
-    `model` is changed in place (nodes only the fused blocks read are removed)."""
+def fuse_attention(model: onnx.ModelProto, whole: bool = True) -> list[Block]:
+    """Rewrite every matched attention block into one of onnxruntime's fused ops; returns the
+    blocks. With Q, K and V packed into one product (_pack), and `whole`: Attention in float
+    (the projection inside the op), QAttention in int8 where the mask is a padding mask (it
+    takes no additive term); else (and with whole=False) the packed product, a Split and
+    MultiHeadAttention. `model` is changed in place (nodes only the fused blocks read go)."""
     index = GraphIndex(model)
     blocks = [b for n in model.graph.node if (b := match(index, n)) is not None]
     if not blocks:
@@ -336,23 +341,45 @@ def fuse_attention(model: onnx.ModelProto) -> list[Block]:
             bias = biases[key]
         qkv, packed = [b.q, b.k, b.v], _pack(index, b)
         mha_bias, out = "", b.out if b.quantize is None else f"{b.out}/float"
+        attrs = {"domain": MS, "num_heads": b.heads, "scale": float(b.scale)}
+        fused = None
         if packed is not None:
             pack_nodes, qkv, mha_bias, init = packed
-            nodes += pack_nodes
             model.graph.initializer.extend(init)
             b.packed = True
+            product, (dq, dk, dv) = pack_nodes[0], (int(w) for w in numpy_helper.to_array(init[-1]))
+            if not whole or dq != dk:
+                nodes += pack_nodes
+            elif product.op_type == "MatMul":  # the projection inside: one node for the block
+                b.op = "Attention"
+                fused = helper.make_node(
+                    "Attention", [*product.input, mha_bias, padding, "", bias], [out],
+                    name=f"{b.softmax}/Attention", **attrs,
+                    **({} if dq == dv else {"qkv_hidden_sizes": [dq, dk, dv]}),
+                )  # fmt: skip
+            elif not bias and dq == dv:  # QAttention takes a padding mask, no additive term
+                b.op = "QAttention"
+                a, w, a_scale, w_scale, a_zero, w_zero, *rest = list(product.input) + [""] * 7
+                qbias = rest[0] if rest and rest[0] else f"{b.softmax}/qkv/zero_bias"
+                if qbias not in {i.name for i in init}:
+                    zero = np.zeros(dq + dk + dv, np.float32)
+                    model.graph.initializer.append(numpy_helper.from_array(zero, qbias))
+                fused = helper.make_node(
+                    "QAttention", [a, w, qbias, a_scale, w_scale, padding, a_zero, w_zero],
+                    [out], name=f"{b.softmax}/QAttention", **attrs,
+                )  # fmt: skip
+            else:
+                nodes += pack_nodes
         if b.quantize is not None:
             q = helper.make_node(
                 "QuantizeLinear", [out, *b.quantize], [b.out], name=f"{b.softmax}/QuantizeLinear"
             )
-        mha = helper.make_node(
+        mha = fused or helper.make_node(
             "MultiHeadAttention",
             [*qkv, mha_bias, padding, bias],
             [out],
             name=f"{b.softmax}/MultiHeadAttention",
-            domain=MS,
-            num_heads=b.heads,
-            scale=float(b.scale),
+            **attrs,
         )
         merge.output[0] = f"{b.out}/unfused"
         inserts.setdefault(merge.name, []).extend(
@@ -636,21 +663,30 @@ def choose(
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for n in unfused.graph.node for a in n.attribute):  # fmt: skip
         return unfused, {**rec, "why": "the graph has subgraphs (If/Loop/Scan): not rewritten"}
-    fused = onnx.ModelProto()
-    fused.CopyFrom(unfused)
-    blocks = fuse_attention(fused)
-    rec.update(blocks=len(blocks), heads=sorted({b.heads for b in blocks}),
-               packed=sum(b.packed for b in blocks))  # fmt: skip
-    if not blocks:
-        return unfused, {**rec, "why": "no attention block matched"}
-    try:
-        measured = _measure(unfused, fused, io, settings, workdir, timed=mode == "auto")
-    except _Rejected as e:
-        return unfused, {**rec, "why": str(e)}
-    except _CannotRun as e:
-        if mode == "auto":
-            return unfused, {**rec, "why": f"not measured: {e}"}
-        return fused, {**rec, "kept": True, "why": f"attention = fused (not checked: {e})"}
+    for whole in (True, False):  # the whole-block ops first; MultiHeadAttention if refused
+        fused = onnx.ModelProto()
+        fused.CopyFrom(unfused)
+        blocks = fuse_attention(fused, whole)
+        ops = dict(Counter(b.op for b in blocks))
+        rec.update(blocks=len(blocks), heads=sorted({b.heads for b in blocks}), ops=ops,
+                   packed=sum(b.packed for b in blocks))  # fmt: skip
+        if not blocks:
+            return unfused, {**rec, "why": "no attention block matched"}
+        try:
+            measured = _measure(unfused, fused, io, settings, workdir, timed=mode == "auto")
+            break
+        except _Rejected as e:
+            refused = str(e)
+            if whole and set(ops) != {"MultiHeadAttention"}:
+                rec["refused"] = (
+                    f"{', '.join(sorted(set(ops) - {'MultiHeadAttention'}))}: {refused}"
+                )
+                continue
+            return unfused, {**rec, "why": refused}
+        except _CannotRun as e:
+            if mode == "auto":
+                return unfused, {**rec, "why": f"not measured: {e}"}
+            return fused, {**rec, "kept": True, "why": f"attention = fused (not checked: {e})"}
     if mode == "fused":
         return fused, {**rec, "kept": True, "why": "attention = fused; outputs checked"}
     ratios = [m["fused_ms"] / m["unfused_ms"] for m in measured.values()]

@@ -16,6 +16,7 @@ from tests import hf_families
 
 pytestmark = [pytest.mark.slow, pytest.mark.hf]
 
+FUSED = {"Attention", "QAttention", "MultiHeadAttention"}
 ENCODERS = [f for f in hf_families.FAMILIES if f.name not in
             ("gpt2", "llama", "qwen2", "convnext", "resnet", "regnet", "mobilenet-v2",
              "efficientnet")]  # fmt: skip
@@ -61,7 +62,7 @@ def test_fused_attention_computes_what_the_unfused_graph_does(cli, family, tmp_p
             continue
         assert rec["blocks"] >= 1 and rec["kept"], (precision, rec)
         ops = {n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node}
-        assert "MultiHeadAttention" in ops and "Softmax" not in ops, (precision, ops)
+        assert ops & FUSED and "Softmax" not in ops, (precision, ops)
         for a, b in zip(_run(unfused, feeds), _run(fused, feeds), strict=True):
             a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
             scale = max(1.0, float(np.abs(a).max()))
@@ -155,23 +156,27 @@ def test_a_padding_mask_becomes_the_key_padding_mask_and_nothing_else_does(causa
     fused.CopyFrom(model)
     blocks = fuse_attention(fused)
     assert len(blocks) == 1 and blocks[0].heads == 2 and blocks[0].packed
-    mha = next(n for n in fused.graph.node if n.op_type == "MultiHeadAttention")
-    padding, bias = (list(mha.input) + ["", ""])[4:6]
+    assert blocks[0].op == "Attention"  # float, packed: the projection inside the op
+    op = next(n for n in fused.graph.node if n.op_type == "Attention")
+    padding, bias = (list(op.input) + [""] * 6)[3], (list(op.input) + [""] * 6)[5]
     if causal:
         assert padding == "" and bias != ""
     else:
         assert padding != "" and bias == ""
+    split = onnx.ModelProto()  # the same without the whole-block op: MultiHeadAttention
+    split.CopyFrom(model)
+    assert fuse_attention(split, whole=False)[0].op == "MultiHeadAttention"
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 6, 8)).astype(np.float32)
     mask = (rng.random((3, 6)) < 0.6).astype(np.int64)
     mask[:, 0] = 1
-    ref, got = (
+    ref, got, mha = (
         ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, {"x": x, "mask": mask}
         )[0]
-        for m in (model, fused)
+        for m in (model, fused, split)
     )
-    assert np.abs(ref - got).max() < 1e-5
+    assert np.abs(ref - got).max() < 1e-5 and np.abs(ref - mha).max() < 1e-5
 
 
 def test_the_build_records_what_it_did_and_why(tmp_path):
