@@ -1,13 +1,11 @@
-"""Attention blocks of an optimised ONNX graph rewritten into onnxruntime's fused
-MultiHeadAttention (com.microsoft), recognised by data flow.
+"""Attention blocks of an optimised ONNX graph rewritten into onnxruntime's fused attention
+operators (com.microsoft), recognised by data flow: the ort-cpu engine's attention fusion.
 
 An exported encoder computes attention as a dozen nodes per layer: Q, K and V reshaped to heads
 and transposed, the scaled Q·Kᵀ, the additive mask (and any position bias), Softmax, the
 weighted sum of V, the transpose and reshape back. onnxruntime's own AttentionFusion matches
-only the graphs its transformers optimizer was written around (not torch.export's), and its
-Attention op packs the Q, K and V weights, which an int8 graph keeps in its own int8 products.
-MultiHeadAttention takes Q, K and V as computed, so the projections stay as they are (float
-MatMuls, or int8 MatMulIntegerToFloat with their bias) and only the attention core is fused.
+only the graphs its transformers optimizer was written around (a TorchScript export, not
+torch.export's), and not int8 graphs in Q/DQ form, so we match the blocks ourselves.
 
 Matched, per Softmax on the last axis:
 
@@ -15,14 +13,19 @@ Matched, per Softmax on the last axis:
                                           or on Q_h is folded into the scale)
     x      = scores + bias + ...          (any additive terms: the mask, a position bias)
     p      = Softmax(x)                   (after our masked-Softmax clamp, which it replaces)
-    out    = Reshape(Transpose(p · V_h))  (back to [B, S, N·H])
+    out    = Reshape(Transpose(p · V_h))  (back to [B, S, N·H]; in int8 maybe quantized first)
 
-with X_h = Transpose(Reshape(X, [., ., N, H]), [0, 2, 1, 3]) (K_hᵀ: perm [0, 2, 3, 1]). The
-additive terms are summed and broadcast to [B|1, N|1, S, T] as MultiHeadAttention's
-attention_bias, floored at MASK_FLOOR (what the clamp did: a masked key's weight stays 0, and
-the kernel's exp never sees the -3.4e38 of finfo.min). A block that computes anything else
-(rotary embeddings between the reshape and the product, disentangled attention's extra terms
-read from Q_h) is left as it is; nodes only the fused block read are removed.
+with X_h = Transpose(Reshape(X, [., ., N, H]), [0, 2, 1, 3]) (K_hᵀ: perm [0, 2, 3, 1]).
+
+What a block becomes (fuse_attention): Q, K and V projecting one input are packed into one
+product (_pack); a packed block is then one Attention (float: the projection inside the op) or
+one QAttention (int8, when its only additive term is a padding mask); any other block is the
+packed product, a Split and MultiHeadAttention (or MultiHeadAttention on Q, K and V as they
+are). A term probed to be the padding mask of a [B, T] input becomes that input (_padding_input);
+other terms are summed, floored at MASK_FLOOR and broadcast to [B|1, N|1, S, T] as the
+attention bias. A block that computes anything else (rotary embeddings between the reshape and
+the product, disentangled attention's terms read from Q_h) is left as it is; nodes only the
+fused blocks read are removed. choose() decides, by timing, whether the engine keeps it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ from edgesmith.targets.ort_cpu import MASK_CONSTANT  # a masked key's term is at
 from edgesmith.toolchain.core.onnx_model import GraphIndex
 
 MS = "com.microsoft"
-# Additive attention terms are floored here: exp(-10000 + any score) is 0 in float32, as
-# finfo.min's is, and stays in the range onnxruntime's exp computes directly (the masked
-# Softmax's slow path: benchmarks/softmax_mask.py). The transformers optimizer's Attention
-# uses the same value for its masks (mask_filter_value).
+# Additive attention terms are floored here, the value onnxruntime's fused operators give a
+# masked key themselves (their mask_filter_value): exp(-10000 + a score) is 0 in float32 as
+# exp(finfo.min) is, and the kernels' exp never sees -3.4e38 (the masked-Softmax clamp's
+# purpose, targets/ort_cpu.py).
 MASK_FLOOR = -10000.0
 
 
