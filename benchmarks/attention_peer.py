@@ -223,6 +223,26 @@ def accuracy(ss: dict, tok, sentences: list[str], labels: list[int] | None) -> d
     return res
 
 
+def node_count(path: Path) -> int:
+    """Nodes in the graph a session runs: after onnxruntime's load-time fusions, with the
+    settings the engine is loaded with (sessions())."""
+    import tempfile
+
+    import onnx
+
+    from edgesmith.toolchain.core.ort_session import SessionSettings, ort_session
+
+    settings, model = SessionSettings("all", THREADS, disabled=()), path
+    if path.is_dir():
+        cfg = json.loads((path / "engine.json").read_text())
+        model = path / cfg["model"]
+        settings = SessionSettings(cfg["runtime_opt_level"], THREADS,
+                                   disabled=tuple(cfg["disabled_optimizers"]))  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_session(model, settings, save_to=Path(tmp) / "loaded.onnx")
+        return len(onnx.load(str(Path(tmp) / "loaded.onnx"), load_external_data=False).graph.node)
+
+
 def engine_attention(path: Path) -> dict:
     cfg = json.loads((path / "engine.json").read_text())
     return cfg.get("attention", {})
@@ -268,6 +288,7 @@ def main() -> None:
             "accuracy": acc,
             "eval_sentences": len(sentences),
             "attention": {k: engine_attention(engines[k]) for k in ENGINES[:2]},
+            "nodes": {k: node_count(p) for k, p in engines.items()},
         }
         title = "all-MiniLM-L6-v2" if name == "minilm" else "text classifier (MiniLM, 9 labels)"
         own = lat["lengths"]["own_median_tokens"]
