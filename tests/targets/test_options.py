@@ -35,7 +35,9 @@ def test_each_target_declares_its_options_once_with_help():
 
 def test_checked_values_are_filled_in_and_check_again_unchanged():
     values = option_values(OrtCpu, {"threads": 2})
-    assert values == {"opt_level": "extended", "ort_format": False, "threads": 2}
+    assert values == {
+        "opt_level": "extended", "ort_format": False, "attention": "auto", "threads": 2
+    }
     assert option_values(OrtCpu, values) == values  # the stage checks, then the target again
     given = {"provider": "tensorrt", "max_batch": 4, "fp32_layers": "a, b"}
     assert option_values(OrtGpu, option_values(OrtGpu, given)) == option_values(OrtGpu, given)
@@ -70,7 +72,7 @@ def test_unknown_key_names_the_key_the_target_and_what_it_takes():
         option_values(OrtCpu, {"opt_levle": "basic"})
     assert str(e.value) == (
         "unknown ort-cpu option 'opt_levle' (did you mean 'opt_level'?); "
-        "ort-cpu takes opt_level, ort_format, threads"
+        "ort-cpu takes opt_level, ort_format, attention, threads"
     )
 
 
@@ -86,7 +88,7 @@ def test_unknown_key_through_the_cli_exits_2_in_one_line(cli, model, tmp_path):
     assert r.code == 2
     line = _one_line(r.stderr)
     assert "'opt_levle' (did you mean 'opt_level'?)" in line
-    assert "ort-cpu takes opt_level, ort_format, threads" in line
+    assert "ort-cpu takes opt_level, ort_format, attention, threads" in line
     assert not (tmp_path / "e").exists()
 
 
