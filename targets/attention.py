@@ -32,12 +32,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgesmith.targets.ort_cpu import MASK_CONSTANT  # a masked key's term is at or below it
 from edgesmith.toolchain.core.onnx_model import GraphIndex
 
 MS = "com.microsoft"
@@ -46,6 +46,9 @@ MS = "com.microsoft"
 # exp(finfo.min) is, and the kernels' exp never sees -3.4e38 (the masked-Softmax clamp's
 # purpose, targets/ort_cpu.py).
 MASK_FLOOR = -10000.0
+# An additive attention mask's value where a key is padding is at or below this (finfo.min,
+# -inf, -1e4 or -1e9 in the exporters we have seen); the masked-Softmax clamp looks for it too.
+MASK_CONSTANT = -1000.0
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Block:
     bias: list[str] = field(default_factory=list)  # additive terms before the Softmax
     packed: bool = False  # Q, K and V computed by one product (_pack)
     op: str = "MultiHeadAttention"  # the fused op the block became
-    quantize: list[str] | None = None  # the scale and zero point the output is quantized with
+    quantize: onnx.NodeProto | None = None  # the QuantizeLinear of the output, per tensor
 
 
 def _const(index: GraphIndex, tensor: str) -> np.ndarray | None:
@@ -199,6 +202,8 @@ def _scores(index: GraphIndex, tensor: str, scale: float = 1.0):
     if node is None:
         return None
     if node.op_type == "Add":
+        if scale != 1.0:  # (Q·Kᵀ + term) × c: the term would need the scale too
+            return None
         for k, i in enumerate(node.input[:2]):
             found = _scores(index, i, scale)
             if found is not None:
@@ -235,9 +240,10 @@ def _scores(index: GraphIndex, tensor: str, scale: float = 1.0):
     return q[0], k[0], q[1], q[2], scale * alpha * q_scale, []
 
 
-def match(index: GraphIndex, softmax: onnx.NodeProto) -> Block | None:
+def match(index: GraphIndex, softmax: onnx.NodeProto, opset: int = 13) -> Block | None:
     """The attention block around `softmax`, or None when it is not one we can fuse."""
-    if softmax.op_type != "Softmax" or _attr(softmax, "axis", -1) != -1:
+    default = -1 if opset >= 13 else 1  # before opset 13 Softmax flattened from axis 1
+    if softmax.op_type != "Softmax" or _attr(softmax, "axis", default) not in (-1, 3):
         return None
     x = softmax.input[0]
     clamp = _op(index, x, "Max")  # clamp_masked_softmax's Max(x, ReduceMax(x) - floor)
@@ -261,6 +267,9 @@ def match(index: GraphIndex, softmax: onnx.NodeProto) -> Block | None:
     quantize = None  # the weighted sum quantized before the head merge (an int8 product reads it)
     if len(after) == 1 and after[0].op_type == "QuantizeLinear":
         quantize = after[0]
+        params = [index.array(i) for i in quantize.input[1:] if i]
+        if any(p is None or p.size != 1 for p in params):  # per tensor only: the layout changes
+            return None
         after = index.readers(quantize.output[0])
     if (
         len(after) != 1
@@ -274,8 +283,9 @@ def match(index: GraphIndex, softmax: onnx.NodeProto) -> Block | None:
     tail = _shape_tail(index, merge[0].input[1], 1)
     if tail is None or tail[1] != 3 or tail[0] not in (-1, heads * v[2]):
         return None
-    return Block(softmax.name, q, k, v[0], heads, scale, merge[0].output[0], bias,
-                 quantize=list(quantize.input[1:]) if quantize is not None else None)  # fmt: skip
+    return Block(
+        softmax.name, q, k, v[0], heads, scale, merge[0].output[0], bias, quantize=quantize
+    )
 
 
 def fuse_attention(model: onnx.ModelProto, whole: bool = True) -> list[Block]:
@@ -285,71 +295,68 @@ def fuse_attention(model: onnx.ModelProto, whole: bool = True) -> list[Block]:
     takes no additive term); else (and with whole=False) the packed product, a Split and
     MultiHeadAttention. `model` is changed in place (nodes only the fused blocks read go)."""
     index = GraphIndex(model)
-    blocks = [b for n in model.graph.node if (b := match(index, n)) is not None]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    blocks = [b for n in model.graph.node if (b := match(index, n, opset)) is not None]
     if not blocks:
         return []
-    inserts: dict[str, list[onnx.NodeProto]] = {}
-    biases: dict[tuple[str, ...], str] = {}
+    # every probe on the graph as it is, before any block is rewritten
     probed: dict[tuple[str, ...], str | None] = {}
-    floor = "attention/mask_floor"
-    model.graph.initializer.append(numpy_helper.from_array(np.array(MASK_FLOOR, np.float32), floor))
-    one = "attention/one"
-    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), one))
-    for b in blocks:
+    paddings = [_padding_input(model, index, b.bias, probed) if b.bias else None for b in blocks]
+    inserts: dict[int, list[onnx.NodeProto]] = {}  # id(node) → nodes after it
+    shared: dict[tuple[str, ...], str] = {}  # a mask cast or a floored sum, made once
+    inits = {i.name for i in model.graph.initializer}
+
+    def constant(name: str, value: np.ndarray) -> str:
+        if name not in inits:
+            model.graph.initializer.append(numpy_helper.from_array(value, name))
+            inits.add(name)
+        return name
+
+    floor = constant("attention/mask_floor", np.array(MASK_FLOOR, np.float32))
+    one = constant("attention/one", np.array([1], np.int64))
+    for b, mask in zip(blocks, paddings, strict=True):
+        base = f"attention/{b.out}"  # tensor names are unique: so are the new names
         merge = index.producers[b.out]
         nodes: list[onnx.NodeProto] = []
-        bias = ""
-        padding = ""
-        if b.bias and (mask := _padding_input(model, index, b.bias, probed)):
-            padding = f"attention/{mask}/int32"
-            if padding not in biases.values():
-                nodes.append(helper.make_node("Cast", [mask], [padding], name=f"{padding}/Cast",
-                                              to=onnx.TensorProto.INT32))  # fmt: skip
-                biases[(padding,)] = padding
-        elif b.bias:
-            key = tuple(sorted(b.bias))
-            if key not in biases:
-                base = f"{b.softmax}/attention_bias"
-                total = b.bias[0]
-                for k, t in enumerate(b.bias[1:]):
-                    nodes.append(
-                        helper.make_node(
-                            "Add", [total, t], [f"{base}/sum{k}"], name=f"{base}/Add{k}"
-                        )
-                    )
-                    total = f"{base}/sum{k}"
-                # [B|1, N|1, 1|S, T] → [B|1, N|1, S, T]: the rows of the query's length
-                nodes += [
-                    helper.make_node(
-                        "Shape", [b.q], [f"{base}/qshape"], name=f"{base}/Shape", start=1, end=2
-                    ),
-                    helper.make_node(
-                        "Concat",
-                        [one, one, f"{base}/qshape", one],
-                        [f"{base}/rows"],
-                        name=f"{base}/Concat",
-                        axis=0,
-                    ),
-                    helper.make_node(
-                        "Max", [total, floor], [f"{base}/floored"], name=f"{base}/Max"
-                    ),
-                    helper.make_node(
-                        "Expand",
-                        [f"{base}/floored", f"{base}/rows"],
-                        [f"{base}/bias"],
-                        name=f"{base}/Expand",
-                    ),
-                ]
-                biases[key] = f"{base}/bias"
-            bias = biases[key]
-        qkv, packed = [b.q, b.k, b.v], _pack(index, b)
-        mha_bias, out = "", b.out if b.quantize is None else f"{b.out}/float"
-        attrs = {"domain": MS, "num_heads": b.heads, "scale": float(b.scale)}
-        fused = None
+        padding = bias = ""
+        qkv, packed = [b.q, b.k, b.v], _pack(index, b, base)
+        mha_bias, out = "", b.out if b.quantize is None else f"{base}/float"
+        query = b.q  # a tensor with the query's [B, S, .] (the activation when packed)
         if packed is not None:
             pack_nodes, qkv, mha_bias, init = packed
             model.graph.initializer.extend(init)
             b.packed = True
+            query = pack_nodes[0].input[0]
+        if mask:
+            padding = f"attention/{mask}/int32"
+            if (padding,) not in shared:
+                nodes.append(helper.make_node("Cast", [mask], [padding], name=f"{padding}/Cast",
+                                              to=onnx.TensorProto.INT32))  # fmt: skip
+                shared[(padding,)] = padding
+        elif b.bias:
+            key = tuple(sorted(b.bias))
+            if key not in shared:  # the terms summed and floored once for every block
+                total = b.bias[0]
+                for k, t in enumerate(b.bias[1:]):
+                    nodes.append(helper.make_node("Add", [total, t], [f"{base}/sum{k}"],
+                                                  name=f"{base}/Add{k}"))  # fmt: skip
+                    total = f"{base}/sum{k}"
+                nodes.append(helper.make_node("Max", [total, floor], [f"{base}/floored"],
+                                              name=f"{base}/Max"))  # fmt: skip
+                shared[key] = f"{base}/floored"
+            # [B|1, N|1, 1|S, T] → [B|1, N|1, S, T]: the rows of this block's query length
+            nodes += [
+                helper.make_node("Shape", [query], [f"{base}/rows"], name=f"{base}/Shape",
+                                 start=1, end=2),
+                helper.make_node("Concat", [one, one, f"{base}/rows", one], [f"{base}/shape"],
+                                 name=f"{base}/Concat", axis=0),
+                helper.make_node("Expand", [shared[key], f"{base}/shape"], [f"{base}/bias"],
+                                 name=f"{base}/Expand"),
+            ]  # fmt: skip
+            bias = f"{base}/bias"
+        attrs = {"domain": MS, "num_heads": b.heads, "scale": float(b.scale)}
+        fused = None
+        if packed is not None:
             product, (dq, dk, dv) = pack_nodes[0], (int(w) for w in numpy_helper.to_array(init[-1]))
             if not whole or dq != dk:
                 nodes += pack_nodes
@@ -357,37 +364,31 @@ def fuse_attention(model: onnx.ModelProto, whole: bool = True) -> list[Block]:
                 b.op = "Attention"
                 fused = helper.make_node(
                     "Attention", [*product.input, mha_bias, padding, "", bias], [out],
-                    name=f"{b.softmax}/Attention", **attrs,
+                    name=f"{base}/Attention", **attrs,
                     **({} if dq == dv else {"qkv_hidden_sizes": [dq, dk, dv]}),
                 )  # fmt: skip
             elif not bias and dq == dv:  # QAttention takes a padding mask, no additive term
                 b.op = "QAttention"
                 a, w, a_scale, w_scale, a_zero, w_zero, *rest = list(product.input) + [""] * 7
-                qbias = rest[0] if rest and rest[0] else f"{b.softmax}/qkv/zero_bias"
-                if qbias not in {i.name for i in init}:
-                    zero = np.zeros(dq + dk + dv, np.float32)
-                    model.graph.initializer.append(numpy_helper.from_array(zero, qbias))
+                qbias = rest[0] or constant(f"{base}/zero_bias", np.zeros(3 * dq, np.float32))
                 fused = helper.make_node(
                     "QAttention", [a, w, qbias, a_scale, w_scale, padding, a_zero, w_zero],
-                    [out], name=f"{b.softmax}/QAttention", **attrs,
+                    [out], name=f"{base}/QAttention", **attrs,
                 )  # fmt: skip
             else:
                 nodes += pack_nodes
-        if b.quantize is not None:
-            q = helper.make_node(
-                "QuantizeLinear", [out, *b.quantize], [b.out], name=f"{b.softmax}/QuantizeLinear"
-            )
-        mha = fused or helper.make_node(
-            "MultiHeadAttention",
-            [*qkv, mha_bias, padding, bias],
-            [out],
-            name=f"{b.softmax}/MultiHeadAttention",
-            **attrs,
-        )
-        merge.output[0] = f"{b.out}/unfused"
-        inserts.setdefault(merge.name, []).extend(
-            [*nodes, mha, *([q] if b.quantize is not None else [])]
-        )
+        op = fused or helper.make_node(
+            "MultiHeadAttention", [*qkv, mha_bias, padding, bias], [out],
+            name=f"{base}/MultiHeadAttention", **attrs,
+        )  # fmt: skip
+        nodes.append(op)
+        if b.quantize is not None:  # the original QuantizeLinear, on the fused op's output
+            q = onnx.NodeProto()
+            q.CopyFrom(b.quantize)
+            q.input[0], q.output[0], q.name = out, b.out, f"{base}/QuantizeLinear"
+            nodes.append(q)
+        merge.output[0] = f"{base}/unfused"
+        inserts.setdefault(id(merge), []).extend(nodes)
     _insert_after(model, inserts)
     _prune_dead(model)
     if not any(o.domain == MS for o in model.opset_import):
@@ -402,7 +403,8 @@ def _padding_input(model, index: GraphIndex, bias: list[str], probed: dict) -> s
     only through their Shape) and is, for every probe, 0 where that input is 1 and <= -1000
     where it is 0, whatever the query row and head: then MultiHeadAttention takes the input
     itself as its key_padding_mask (masked keys at -10000, as MASK_FLOOR) and the nodes that
-    built the [B, 1, S, T] mask go. A causal, windowed or position term fails the probe."""
+    built the [B, 1, S, T] mask go. A causal term, a position term or a window narrower than
+    the longest probe fails it."""
     key = tuple(sorted(bias))
     if key in probed:
         return probed[key]
@@ -437,6 +439,12 @@ def _padding_input(model, index: GraphIndex, bias: list[str], probed: dict) -> s
     return probed[key]
 
 
+# (batch, length) of the probes: short ones, and one longer than any attention window in the
+# matrix (ModernBERT's local window is 128 tokens; Longformer-style windows reach 512)
+PROBES = ((2, 7), (3, 12), (2, 1030))
+PROBE_LIMIT = 4 << 20  # a term whose subgraph holds more weight bytes is not a mask: no probe
+
+
 def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
     """Evaluate `term` (its subgraph only) on random masks at two shapes; True when it is the
     padding mask of `mask` broadcast over rows and heads."""
@@ -446,10 +454,12 @@ def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
     from edgesmith.toolchain.core.onnx_model import _specs
 
     sub = _subgraph(model, term)
+    if sum(i.ByteSize() for i in sub.graph.initializer) > PROBE_LIMIT:
+        return False  # it reads the model's weights (an embedding, a layer): not a mask alone
     specs: list[TensorSpec] = list(_specs(sub.graph.input))
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    for batch, length in ((2, 7), (3, 12)):
+    for batch, length in PROBES:
         feeds = {}
         for t in specs:
             shape = [batch] + [length if not isinstance(d, int) else d for d in t.dims[1:]]
@@ -514,10 +524,11 @@ def _projection(index: GraphIndex, tensor: str):
     inits = index.initializers
     if node.op_type == "MatMulIntegerToFloat" and node.domain == MS:
         w = node.input[1]
+        weight_side = [node.input[i] for i in (3, 5, 6) if i < len(node.input)]
         if (
             w not in inits
             or len(inits[w].dims) != 2
-            or any(i and i not in inits for i in node.input[3:])
+            or any(i and i not in inits for i in weight_side)
         ):
             return None
         return "int8", node, w, node.input[6] if len(node.input) > 6 else ""
@@ -546,7 +557,7 @@ def _per_column(index: GraphIndex, name: str, width: int, dtype) -> np.ndarray:
     return np.broadcast_to(a.reshape(-1), (width,)) if a.size == 1 else a.reshape(-1)
 
 
-def _pack(index: GraphIndex, b: Block):
+def _pack(index: GraphIndex, b: Block, base: str):
     """Q, K and V from one product when they project one input: their weights side by side,
     then a Split (onnxruntime's CPU MultiHeadAttention takes no packed Q/K/V). One GEMM of
     3·N columns for three of N: at one short sentence the three products' fixed cost per call
@@ -568,7 +579,7 @@ def _pack(index: GraphIndex, b: Block):
     if len({w.shape[0] for w in ws}) != 1 or len({w.dtype for w in ws}) != 1:
         return None
     widths = [w.shape[1] for w in ws]
-    base = f"{b.softmax}/qkv"
+    base = f"{base}/qkv"
     init = [numpy_helper.from_array(np.concatenate(ws, axis=1), f"{base}/weight")]
     bias = np.concatenate(
         [_per_column(index, f[3], w, np.float32) for f, w in zip(found, widths, strict=True)]
@@ -614,13 +625,31 @@ def _pack(index: GraphIndex, b: Block):
     return [product, split], outs, mha_bias, init
 
 
-def _insert_after(model: onnx.ModelProto, after: dict[str, list[onnx.NodeProto]]) -> None:
+def _insert_after(model: onnx.ModelProto, after: dict[int, list[onnx.NodeProto]]) -> None:
+    """Insert nodes after the node of each id, then order the graph topologically (a shared
+    node made with one block may be read by a block placed before it), keeping the order
+    otherwise."""
     nodes = []
     for n in model.graph.node:
         nodes.append(n)
-        nodes.extend(after.get(n.name, []))
+        nodes.extend(after.get(id(n), []))
+    made = {o for n in nodes for o in n.output if o}
+    ready = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    ordered, waiting = [], list(nodes)
+    while waiting:
+        rest = []
+        for n in waiting:
+            if all(not i or i in ready or i not in made for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(waiting):  # a cycle cannot come from these rewrites: keep as is
+            ordered.extend(rest)
+            break
+        waiting = rest
     del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    model.graph.node.extend(ordered)
 
 
 def _prune_dead(model: onnx.ModelProto) -> None:
@@ -634,9 +663,14 @@ def _prune_dead(model: onnx.ModelProto) -> None:
             needed.update(i for i in n.input if i)
     del g.node[:]
     g.node.extend(reversed(keep))
-    live = [i for i in g.initializer if i.name in needed]
+    declared = {i.name for i in g.input}  # an initializer that is also an input stays (IR < 4)
+    live = [i for i in g.initializer if i.name in needed or i.name in declared]
     del g.initializer[:]
     g.initializer.extend(live)
+    made = {o for n in g.node for o in n.output}
+    stale = [v for v in g.value_info if v.name not in made]
+    for v in stale:
+        g.value_info.remove(v)
 
 
 # The shapes a build times the fused graph at: (batch, length of the symbolic non-batch axes):
@@ -656,10 +690,11 @@ def choose(
     unfused: onnx.ModelProto, io, mode: str, settings, workdir
 ) -> tuple[onnx.ModelProto, dict]:
     """The graph to ship and what was done. "unfused": `unfused` as it is. "fused": every
-    matched block fused, once both graphs agree on seeded inputs. "auto": fused where it also
-    times faster, both graphs side by side at SHAPES with the engine's own session settings.
-    The inputs are seeded (core/timing.py) with a quarter of each mask's keys padded. A fused
-    graph that does not load, run or agree is not kept. Returns (model, engine.json record)."""
+    matched block fused, once both graphs give the same outputs at every shape in SHAPES.
+    "auto": fused where it also times faster there, both graphs side by side with the
+    engine's own session settings. The inputs are seeded (core/timing.py), each mask row with
+    its own padding. A fused graph that does not load, run or agree, or that cannot be
+    checked, is not kept. Returns (model, engine.json record)."""
     rec: dict = {"mode": mode, "blocks": 0, "kept": False}
     if mode == "unfused":
         return unfused, {**rec, "why": "attention = unfused"}
@@ -669,14 +704,18 @@ def choose(
     for whole in (True, False):  # the whole-block ops first; MultiHeadAttention if refused
         fused = onnx.ModelProto()
         fused.CopyFrom(unfused)
-        blocks = fuse_attention(fused, whole)
+        try:
+            blocks = fuse_attention(fused, whole)
+        except Exception as e:  # noqa: BLE001 (a graph we did not foresee): keep it unfused
+            return unfused, {**rec, "why": f"not rewritten: {_line(e)}"}
         ops = dict(Counter(b.op for b in blocks))
         rec.update(blocks=len(blocks), heads=sorted({b.heads for b in blocks}), ops=ops,
                    packed=sum(b.packed for b in blocks))  # fmt: skip
         if not blocks:
             return unfused, {**rec, "why": "no attention block matched"}
         try:
-            measured = _measure(unfused, fused, io, settings, workdir, timed=mode == "auto")
+            graphs = {"unfused": unfused, "fused": fused}
+            measured = _measure(graphs, io, settings, workdir, timed=mode == "auto")
             break
         except _Rejected as e:
             refused = str(e)
@@ -687,11 +726,10 @@ def choose(
                 continue
             return unfused, {**rec, "why": refused}
         except _CannotRun as e:
-            if mode == "auto":
-                return unfused, {**rec, "why": f"not measured: {e}"}
-            return fused, {**rec, "kept": True, "why": f"attention = fused (not checked: {e})"}
+            return unfused, {**rec, "why": f"not checked, kept unfused: {e}"}
     if mode == "fused":
-        return fused, {**rec, "kept": True, "why": "attention = fused; outputs checked"}
+        shapes = ", ".join(measured)
+        return fused, {**rec, "kept": True, "why": f"attention = fused; outputs agree at {shapes}"}
     ratios = [m["fused_ms"] / m["unfused_ms"] for m in measured.values()]
     mean = float(np.exp(np.mean(np.log(ratios))))
     keep = max(ratios) <= TOLERANCE and mean < 1.0
@@ -710,35 +748,49 @@ class _Rejected(Exception):
     """The fused graph does not load, run or agree with the unfused one."""
 
 
+# where no shape of SHAPES runs (a waveform input takes thousands of samples): one second of
+# 16 kHz audio
+LONG = ((1, 16000),)
+
+
 def _feeds(io, batch: int, seq: int | None) -> dict[str, np.ndarray]:
     from edgesmith.toolchain.core.timing import synthetic_feeds
 
     feeds = synthetic_feeds(io, batch, seq)
     for name, a in feeds.items():
-        if "mask" in name and a.ndim == 2 and a.shape[1] >= 4 and a.dtype.kind in "iub":
-            a[:, a.shape[1] - a.shape[1] // 4 :] = 0  # the padded keys of a batch
+        if "mask" in name and a.ndim == 2 and a.shape[1] >= 8 and a.dtype.kind in "iub":
+            for row in range(a.shape[0]):  # each row its own padding: 1/8 to 3/8 of the keys
+                a[row, a.shape[1] - (row % 3 + 1) * a.shape[1] // 8 :] = 0
     return feeds
 
 
-def _measure(unfused, fused, io, settings, workdir, timed: bool) -> dict[str, dict]:
+def _measure(graphs: dict, io, settings, workdir, timed: bool) -> dict[str, dict]:
+    """The "fused" graph's outputs compared with the "unfused" one's (and, `timed`, both timed)
+    at every shape that runs."""
+    import tempfile
+
     from edgesmith.toolchain.core.ort_session import ort_session
     from edgesmith.toolchain.core.timing import side_by_side
 
-    paths = {}
-    for name, m in (("unfused", unfused), ("fused", fused)):
-        paths[name] = workdir / f".attention-{name}.onnx"
-        onnx.save(m, str(paths[name]))
-    try:
-        sessions = {"unfused": ort_session(paths["unfused"], settings)}
+    with tempfile.TemporaryDirectory(prefix=".attention-", dir=workdir) as tmp:
+        paths = {name: Path(tmp) / f"{name}.onnx" for name in ("unfused", "fused")}
+        try:
+            for name, path in paths.items():
+                onnx.save(graphs[name], str(path))
+            sessions = {"unfused": ort_session(paths["unfused"], settings)}
+        except Exception as e:  # noqa: BLE001 (onnx's and onnxruntime's own types)
+            raise _CannotRun(_line(e)) from None
         try:
             sessions["fused"] = ort_session(paths["fused"], settings)
-        except Exception as e:  # noqa: BLE001 (onnxruntime's own types): it refused the rewrite
+        except Exception as e:  # noqa: BLE001 (onnxruntime refused the rewrite)
             raise _Rejected(f"the fused graph does not load: {_line(e)}") from None
         seq_axes = any(not isinstance(d, int) for t in io.inputs for d in t.dims[1:])
         shapes = SHAPES if seq_axes else tuple(dict.fromkeys((b, None) for b, _ in SHAPES))
         out: dict[str, dict] = {}
         failed = ""
-        for batch, seq in shapes:
+        for batch, seq in (*shapes, *(LONG if seq_axes else ())):
+            if out and (batch, seq) in LONG:
+                break  # the long shape only where no other ran
             try:
                 feeds = _feeds(io, batch, seq)
                 ref = sessions["unfused"].run(None, feeds)
@@ -750,23 +802,31 @@ def _measure(unfused, fused, io, settings, workdir, timed: bool) -> dict[str, di
             except Exception as e:  # noqa: BLE001
                 raise _Rejected(f"the fused graph does not run: {_line(e)}") from None
             for a, b in zip(ref, got, strict=True):
-                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-                err = float(np.abs(a - b).max()) / max(float(np.abs(a).max()), 1e-30)
+                a, b = np.asarray(a), np.asarray(b)
+                if a.shape != b.shape or a.dtype != b.dtype:
+                    raise _Rejected(f"the fused graph's outputs differ in shape or type "
+                                    f"({a.shape} {a.dtype}, {b.shape} {b.dtype})")  # fmt: skip
+                if a.dtype.kind not in "fiub":
+                    continue
+                a, b = a.astype(np.float64), b.astype(np.float64)
+                err = float(np.abs(a - b).max(initial=0)) / max(
+                    float(np.abs(a).max(initial=0)), 1e-30
+                )
                 if not err <= AGREEMENT:
                     raise _Rejected(f"the fused graph's outputs differ from the unfused "
                                     f"({err:.2e} of the largest): kept unfused")  # fmt: skip
             shape = f"{batch}x{seq}" if seq else str(batch)
-            if not timed:
-                return {shape: {}}
-            fns = {k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()}
-            t = side_by_side(fns, ROUNDS)
-            out[shape] = {"unfused_ms": round(t["unfused"], 4), "fused_ms": round(t["fused"], 4)}
+            out[shape] = {}
+            if timed:
+                fns = {k: (lambda s=s, f=feeds: s.run(None, f)) for k, s in sessions.items()}
+                t = side_by_side(fns, ROUNDS)
+                out[shape] = {
+                    "unfused_ms": round(t["unfused"], 4),
+                    "fused_ms": round(t["fused"], 4),
+                }
         if not out:
             raise _CannotRun(f"the model does not run on seeded inputs ({failed})")
         return out
-    finally:
-        for p in paths.values():
-            p.unlink(missing_ok=True)
 
 
 def _line(e: Exception) -> str:

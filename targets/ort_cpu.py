@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgesmith.targets.attention import MASK_CONSTANT
+from edgesmith.targets.attention import choose as choose_attention
 from edgesmith.targets.base import (
     ENGINE_CONFIG,
     BuildConfig,
@@ -113,7 +115,6 @@ def _bias_add(index: GraphIndex, out: str, width: int):
     return None
 
 
-MASK_CONSTANT = -1000.0  # an additive attention mask's value is at or below this
 SOFTMAX_FLOOR = 80.0  # exp(-80) = 1.8e-35: below float32's resolution next to the maximum's 1
 
 
@@ -304,9 +305,10 @@ class OrtCpu:
                "also write model.ort and required_operators.config, for a reduced "
                "(minimal-build) onnxruntime"),
         Option("attention", str, "auto",
-               "attention blocks as onnxruntime's fused MultiHeadAttention: 'auto' fuses them "
-               "where the fused graph times faster at batch 1 and 8 (recorded in engine.json), "
-               "'fused' always, 'unfused' never", choices=("auto", "fused", "unfused")),
+               "attention blocks as onnxruntime's fused Attention, QAttention or "
+               "MultiHeadAttention: 'auto' keeps them where the fused graph times faster at "
+               "batch 1 and 8 (recorded in engine.json), 'fused' wherever the outputs agree, "
+               "'unfused' never", choices=("auto", "fused", "unfused")),
         Option("threads", int, None,
                "intra-op threads the engine's sessions use (unset: one per physical core)",
                minimum=1),
@@ -372,15 +374,15 @@ class OrtCpu:
         attention record; nothing is rewritten for a model with external data."""
         import onnx
 
-        from edgesmith.targets import attention as fusion
-
         model = onnx.load(str(path), load_external_data=False)
         if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
             return 0, 0, {"mode": attention, "blocks": 0, "kept": False,
                           "why": "weights in external data: not rewritten"}  # fmt: skip
         n = fuse_int8_bias(model)
         clamped = clamp_masked_softmax(model)
-        model, record = fusion.choose(model, io_from_onnx(model), attention, runtime, path.parent)
+        model, record = choose_attention(
+            model, io_from_onnx(model), attention, runtime, path.parent
+        )
         onnx.save(model, str(path))
         return n, clamped, record
 

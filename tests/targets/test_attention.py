@@ -69,7 +69,10 @@ def test_fused_attention_computes_what_the_unfused_graph_does(cli, family, tmp_p
             assert np.abs(a - b).max() <= bound * scale, (precision, np.abs(a - b).max())
 
 
-def _attention_graph(causal: bool, seq: int = 6, heads: int = 2, size: int = 4):
+def _attention_graph(
+    causal: bool, seq: int = 6, heads: int = 2, size: int = 4, window: int = 0,
+    scale_last: bool = False,
+):  # fmt: skip
     """One attention block as an exporter writes it: Q/K/V MatMul + bias, heads reshaped and
     transposed, Q·Kᵀ / sqrt(H), the additive padding mask (1 - mask) · finfo.min (and a
     causal term), Softmax, the weighted sum, heads merged, the output projection."""
@@ -99,13 +102,35 @@ def _attention_graph(causal: bool, seq: int = 6, heads: int = 2, size: int = 4):
     nodes += [
         helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["qh", "kt"], ["s0"]),
-        helper.make_node("Div", ["s0", "root"], ["s1"]),
         helper.make_node("Unsqueeze", ["mask", "axes"], ["m0"]),
         helper.make_node("Cast", ["m0"], ["m1"], to=TensorProto.FLOAT),
         helper.make_node("Sub", ["one", "m1"], ["m2"]),
         helper.make_node("Mul", ["m2", "min"], ["m3"]),
-        helper.make_node("Add", ["s1", "m3"], ["s2"]),
     ]
+    if scale_last:  # (Q·Kᵀ + mask) / sqrt(H): the mask is scaled too
+        nodes += [helper.make_node("Add", ["s0", "m3"], ["s1"]),
+                  helper.make_node("Div", ["s1", "root"], ["s2"])]  # fmt: skip
+    else:
+        nodes += [helper.make_node("Div", ["s0", "root"], ["s1"]),
+                  helper.make_node("Add", ["s1", "m3"], ["s2"])]  # fmt: skip
+    if window:  # a key further than `window` from the query is masked: made from Shape(mask)
+        init |= {"zero": np.array(0, np.int64), "step": np.array(1, np.int64),
+                 "width": np.array(window, np.int64), "far": np.array(-1e4, np.float32),
+                 "near": np.array(0.0, np.float32), "col": np.array([-1, 1], np.int64)}  # fmt: skip
+        nodes += [
+            helper.make_node("Shape", ["mask"], ["w0"], start=1, end=2),
+            helper.make_node("Squeeze", ["w0"], ["w1"]),
+            helper.make_node("Range", ["zero", "w1", "step"], ["w2"]),
+            helper.make_node("Reshape", ["w2", "col"], ["w3"]),
+            helper.make_node("Sub", ["w3", "w2"], ["w4"]),
+            helper.make_node("Abs", ["w4"], ["w5"]),
+            helper.make_node("Greater", ["w5", "width"], ["w6"]),
+            helper.make_node("Where", ["w6", "far", "near"], ["w7"]),
+            helper.make_node("Add", ["m3", "w7"], ["m4"]),
+        ]
+        add = nodes.pop([n.output[0] for n in nodes].index("s2"))
+        add.input[1] = "m4"
+        nodes.append(add)
     last = "s2"
     if causal:
         nodes.append(helper.make_node("Add", ["s2", "causal"], ["s3"]))
@@ -122,9 +147,9 @@ def _attention_graph(causal: bool, seq: int = 6, heads: int = 2, size: int = 4):
     graph = helper.make_graph(
         nodes,
         "attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, d]),
-         helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", seq])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, d])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", d]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", d])],
         [numpy_helper.from_array(v, k) for k, v in init.items()],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -188,9 +213,24 @@ def test_the_build_records_what_it_did_and_why(tmp_path):
     model = _optimised(_attention_graph(False), tmp_path)
     settings = SessionSettings(threads=1, spinning=False)
     _, rec = choose(model, io_from_onnx(model), "auto", settings, tmp_path)
-    assert rec["blocks"] == 1 and set(rec["measured"]) == {"1", "8"}
+    assert rec["blocks"] == 1 and set(rec["measured"]) == {"1x16", "1x128", "8x128"}
     assert all(m["fused_ms"] > 0 and m["unfused_ms"] > 0 for m in rec["measured"].values())
     assert rec["kept"] == ("not faster" not in rec["why"])
     kept, rec = choose(model, io_from_onnx(model), "unfused", settings, tmp_path)
     assert kept is model and not rec["kept"]
     assert not list(tmp_path.iterdir())  # the timed copies are removed
+
+
+def test_what_would_compute_otherwise_is_not_fused_or_not_taken_for_a_padding_mask(tmp_path):
+    """A scale after the mask's Add (it scales the mask too) is left unfused; a window built
+    from the mask's length is not taken for the padding mask (the probe's long length)."""
+    from edgesmith.targets.attention import fuse_attention
+
+    scaled = _optimised(_attention_graph(False, scale_last=True), tmp_path)
+    assert fuse_attention(scaled) == []
+    windowed = _optimised(_attention_graph(False, window=64), tmp_path)
+    fused = onnx.ModelProto()
+    fused.CopyFrom(windowed)
+    (block,) = fuse_attention(fused)
+    op = next(n for n in fused.graph.node if n.op_type == block.op)
+    assert block.op == "Attention" and op.input[3] == "" and op.input[5] != ""
