@@ -108,3 +108,24 @@ def sparsity_figures(report: dict) -> dict:
         "schedule": report.get("schedule"),
         "warning": report.get("warning"),
     }
+
+
+def sh(*args) -> None:
+    """Run a command (an `edgesmith` step) from the repository root, offline, output hidden."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    root = RECORDS.parent.parent
+    subprocess.run([str(a) for a in args], check=True, cwd=root, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def nearest(e):
+    """Each row's nearest other row by cosine (the same-nearest-neighbour figure)."""
+    import numpy as np
+
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    return s.argmax(1)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, nearest, record, sh  # noqa: E402
 
 WORK = ROOT / "build" / "bench-attention"
 TC = ROOT / "build" / "text_classifier"
@@ -39,11 +37,6 @@ THREADS, SEQ, OWN = 2, 128, 32
 CALIB = 256
 ENGINES = ("edgesmith fp32", "edgesmith int8", "optimizer fp32", "optimizer + dynamic int8")
 SHAPES = ("batch 1, own length", "batch 1, padded 128", "batch 8, padded 128")
-
-
-def sh(*args) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
 def texts(name: str, n_eval: int) -> tuple[Path, list[str], list[int] | None]:
@@ -191,13 +184,6 @@ def timings(ss: dict, tok, sentences: list[str], rounds: int) -> dict[str, dict[
         out[shape] = interleaved(fns, rounds if batch == 1 else max(rounds // 2, 8), warmup=3)
     out["lengths"] = {"own_median_tokens": float(np.median([f["input_ids"].shape[1] for f in own]))}
     return out
-
-
-def nearest(e: np.ndarray) -> np.ndarray:
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    s = e @ e.T
-    np.fill_diagonal(s, -np.inf)
-    return s.argmax(1)
 
 
 def accuracy(ss: dict, tok, sentences: list[str], labels: list[int] | None) -> dict[str, dict]:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,17 +23,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, record, sh  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 DIGITS = ROOT / "build" / "digits"
 BIN = Path(sys.executable).parent
 THREADS = 2
-
-
-def sh(*args: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
 def session(path: Path, name: str):

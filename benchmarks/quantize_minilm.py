@@ -31,17 +31,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._common import goal, interleaved, isa, record  # noqa: E402
+from benchmarks._common import goal, interleaved, isa, nearest, record, sh  # noqa: E402
 
 WORK = ROOT / "build" / "bench-quantize"
 BIN = Path(sys.executable).parent
 THREADS, SEQ = 2, 128
 CALIB_SAMPLES = 256
-
-
-def sh(*args: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
 def sentences(n_eval: int) -> tuple[Path, Path]:
@@ -136,13 +131,6 @@ def build(calib: Path) -> dict[str, Path]:
         "ours (static)": WORK / "ours" / "model.onnx",
         "ours (dynamic)": WORK / "ours-dynamic" / "model.onnx",
     }
-
-
-def nearest(e: np.ndarray) -> np.ndarray:
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    s = e @ e.T
-    np.fill_diagonal(s, -np.inf)
-    return s.argmax(1)
 
 
 def accuracy(sessions: dict, feeds: dict[str, np.ndarray]) -> dict[str, dict]:

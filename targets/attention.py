@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgesmith.toolchain.core.onnx_model import GraphIndex
+from edgesmith.toolchain.core.onnx_model import GraphIndex, io_from_onnx
 
 MS = "com.microsoft"
 # Additive attention terms are floored here, the value onnxruntime's fused operators give a
@@ -68,25 +68,8 @@ class Block:
     quantize: onnx.NodeProto | None = None  # the QuantizeLinear of the output, per tensor
 
 
-def _const(index: GraphIndex, tensor: str) -> np.ndarray | None:
-    """The value of a constant tensor (an initializer or a Constant node), else None."""
-    a = index.array(tensor)
-    if a is not None:
-        return a
-    node = index.producers.get(tensor)
-    if node is not None and node.op_type == "Constant" and node.attribute:
-        attr = node.attribute[0]
-        if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
-        if attr.name in ("value_float", "value_int"):
-            return np.array(helper.get_attribute_value(attr))
-        if attr.name in ("value_floats", "value_ints"):
-            return np.array(helper.get_attribute_value(attr))
-    return None
-
-
 def _scalar(index: GraphIndex, tensor: str) -> float | None:
-    a = _const(index, tensor)
+    a = index.constant(tensor)
     return float(a.reshape(-1)[0]) if a is not None and a.size == 1 else None
 
 
@@ -104,24 +87,21 @@ def _op(index: GraphIndex, tensor: str, *ops: str) -> onnx.NodeProto | None:
 
 def _shape_tail(index: GraphIndex, shape: str, n: int) -> list[int] | None:
     """The last `n` entries of a Reshape's shape tensor when they are constants, with the
-    shape's length; from an initializer or a Concat whose last pieces are constants."""
-    a = _const(index, shape)
+    shape's length; from a constant or a Concat whose last pieces are constants."""
+    a = index.constant(shape)
     if a is not None:
         return [int(x) for x in a.reshape(-1)[-n:]] + [a.size]
     concat = _op(index, shape, "Concat")
     if concat is None:
         return None
-    pieces = [_const(index, i) for i in concat.input]
-    tail = [int(x) for p in pieces[::-1] if p is not None for x in p.reshape(-1)[::-1]]
-    n_const = 0
-    for p in pieces[::-1]:
-        if p is None:
+    tail: list[int] = []
+    for piece in reversed(concat.input):
+        c = index.constant(piece)
+        if c is None or len(tail) >= n:
             break
-        n_const += p.size
-    if n_const < n:
-        return None
+        tail = [int(x) for x in c.reshape(-1)] + tail
     length = _shape_length(index, concat)
-    return None if length is None else tail[:n][::-1] + [length]
+    return None if len(tail) < n or length is None else tail[-n:] + [length]
 
 
 def _shape_length(index: GraphIndex, concat: onnx.NodeProto) -> int | None:
@@ -133,7 +113,7 @@ def _shape_length(index: GraphIndex, concat: onnx.NodeProto) -> int | None:
 def _elements(index: GraphIndex, tensor: str, depth: int = 0) -> int | None:
     """The element count of a small 1-D shape piece: a constant, a Shape slice, a scalar
     unsqueezed or reshaped to a constant shape, a Cast of one; None when it is not known."""
-    c = _const(index, tensor)
+    c = index.constant(tensor)
     if c is not None:
         return c.size
     node = index.producers.get(tensor)
@@ -145,7 +125,7 @@ def _elements(index: GraphIndex, tensor: str, depth: int = 0) -> int | None:
     if node.op_type == "Unsqueeze":  # a scalar made 1-D
         return 1
     if node.op_type == "Reshape":  # to [1] or [-1]: as many as its input has
-        shape = _const(index, node.input[1])
+        shape = index.constant(node.input[1])
         if shape is None or shape.size != 1 or shape[0] not in (1, -1):
             return None
         return _elements(index, node.input[0], depth + 1)
@@ -401,41 +381,18 @@ def _padding_input(model, index: GraphIndex, bias: list[str], probed: dict) -> s
 
     It is when the term is computed from one [B, T] integer or bool input alone (other inputs
     only through their Shape) and is, for every probe, 0 where that input is 1 and <= -1000
-    where it is 0, whatever the query row and head: then MultiHeadAttention takes the input
-    itself as its key_padding_mask (masked keys at -10000, as MASK_FLOOR) and the nodes that
-    built the [B, 1, S, T] mask go. A causal term, a position term or a window narrower than
-    the longest probe fails it."""
+    where it is 0, whatever the query row and head: then the fused op takes the input itself
+    as its mask (masked keys at -10000, as MASK_FLOOR) and the nodes that built the
+    [B, 1, S, T] mask go. A causal term, a position term or a window narrower than the longest
+    probe fails it."""
     key = tuple(sorted(bias))
-    if key in probed:
-        return probed[key]
-    probed[key] = None
-    if len(bias) != 1:
-        return None
-    inputs = {i.name: i for i in model.graph.input}
-    found, todo, seen = set(), [bias[0]], set()
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        if t in inputs:
-            found.add(t)
-        node = index.producers.get(t)
-        if node is not None and node.op_type != "Shape":
-            todo.extend(i for i in node.input if i)
-    if len(found) != 1:
-        return None
-    mask = inputs[next(iter(found))]
-    tt = mask.type.tensor_type
-    if len(tt.shape.dim) != 2 or tt.elem_type not in (
-        onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL
-    ):  # fmt: skip
-        return None
-    try:
-        ok = _probe(model, bias[0], mask.name)
-    except Exception:  # noqa: BLE001 (onnxruntime's own types): a term we cannot evaluate
-        ok = False
-    probed[key] = mask.name if ok else None
+    if key not in probed:
+        probed[key] = None
+        try:
+            if len(bias) == 1:
+                probed[key] = _probe(_subgraph(model, index, bias[0]))
+        except Exception:  # noqa: BLE001 (onnxruntime's own types): a term we cannot evaluate
+            pass
     return probed[key]
 
 
@@ -443,69 +400,76 @@ def _padding_input(model, index: GraphIndex, bias: list[str], probed: dict) -> s
 # matrix (ModernBERT's local window is 128 tokens; Longformer-style windows reach 512)
 PROBES = ((2, 7), (3, 12), (2, 1030))
 PROBE_LIMIT = 4 << 20  # a term whose subgraph holds more weight bytes is not a mask: no probe
+MASK_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL)
 
 
-def _probe(model: onnx.ModelProto, term: str, mask: str) -> bool:
-    """Evaluate `term` (its subgraph only) on random masks at two shapes; True when it is the
-    padding mask of `mask` broadcast over rows and heads."""
+def _probe(sub: onnx.ModelProto) -> str | None:
+    """The input `sub`'s output is the padding mask of, broadcast over rows and heads: `sub`
+    reads one [B, T] integer or bool input for its values (any other only through Shape), and
+    gives 0 where it is 1 and <= MASK_CONSTANT where it is 0 on random masks at PROBES."""
     import onnxruntime as ort
 
-    from edgesmith.toolchain.core.artifact import TensorSpec
-    from edgesmith.toolchain.core.onnx_model import _specs
-
-    sub = _subgraph(model, term)
     if sum(i.ByteSize() for i in sub.graph.initializer) > PROBE_LIMIT:
-        return False  # it reads the model's weights (an embedding, a layer): not a mask alone
-    specs: list[TensorSpec] = list(_specs(sub.graph.input))
+        return None  # it reads the model's weights (an embedding, a layer): not a mask alone
+    producers = {o: n for n in sub.graph.node for o in n.output}
+    valued, todo = set(), [sub.graph.output[0].name]  # reached not through a Shape
+    while todo:
+        t = todo.pop()
+        node = producers.get(t)
+        if t not in valued and node is not None and node.op_type != "Shape":
+            todo.extend(i for i in node.input if i)
+        valued.add(t)
+    data = [i for i in sub.graph.input if i.name in valued]
+    if len(data) != 1:
+        return None
+    tt = data[0].type.tensor_type
+    if len(tt.shape.dim) != 2 or tt.elem_type not in MASK_TYPES:
+        return None
+    mask = data[0].name
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch, length in PROBES:
         feeds = {}
-        for t in specs:
+        for t in io_from_onnx(sub).inputs:
             shape = [batch] + [length if not isinstance(d, int) else d for d in t.dims[1:]]
             feeds[t.name] = np.ones(shape, np.dtype(t.dtype))
         length = feeds[mask].shape[1]  # a fixed length stays
-        m = (rng.random((batch, length)) < 0.6).astype(np.dtype(feeds[mask].dtype))
+        m = (rng.random((batch, length)) < 0.6).astype(feeds[mask].dtype)
         m[:, 0] = 1  # every row keeps a key
         feeds[mask] = m
         out = session.run(None, feeds)[0]
         if out.ndim != 4 or out.shape[0] not in (1, batch) or out.shape[-1] != length:
-            return False
+            return None
         keep = np.broadcast_to(
             m.astype(bool)[:, None, None, :], np.broadcast_shapes(out.shape, (batch, 1, 1, length))
         )
         full = np.broadcast_to(out, keep.shape)
         if not (np.all(full[keep] == 0) and np.all(full[~keep] <= MASK_CONSTANT)):
-            return False
-    return True
+            return None
+    return mask
 
 
-def _subgraph(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+def _subgraph(model: onnx.ModelProto, index: GraphIndex, tensor: str) -> onnx.ModelProto:
     """The nodes `tensor` is computed by (back to the graph inputs), as a model of its own."""
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: i for i in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input}
-    nodes, taken, used, todo, seen = [], set(), set(), [tensor], set()
+    nodes, used, todo, seen = {}, set(), [tensor], set()
     while todo:
         t = todo.pop()
         if t in seen:
             continue
         seen.add(t)
-        if t in inits or t in inputs:
+        if t in index.initializers or t in inputs:
             used.add(t)
-        node = producers.get(t)
-        if node is not None and id(node) not in taken:
-            taken.add(id(node))
-            nodes.append(node)
+        node = index.producers.get(t)
+        if node is not None and id(node) not in nodes:
+            nodes[id(node)] = node
             todo.extend(i for i in node.input if i)
-    order = {id(n): k for k, n in enumerate(model.graph.node)}
-    nodes.sort(key=lambda n: order[id(n)])
     graph = helper.make_graph(
-        nodes,
+        [n for n in model.graph.node if id(n) in nodes],  # in the graph's order
         "term",
         [inputs[i] for i in inputs if i in used],
         [helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)],
-        [inits[i] for i in inits if i in used],
+        [index.initializers[i] for i in index.initializers if i in used],
     )
     return helper.make_model(
         graph, opset_imports=list(model.opset_import), ir_version=model.ir_version

@@ -118,22 +118,6 @@ def _bias_add(index: GraphIndex, out: str, width: int):
 SOFTMAX_FLOOR = 80.0  # exp(-80) = 1.8e-35: below float32's resolution next to the maximum's 1
 
 
-def _small_constant(index: GraphIndex, tensor: str) -> np.ndarray | None:
-    """The value of `tensor` if it is a small constant (an initializer or a Constant node of
-    at most 16 elements: a mask value, not a weight, which is never converted); else None."""
-    from onnx import numpy_helper
-
-    t = index.initializers.get(tensor)
-    if t is None:
-        node = index.producers.get(tensor)
-        if node is None or node.op_type != "Constant" or not node.attribute:
-            return None
-        t = node.attribute[0].t if node.attribute[0].type == 4 else None  # TENSOR
-    if t is None or int(np.prod(t.dims)) > 16:
-        return None
-    return numpy_helper.to_array(t)
-
-
 def _mask_constant(index: GraphIndex, tensor: str, hops: int = 6) -> bool:
     """Whether `tensor` is computed from a constant at or below MASK_CONSTANT within a few
     nodes upstream (an attention mask: finfo.min, -inf, -1e4 or -1e9 where a key is padding)."""
@@ -143,7 +127,7 @@ def _mask_constant(index: GraphIndex, tensor: str, hops: int = 6) -> bool:
         if t in seen or depth > hops:
             continue
         seen.add(t)
-        a = _small_constant(index, t)
+        a = index.constant(t)
         if a is not None and a.dtype.kind == "f" and a.size and float(a.min()) <= MASK_CONSTANT:
             return True
         node = index.producers.get(t)
@@ -383,7 +367,8 @@ class OrtCpu:
         model, record = choose_attention(
             model, io_from_onnx(model), attention, runtime, path.parent
         )
-        onnx.save(model, str(path))
+        if n or clamped or record["kept"]:
+            onnx.save(model, str(path))
         return n, clamped, record
 
     def _save_ort_format(self, src: Path, out: Path, level: str) -> None:

@@ -129,6 +129,29 @@ class GraphIndex:
         t = self.initializers.get(name)
         return None if t is None else onnx.numpy_helper.to_array(t)
 
+    def constant(self, tensor: str, limit: int = 16) -> np.ndarray | None:
+        """The value of `tensor` when it is a small constant: an initializer or a Constant
+        node of at most `limit` elements (a shape, a scale, a mask value; a weight is never
+        converted to find out); else None."""
+        t = self.initializers.get(tensor)
+        if t is None:
+            node = self.producers.get(tensor)
+            if node is None or node.op_type != "Constant" or len(node.attribute) != 1:
+                return None
+            a = onnx.helper.get_attribute_value(node.attribute[0])
+            if isinstance(a, onnx.TensorProto):
+                t = a
+            elif isinstance(a, int | float) or (
+                isinstance(a, list) and all(isinstance(x, int | float) for x in a)
+            ):
+                v = np.array(a)
+                return v if v.size <= limit else None
+            else:
+                return None
+        if int(np.prod(t.dims)) > limit:
+            return None
+        return onnx.numpy_helper.to_array(t)
+
     def readers(self, tensor: str) -> list[onnx.NodeProto]:
         return self.consumers.get(tensor, [])
 
